@@ -1,0 +1,119 @@
+"""Differential tests: the Cython fast path and the pure-Python reference give
+byte-identical outputs, verdicts and counters on random and malformed input."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import struct
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from udpoverlay import _fastpath_py as ref
+
+try:
+    from udpoverlay import _fastpath_c as comp
+except ImportError:  # pragma: no cover - CI sets UDPOVERLAY_REQUIRE_EXTENSION
+    comp = None
+    if os.environ.get("UDPOVERLAY_REQUIRE_EXTENSION") == "1":
+        raise
+
+pytestmark = pytest.mark.skipif(comp is None, reason="compiled fast path not built")
+
+PEERS = [("198.18.0.2", 8285, "198.19.2.0/24", None),
+         ("198.18.0.3", 8285, "198.19.3.0/24", None),
+         ("198.18.0.4", 9000, "198.19.128.0/17", None),
+         ("198.18.0.5", 8285, "198.19.128.0/25", None)]
+
+
+def engines():
+    out = []
+    for mod in (ref, comp):
+        e = mod.Engine(mod.MODE_UDP, "198.19.1.0", "198.19.1.0/24", "198.19.0.0/16")
+        e.set_peers(PEERS)
+        out.append(e)
+    return out
+
+
+def ipv4(src: str, dst: str, ttl: int, proto: int, payload: bytes,
+         frag: int = 0, ihl: int = 5, tos: int = 0, ident: int = 0) -> bytes:
+    opts = b"\x01" * ((ihl - 5) * 4)
+    total = 20 + len(opts) + len(payload)
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, tos, total, ident, frag, ttl,
+                      proto, 0, ipaddress.IPv4Address(src).packed,
+                      ipaddress.IPv4Address(dst).packed) + opts
+    c = ref.checksum(hdr)
+    return hdr[:10] + struct.pack("!H", c) + hdr[12:] + payload
+
+
+overlay_ip = st.builds(lambda a, b: f"198.19.{a}.{b}", st.integers(0, 255), st.integers(0, 255))
+any_ip = st.one_of(overlay_ip, st.ip_addresses(v=4).map(str))
+packets = st.builds(
+    ipv4, src=any_ip, dst=any_ip, ttl=st.integers(0, 255),
+    proto=st.sampled_from([1, 6, 17, 47]),
+    payload=st.one_of(st.binary(max_size=64),
+                      st.sampled_from([b"\x08\0\0\0\0\0\0\0", b"\x03\x01\0\0\0\0\0\0",
+                                       b"\x0b", b""])),
+    frag=st.sampled_from([0, 0x4000, 0x2000, 0x0001, 0x00FF]),
+    ihl=st.integers(5, 15), tos=st.integers(0, 255), ident=st.integers(0, 65535))
+
+
+def mangle(data: bytes, cut: int, flip: int) -> bytes:
+    """Truncate and/or corrupt one byte: the malformed-input cases."""
+    b = bytearray(data[:cut] if cut < len(data) else data)
+    if b and flip >= 0:
+        b[flip % len(b)] ^= 0xA5
+    return bytes(b)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.tuples(packets, st.integers(0, 200), st.integers(-3, 100)), max_size=12))
+def test_outbound_identical(batch):
+    py, cy = engines()
+    for pkt, cut, flip in batch:
+        if cut > 150:
+            cut = len(pkt)          # most packets intact
+        data = mangle(pkt, cut, flip if flip < 0 or cut < len(pkt) else -1)
+        assert py.outbound(data) == cy.outbound(data)
+    assert py.counters() == cy.counters()
+    assert py.peer_counters() == cy.peer_counters()
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.tuples(packets, st.sampled_from([p[0] for p in PEERS] + ["198.18.0.9"]),
+                          st.integers(0, 200), st.integers(-3, 100)), max_size=12))
+def test_inbound_identical(batch):
+    py, cy = engines()
+    for pkt, src, cut, flip in batch:
+        if cut > 150:
+            cut = len(pkt)
+        data = mangle(pkt, cut, flip if flip < 0 or cut < len(pkt) else -1)
+        assert py.inbound(data, src) == cy.inbound(data, src)
+    assert py.counters() == cy.counters()
+    assert py.peer_counters() == cy.peer_counters()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=120), st.sampled_from(["198.18.0.2", "198.18.0.9"]))
+def test_random_bytes_identical(data, src):
+    py, cy = engines()
+    assert py.outbound(data) == cy.outbound(data)
+    assert py.inbound(data, src) == cy.inbound(data, src)
+    assert py.counters() == cy.counters()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 0xFFFFFF), st.integers(8, 30)), max_size=20),
+       st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=30))
+def test_route_tables_identical(routes, addrs):
+    peers = []
+    for i, (net, length) in enumerate(routes):
+        n = ipaddress.IPv4Network(((198 << 24) | net) & (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF)
+        n = ipaddress.IPv4Network(f"{n.network_address}/{length}", strict=False)
+        peers.append((f"198.18.{i // 256}.{i % 256}", 8285, str(n), None))
+    py, cy = engines()
+    py.set_peers(peers)
+    cy.set_peers(peers)
+    for a in addrs:
+        assert py.lookup(a) == cy.lookup(a)

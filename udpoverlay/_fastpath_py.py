@@ -1,0 +1,312 @@
+"""Pure-Python reference of the fast path (_fastpath/fastpath.pyx).
+
+Everything the compiled extension exports is here with the same names,
+verdicts, counters and output bytes; tests/unit/test_fastpath_diff.py proves
+it. A change to one lands in the other in the same commit.
+
+The engine never raises or logs per packet: each packet gets a verdict,
+which is counted. Buffers passed in are borrowed for the call only.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+
+IMPLEMENTATION = "python"
+
+MODE_UDP = 0
+MODE_VXLAN = 1
+
+# Verdicts: index into VERDICT_NAMES. Order is part of the API (both impls).
+OK = 0
+TOO_SHORT = 1
+NOT_IPV4 = 2
+BAD_HEADER = 3
+NO_ROUTE = 4
+TTL_EXPIRED = 5
+UNKNOWN_PEER = 6
+SPOOFED_SRC = 7
+NOT_LOCAL = 8
+TX_ERROR = 9
+VERDICT_NAMES = ("ok", "too_short", "not_ipv4", "bad_header", "no_route",
+                 "ttl_expired", "unknown_peer", "spoofed_src", "not_local",
+                 "tx_error")
+N_VERDICTS = len(VERDICT_NAMES)
+
+BATCH = 64          # packets per syscall batch
+MAX_ROUNDS = 16     # batches per readable callback, so one side cannot starve the other
+SLOT = 65536        # one buffer slot: any IPv4 packet fits
+ICMP_TTL = 64
+# ICMP types that are errors: never answer those with another error (RFC 1812).
+_ICMP_ERRORS = frozenset((3, 4, 5, 11, 12))
+
+
+def _ip_to_int(text: str) -> int:
+    return int(ipaddress.IPv4Address(text))
+
+
+def _net(cidr: str) -> tuple[int, int]:
+    n = ipaddress.IPv4Network(cidr, strict=True)
+    return int(n.network_address), n.prefixlen
+
+
+def _mask(length: int) -> int:
+    return (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF if length else 0
+
+
+def checksum(data: bytes) -> int:
+    """RFC 1071 Internet checksum of data (odd length padded with zero)."""
+    if len(data) & 1:
+        data = bytes(data) + b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _check_ipv4(pkt) -> int:
+    """Verdict for a buffer that should hold exactly one IPv4 packet."""
+    n = len(pkt)
+    if n < 20:
+        return TOO_SHORT
+    if pkt[0] >> 4 != 4:
+        return NOT_IPV4
+    ihl = (pkt[0] & 0x0F) * 4
+    total = (pkt[2] << 8) | pkt[3]
+    if ihl < 20 or total != n or ihl > total:
+        return BAD_HEADER
+    return OK
+
+
+class Engine:
+    """Route table + per-packet logic + batched I/O (reference version)."""
+
+    implementation = IMPLEMENTATION
+
+    def __init__(self, mode: int, tun_addr: str, local_subnet: str, network: str,
+                 vni: int = 1, vtep_mac: bytes = b"\x02\0\0\0\0\x01",
+                 local_port: int = 8285) -> None:
+        if mode != MODE_UDP:
+            raise ValueError("only MODE_UDP is implemented")
+        self.mode = mode
+        self.tun_addr = _ip_to_int(tun_addr)
+        self.local_net, self.local_len = _net(local_subnet)
+        self.network, self.network_len = _net(network)
+        self.vni = vni
+        self.vtep_mac = bytes(vtep_mac)
+        self.local_port = local_port
+        self._peers: list[list] = []      # [ip, port, net, len, mac, tx_p, tx_b, rx_p, rx_b]
+        self._routes: list[tuple[int, dict[int, int]]] = []   # (len, {net: peer})
+        self._by_ip: dict[int, int] = {}
+        self._c = {"tx_packets": 0, "tx_bytes": 0, "rx_packets": 0, "rx_bytes": 0,
+                   "icmp_sent": 0}
+        self._out = [0] * N_VERDICTS
+        self._in = [0] * N_VERDICTS
+        self._socks: dict[int, socket.socket] = {}
+
+    # -- control plane -------------------------------------------------
+    def set_peers(self, peers) -> None:
+        """Replace the whole peer/route table; counters of kept peers stay."""
+        old = {(p[0], p[1], p[2], p[3]): p for p in self._peers}
+        new: list[list] = []
+        for ip, port, subnet, mac in peers:
+            net, length = _net(subnet)
+            key = (_ip_to_int(ip), int(port), net, length)
+            prev = old.get(key)
+            counts = prev[5:9] if prev else [0, 0, 0, 0]
+            new.append([key[0], key[1], net, length, bytes(mac) if mac else None, *counts])
+        by_len: dict[int, dict[int, int]] = {}
+        by_ip: dict[int, int] = {}
+        for idx, p in enumerate(new):
+            by_len.setdefault(p[3], {}).setdefault(p[2], idx)
+            by_ip.setdefault(p[0], idx)
+        # One assignment each: lookups see the old table or the new one.
+        self._peers = new
+        self._routes = sorted(by_len.items(), reverse=True)
+        self._by_ip = by_ip
+
+    def lookup(self, addr: int) -> int:
+        """Longest-prefix match: peer index or -1."""
+        for length, nets in self._routes:
+            idx = nets.get(addr & _mask(length), -1)
+            if idx >= 0:
+                return idx
+        return -1
+
+    def counters(self) -> dict:
+        out = dict(self._c)
+        for i in range(1, N_VERDICTS):
+            out["tx_drop_" + VERDICT_NAMES[i]] = self._out[i]
+            out["rx_drop_" + VERDICT_NAMES[i]] = self._in[i]
+        return out
+
+    def peer_counters(self) -> list[dict]:
+        return [{"public_ip": str(ipaddress.IPv4Address(p[0])), "port": p[1],
+                 "subnet": f"{ipaddress.IPv4Address(p[2])}/{p[3]}",
+                 "tx_packets": p[5], "tx_bytes": p[6],
+                 "rx_packets": p[7], "rx_bytes": p[8]} for p in self._peers]
+
+    # -- per packet ------------------------------------------------------
+    def _icmp_error(self, pkt, icmp_type: int) -> bytes:
+        """ICMP error about pkt for the TUN, or b'' where none may be sent."""
+        ihl = (pkt[0] & 0x0F) * 4
+        if ((pkt[6] & 0x1F) << 8 | pkt[7]) != 0:     # non-first fragment
+            return b""
+        if pkt[12] >= 224 or pkt[12] == 0:            # multicast/broadcast/unspecified src
+            return b""
+        if pkt[9] == 1 and (len(pkt) < ihl + 1 or pkt[ihl] in _ICMP_ERRORS):
+            return b""
+        body = bytes(pkt[:ihl + 8])
+        icmp = bytearray(8 + len(body))
+        icmp[0] = icmp_type
+        icmp[8:] = body
+        c = checksum(icmp)
+        icmp[2], icmp[3] = c >> 8, c & 0xFF
+        total = 20 + len(icmp)
+        hdr = bytearray(20)
+        hdr[0] = 0x45
+        hdr[2], hdr[3] = total >> 8, total & 0xFF
+        hdr[8] = ICMP_TTL
+        hdr[9] = 1
+        hdr[12:16] = self.tun_addr.to_bytes(4, "big")
+        hdr[16:20] = pkt[12:16]
+        c = checksum(hdr)
+        hdr[10], hdr[11] = c >> 8, c & 0xFF
+        self._c["icmp_sent"] += 1
+        return bytes(hdr + icmp)
+
+    def _outbound(self, pkt: bytearray):
+        """(verdict, peer, reply); on OK pkt is rewritten in place (TTL)."""
+        v = _check_ipv4(pkt)
+        if v != OK:
+            return v, -1, b""
+        if pkt[8] <= 1:
+            return TTL_EXPIRED, -1, self._icmp_error(pkt, 11)
+        idx = self.lookup(int.from_bytes(pkt[16:20], "big"))
+        if idx < 0:
+            return NO_ROUTE, -1, self._icmp_error(pkt, 3)
+        # TTL-1 with an incremental checksum update (RFC 1624, eqn. 3).
+        old = (pkt[8] << 8) | pkt[9]
+        pkt[8] -= 1
+        new = (pkt[8] << 8) | pkt[9]
+        s = (~((pkt[10] << 8) | pkt[11]) & 0xFFFF) + (~old & 0xFFFF) + new
+        s = (s & 0xFFFF) + (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16)
+        c = ~s & 0xFFFF
+        pkt[10], pkt[11] = c >> 8, c & 0xFF
+        return OK, idx, b""
+
+    def _count_out(self, v: int, idx: int, n: int) -> None:
+        if v == OK:
+            p = self._peers[idx]
+            p[5] += 1
+            p[6] += n
+            self._c["tx_packets"] += 1
+            self._c["tx_bytes"] += n
+        else:
+            self._out[v] += 1
+
+    def outbound(self, packet: bytes):
+        """TUN -> wire for one packet: (verdict, peer index, payload, reply to TUN)."""
+        pkt = bytearray(packet)
+        v, idx, reply = self._outbound(pkt)
+        self._count_out(v, idx, len(pkt))
+        return v, idx, bytes(pkt) if v == OK else b"", reply
+
+    def _inbound(self, dgram, src_ip: int):
+        idx = self._by_ip.get(src_ip, -1)
+        if idx < 0:
+            return UNKNOWN_PEER, -1
+        v = _check_ipv4(dgram)
+        if v != OK:
+            return v, idx
+        p = self._peers[idx]
+        if (int.from_bytes(dgram[12:16], "big") & _mask(p[3])) != p[2]:
+            return SPOOFED_SRC, idx
+        if (int.from_bytes(dgram[16:20], "big") & _mask(self.local_len)) != self.local_net:
+            return NOT_LOCAL, idx
+        if dgram[8] == 0:
+            return TTL_EXPIRED, idx
+        return OK, idx
+
+    def _count_in(self, v: int, idx: int, n: int) -> None:
+        if v == OK:
+            p = self._peers[idx]
+            p[7] += 1
+            p[8] += n
+            self._c["rx_packets"] += 1
+            self._c["rx_bytes"] += n
+        else:
+            self._in[v] += 1
+
+    def inbound(self, datagram: bytes, src_ip: str):
+        """Wire -> TUN for one datagram: (verdict, peer index, packet for TUN)."""
+        v, idx = self._inbound(datagram, _ip_to_int(src_ip))
+        self._count_in(v, idx, len(datagram))
+        return v, idx, bytes(datagram) if v == OK else b""
+
+    # -- batched I/O -------------------------------------------------------
+    def _sock(self, fd: int) -> socket.socket:
+        s = self._socks.get(fd)
+        if s is None:
+            s = self._socks[fd] = socket.socket(fileno=os.dup(fd))
+            s.setblocking(False)
+        return s
+
+    def tun_to_udp(self, tun_fd: int, sock_fd: int) -> int:
+        sock = self._sock(sock_fd)
+        done = 0
+        for _ in range(BATCH * MAX_ROUNDS):
+            try:
+                data = os.read(tun_fd, SLOT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._out[TX_ERROR] += 1
+                break
+            done += 1
+            pkt = bytearray(data)
+            v, idx, reply = self._outbound(pkt)
+            self._count_out(v, idx, len(pkt))
+            if reply:
+                try:
+                    os.write(tun_fd, reply)
+                except OSError:
+                    pass
+            if v == OK:
+                p = self._peers[idx]
+                try:
+                    sock.sendto(pkt, (str(ipaddress.IPv4Address(p[0])), p[1]))
+                except OSError:
+                    self._out[TX_ERROR] += 1
+        return done
+
+    def udp_to_tun(self, sock_fd: int, tun_fd: int) -> int:
+        sock = self._sock(sock_fd)
+        done = 0
+        for _ in range(BATCH * MAX_ROUNDS):
+            try:
+                data, addr = sock.recvfrom(SLOT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH):
+                    continue
+                break
+            done += 1
+            v, idx = self._inbound(data, _ip_to_int(addr[0]))
+            self._count_in(v, idx, len(data))
+            if v == OK:
+                try:
+                    os.write(tun_fd, data)
+                except OSError:
+                    self._in[TX_ERROR] += 1
+        return done
+
+    def close(self) -> None:
+        for s in self._socks.values():
+            s.close()
+        self._socks.clear()
