@@ -1,0 +1,200 @@
+"""From raw repetitions to medians, ratios, a Markdown table and a chart.
+
+The raw results (results.json) hold, per scenario, a status and a list of
+repetitions; each repetition maps a measurement name (tcp1, tcp4, udp64,
+latency) to the runner's dict or to {"error": "..."}. Everything here is a
+pure function of that structure except write_chart (matplotlib, Agg).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.stats import median
+
+BASELINE = "kernel-vxlan"
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    better: str  # "higher" or "lower"
+    fmt: str = "{:.2f}"
+
+
+METRICS = (
+    Metric("tcp1_gbps", "TCP 1 stream Gbit/s", "higher"),
+    Metric("tcp4_gbps", "TCP 4 streams Gbit/s", "higher"),
+    Metric("udp64_rx_kpps", "UDP 64 B rx kpps", "higher", "{:.1f}"),
+    Metric("udp64_loss_pct", "UDP 64 B loss %", "lower", "{:.1f}"),
+    Metric("lat_p50_us", "RTT p50 µs", "lower", "{:.1f}"),
+    Metric("lat_p99_us", "RTT p99 µs", "lower", "{:.1f}"),
+    Metric("cpu_machine_pct_per_gbps", "machine CPU %/(Gbit/s)", "lower", "{:.1f}"),
+    Metric("cpu_daemon_pct_per_gbps", "daemon CPU %/(Gbit/s)", "lower", "{:.1f}"),
+)
+
+
+def _get(rep: dict, measurement: str, field: str) -> float | None:
+    value = (rep.get(measurement) or {}).get(field)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _per_gbps(cores: float | None, gbps: float | None) -> float | None:
+    if cores is None or not gbps:
+        return None
+    return 100.0 * cores / gbps
+
+
+def flatten(rep: dict) -> dict[str, float | None]:
+    """One repetition's raw dicts -> {metric key: value or None}."""
+    gbps = _get(rep, "tcp1", "gbps")
+    cpu = (rep.get("tcp1") or {}).get("cpu") or {}
+    rx_pps = _get(rep, "udp64", "rx_pps")
+    return {
+        "tcp1_gbps": gbps,
+        "tcp4_gbps": _get(rep, "tcp4", "gbps"),
+        "udp64_rx_kpps": None if rx_pps is None else rx_pps / 1000,
+        "udp64_loss_pct": _get(rep, "udp64", "loss_pct"),
+        "lat_p50_us": _get(rep, "latency", "p50_us"),
+        "lat_p99_us": _get(rep, "latency", "p99_us"),
+        "cpu_machine_pct_per_gbps": _per_gbps(cpu.get("machine_busy_cores"), gbps),
+        "cpu_daemon_pct_per_gbps": _per_gbps(cpu.get("daemon_cores"), gbps),
+    }
+
+
+def summarize(scenarios: dict[str, dict]) -> dict[str, dict[str, float | None]]:
+    """Median of every metric over a scenario's repetitions."""
+    summary = {}
+    for name, result in scenarios.items():
+        flat = [flatten(rep) for rep in result.get("repetitions", [])]
+        summary[name] = {m.key: median(f[m.key] for f in flat) for m in METRICS}
+    return summary
+
+
+def ratios(summary: dict[str, dict], baseline: str = BASELINE
+           ) -> dict[str, dict[str, float | None]]:
+    """value / baseline's value of the same metric (None where undefined)."""
+    base = summary.get(baseline, {})
+    out = {}
+    for name, values in summary.items():
+        out[name] = {}
+        for key, value in values.items():
+            ref = base.get(key)
+            out[name][key] = value / ref if value is not None and ref else None
+    return out
+
+
+def measurement_errors(result: dict) -> list[str]:
+    """Distinct '<measurement>: <error>' strings over all repetitions."""
+    seen: list[str] = []
+    for rep in result.get("repetitions", []):
+        for measurement, value in rep.items():
+            if isinstance(value, dict) and value.get("error"):
+                text = f"{measurement}: {value['error']}"
+                if text not in seen:
+                    seen.append(text)
+    return seen
+
+
+def _cell_text(text: str, limit: int = 400) -> str:
+    text = " ".join(text.replace("|", "/").split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def status_text(result: dict) -> str:
+    if result.get("status") == "error":
+        return _cell_text(f"error: {result.get('error')}")
+    errors = measurement_errors(result)
+    if errors:
+        return _cell_text(f"ok; {len(errors)} measurement error(s): "
+                          + "; ".join(errors))
+    return "ok"
+
+
+def markdown_table(scenarios: dict[str, dict], baseline: str = BASELINE) -> str:
+    """Rows scenarios, columns metric medians with (×ratio to baseline)."""
+    summary = summarize(scenarios)
+    rel = ratios(summary, baseline)
+    header = ["scenario", *(m.label for m in METRICS), "status"]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] + ["---:"] * len(METRICS) + ["---"]) + "|"]
+    for name, result in scenarios.items():
+        cells = [name]
+        for m in METRICS:
+            value, ratio = summary[name][m.key], rel[name][m.key]
+            cell = "—" if value is None else m.fmt.format(value)
+            if ratio is not None:
+                cell += f" (×{ratio:.2f})"
+            cells.append(cell)
+        cells.append(status_text(result))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(doc: dict) -> str:
+    """The whole results.md: a title, the table and what the numbers mean."""
+    meta = doc.get("meta", {})
+    notes = [
+        f"Medians of {meta.get('repeat', '?')} repetition(s) of "
+        f"{meta.get('duration', '?')} s each, one run on one topology "
+        f"({meta.get('started', '?')}, kernel {meta.get('kernel', '?')}, "
+        f"{meta.get('cpus', '?')} CPUs).",
+        f"(×r) = ratio to {BASELINE} in the same run. Higher is better for "
+        "throughput and kpps; lower for loss, latency and CPU.",
+        f"Latency: UDP ping-pong round trip, {meta.get('latency_tool', '?')}, "
+        "64-byte messages.",
+        "CPU is sampled during the TCP one-stream test: machine = busy time "
+        "(user+nice+system+irq+softirq) of the whole machine, including both "
+        "iperf3 ends; daemon = utime+stime of the two udpoverlay daemons. "
+        "100 % = one core.",
+    ]
+    return ("# udpoverlay benchmark\n\n" + markdown_table(doc["scenarios"])
+            + "\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+
+
+def write_chart(scenarios: dict[str, dict], path: Path,
+                baseline: str = BASELINE) -> bool:
+    """Bars of each scenario's ratio to the baseline, one group per metric.
+
+    Returns False (and writes nothing) when matplotlib is missing.
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        return False
+    rel = ratios(summarize(scenarios), baseline)
+    names = [name for name in rel if name != baseline]
+    # metrics the baseline has no value for (daemon CPU) have no ratios
+    metrics = [m for m in METRICS if any(rel[n][m.key] for n in names)] or METRICS
+    fig, ax = plt.subplots(figsize=(12, 5))
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        xs, ys = [], []
+        for j, m in enumerate(metrics):
+            if rel[name][m.key]:  # a log axis cannot show 0
+                xs.append(j + (i - (len(names) - 1) / 2) * width)
+                ys.append(rel[name][m.key])
+        # bars grow from the baseline (1) up or down to the ratio
+        ax.bar(xs, [y - 1 for y in ys], width, bottom=1, label=name)
+    ax.set_yscale("log", base=2)
+    ax.yaxis.set_major_formatter(
+        matplotlib.ticker.FuncFormatter(lambda y, _: f"×{y:g}"))
+    ax.axhline(1.0, color="black", linewidth=0.8, label=f"{baseline} (×1)")
+    if baseline not in rel or not names:
+        ax.text(0.5, 0.5, f"nothing to compare with {baseline} in this run",
+                transform=ax.transAxes, ha="center")
+    ax.set_xticks(range(len(metrics)))
+    ax.set_xticklabels([f"{m.label}\n({m.better} is better)" for m in metrics],
+                       fontsize=7)
+    ax.set_ylabel(f"ratio to {baseline} (same run, log scale)")
+    ax.set_title("udpoverlay benchmark: medians relative to the kernel's vxlan")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

@@ -1,0 +1,237 @@
+"""The shared two-host topology and the data paths measured on it.
+
+Two Lab hosts on one bridge (underlay 198.18.0.0/24), each with a "pod"
+address on a port-less bridge (198.19.1.1/24, 198.19.2.1/24). A scenario
+adds only the path between the pods and removes it again, so every scenario
+of one run crosses the same namespaces, veths and bridge:
+
+- host-routing: a plain route to the other pod subnet via its underlay IP;
+- kernel-vxlan: flannel.1 configured the way flannel's vxlan backend does;
+- udpoverlay-*: the udpoverlay daemon on each host (udp or vxlan backend,
+  with or without offloads).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from udpoverlay import kernel_vxlan
+from udpoverlay.netlab import Host, Lab
+
+from benchmarks.measure import Endpoints, tail_lines
+
+NETWORK = "198.19.0.0/16"
+READY_TIMEOUT = 10.0
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ScenarioError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    underlay_ip: str
+    subnet: str
+    pod_ip: str
+
+
+NODES = (Node("h1", "198.18.0.1", "198.19.1.0/24", "198.19.1.1"),
+         Node("h2", "198.18.0.2", "198.19.2.0/24", "198.19.2.1"))
+
+
+class Topology:
+    """Two hosts with pods; traffic always goes h1's pod -> h2's pod."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.hosts: list[tuple[Node, Host]] = []
+        for node in NODES:
+            host = lab.add_host(node.name, f"{node.underlay_ip}/24")
+            prefix = node.subnet.split("/")[1]
+            lab.add_pod_address(host, f"{node.pod_ip}/{prefix}")
+            self.hosts.append((node, host))
+
+    def pairs(self):
+        """(node, host, remote node) for each direction."""
+        (n1, h1), (n2, h2) = self.hosts
+        return [(n1, h1, n2), (n2, h2, n1)]
+
+    def ping(self, wait: int = 1) -> bool:
+        (n1, h1), (n2, _) = self.hosts
+        proc = self.lab.run(h1.netns, ["ping", "-n", "-q", "-c", "1", "-W",
+                                       str(wait), "-I", n1.pod_ip, n2.pod_ip],
+                            check=False, timeout=wait + 10)
+        return proc.returncode == 0
+
+    def endpoints(self, logdir: Path) -> Endpoints:
+        (n1, h1), (n2, h2) = self.hosts
+        return Endpoints(self.lab, h1.netns, h2.netns, n1.pod_ip, n2.pod_ip,
+                         logdir, REPO_ROOT)
+
+
+class Scenario:
+    """A data path between the pods: set up, checked alive, torn down."""
+
+    name = "?"
+
+    def setup(self, topo: Topology, logdir: Path) -> None:
+        raise NotImplementedError
+
+    def teardown(self, topo: Topology) -> None:
+        raise NotImplementedError
+
+    def daemon_pids(self) -> list[int]:
+        return []
+
+    def check_alive(self) -> None:
+        """Raise ScenarioError if a process of the data path has died."""
+
+    def log_tails(self) -> str:
+        """The last log lines of the scenario's processes ("" if none)."""
+        return ""
+
+
+class HostRouting(Scenario):
+    name = "host-routing"
+
+    def setup(self, topo: Topology, logdir: Path) -> None:
+        for _, host, remote in topo.pairs():
+            topo.lab.run(host.netns, ["ip", "route", "replace", remote.subnet,
+                                      "via", remote.underlay_ip, "dev", "eth0"])
+
+    def teardown(self, topo: Topology) -> None:
+        for _, host, remote in topo.pairs():
+            topo.lab.run(host.netns, ["ip", "route", "del", remote.subnet],
+                         check=False)
+
+
+class KernelVxlan(Scenario):
+    name = "kernel-vxlan"
+
+    def setup(self, topo: Topology, logdir: Path) -> None:
+        macs = {node.name: kernel_vxlan.setup_flannel_vxlan(
+                    topo.lab, host, node.subnet, underlay_mtu=topo.lab.mtu)
+                for node, host, _ in topo.pairs()}
+        for _, host, remote in topo.pairs():
+            kernel_vxlan.add_flannel_vxlan_peer(
+                topo.lab, host, remote.subnet, macs[remote.name],
+                remote.underlay_ip)
+
+    def teardown(self, topo: Topology) -> None:
+        for _, host, _ in topo.pairs():
+            kernel_vxlan.teardown_flannel_vxlan(topo.lab, host)
+
+
+class Udpoverlay(Scenario):
+    """`python -m udpoverlay run ...` on each host, cwd = repository root."""
+
+    IFACE = "uo0"
+
+    def __init__(self, backend: str, offload: bool) -> None:
+        self.backend, self.offload = backend, offload
+        self.name = f"udpoverlay-{backend}" + ("" if offload else "-nooffload")
+        self.procs: list[tuple[str, subprocess.Popen, Path]] = []
+        self._topo: Topology | None = None
+
+    def command(self, node: Node, remote: Node) -> list[str]:
+        cmd = [sys.executable, "-m", "udpoverlay", "run", "--iface", self.IFACE,
+               "--public-ip", node.underlay_ip, "--subnet", node.subnet,
+               "--network", NETWORK,
+               "--peer", f"{remote.underlay_ip}={remote.subnet}"]
+        if self.backend != "udp":
+            cmd += ["--backend", self.backend]
+        if not self.offload:
+            cmd.append("--no-offload")
+        return cmd
+
+    def setup(self, topo: Topology, logdir: Path) -> None:
+        self._topo = topo
+        for node, host, remote in topo.pairs():
+            log = logdir / f"{self.name}-{node.name}-daemon.log"
+            with open(log, "w") as out:
+                proc = topo.lab.popen(host.netns, self.command(node, remote),
+                                      cwd=REPO_ROOT, stdout=out,
+                                      stderr=subprocess.STDOUT)
+            self.procs.append((node.name, proc, log))
+
+    def daemon_pids(self) -> list[int]:
+        return [proc.pid for _, proc, _ in self.procs]
+
+    def log_tails(self, lines: int = 3) -> str:
+        return "; ".join(f"{name}: {_tail(log, lines)}"
+                         for name, _, log in self.procs)
+
+    def check_alive(self) -> None:
+        for name, proc, log in self.procs:
+            if proc.poll() is not None:
+                raise ScenarioError(f"daemon on {name} exited with rc "
+                                    f"{proc.returncode}: {_tail(log)}")
+
+    def teardown(self, topo: Topology) -> None:
+        for _, proc, _ in self.procs:
+            topo.lab.stop(proc)
+        self.procs.clear()
+        for _, host, _ in topo.pairs():  # a crashed daemon may leave it behind
+            topo.lab.run(host.netns, ["ip", "link", "del", self.IFACE],
+                         check=False)
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        return tail_lines(path.read_text(errors="replace"), lines)
+    except OSError:
+        return "(no log)"
+
+
+def make_scenario(name: str) -> Scenario:
+    if name == HostRouting.name:
+        return HostRouting()
+    if name == KernelVxlan.name:
+        return KernelVxlan()
+    for backend in ("udp", "vxlan"):
+        for offload in (True, False):
+            scenario = Udpoverlay(backend, offload)
+            if scenario.name == name:
+                return scenario
+    raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+
+
+SCENARIOS = ("host-routing", "kernel-vxlan", "udpoverlay-udp",
+             "udpoverlay-vxlan", "udpoverlay-udp-nooffload",
+             "udpoverlay-vxlan-nooffload")
+
+
+def clear_overlay_routes(topo: Topology) -> None:
+    """Remove any route a scenario may have left for the remote subnet or the
+    whole overlay network (a crashed daemon, a failed teardown)."""
+    for _, host, remote in topo.pairs():
+        for prefix in (remote.subnet, NETWORK):
+            topo.lab.run(host.netns, ["ip", "route", "flush", "exact", prefix],
+                         check=False)
+
+
+def bring_up(scenario: Scenario, topo: Topology, logdir: Path,
+             timeout: float = READY_TIMEOUT) -> None:
+    """Set the scenario up and wait (bounded) until pod pings pod through it."""
+    if topo.ping():
+        raise ScenarioError("pods already reach each other before setup: "
+                            "a previous scenario left a path behind")
+    scenario.setup(topo, logdir)
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout * 4) + 1):
+        scenario.check_alive()
+        if topo.ping(wait=1):
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.25)
+    scenario.check_alive()
+    tails = scenario.log_tails()
+    raise ScenarioError(f"no pod-to-pod ping within {timeout:.0f} s"
+                        + (f"; {tails}" if tails else ""))

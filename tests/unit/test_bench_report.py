@@ -1,0 +1,174 @@
+"""Parsers and report of benchmarks/ (no root, nothing timed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from benchmarks import measure, report
+from benchmarks.run import parse_args
+from benchmarks.stats import median, percentile
+from tests.requirements import require
+
+# Trimmed from real iperf3 3.12 --json output.
+UDP_DOC = {"end": {
+    "sum": {"seconds": 1.0, "packets": 1000, "lost_packets": 10},
+    "sum_sent": {"seconds": 1.0, "packets": 1100, "lost_packets": 0},
+    "sum_received": {"seconds": 2.0, "packets": 1000, "lost_packets": 10},
+}}
+TCP_DOC = {"end": {
+    "sum_sent": {"seconds": 2.0, "bits_per_second": 12e9, "retransmits": 7},
+    "sum_received": {"seconds": 2.0, "bits_per_second": 10e9},
+}}
+SOCKPERF_OUT = """\
+sockperf: [Valid Duration] RunTime=0.550 sec; SentMessages=8752; ReceivedMessages=8752
+sockperf: \x1b[2;35m====> avg-rtt=62.846 (std-dev=35.252)\x1b[0m
+sockperf: ---> <MAX> observation = 2316.156
+sockperf: ---> percentile 99.999 = 2316.156
+sockperf: ---> percentile 99.000 =  137.485
+sockperf: ---> percentile 90.000 =   69.443
+sockperf: ---> percentile 50.000 =   60.951
+sockperf: ---> <MIN> observation =   13.770
+"""
+
+
+def test_iperf_json_errors_become_measure_errors():
+    with pytest.raises(measure.MeasureError, match="unable to connect"):
+        measure.parse_iperf_json(json.dumps({"error": "unable to connect"}))
+    with pytest.raises(measure.MeasureError, match="no JSON"):
+        measure.parse_iperf_json("iperf3: error - boom")
+    with pytest.raises(measure.MeasureError, match="no 'end'"):
+        measure.parse_iperf_json("{}")
+
+
+def test_tcp_result_uses_receiver_goodput():
+    assert measure.tcp_result(TCP_DOC) == {"gbps": 10.0, "retransmits": 7}
+
+
+def test_udp_result_counts_arrivals_and_loss_against_sender():
+    result = measure.udp_result(UDP_DOC)
+    assert result["rx_pps"] == 990 / 2.0
+    assert result["tx_pps"] == 1100.0
+    assert result["loss_pct"] == pytest.approx(100 * 110 / 1100)
+
+
+def test_udp_result_falls_back_to_sum_of_older_iperf3():
+    doc = {"end": {"sum": UDP_DOC["end"]["sum"]}}
+    result = measure.udp_result(doc)
+    assert result["rx_pps"] == 990.0
+    assert result["loss_pct"] == pytest.approx(1.0)
+
+
+def test_parse_sockperf_strips_colours_and_reads_percentiles():
+    assert measure.parse_sockperf(SOCKPERF_OUT) == {
+        "p50_us": 60.951, "p99_us": 137.485, "avg_us": 62.846}
+    with pytest.raises(measure.MeasureError):
+        measure.parse_sockperf("sockperf: ERROR: nothing received")
+
+
+def test_parse_pid_stat_survives_odd_process_names():
+    # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt
+    # majflt cmajflt utime stime ...
+    text = "42 (py thon) x) S 1 42 42 0 -1 4194560 10 0 0 0 150 25 0 0 20 0 3"
+    assert measure.parse_pid_stat(text) == 175
+
+
+def test_parse_proc_stat_reads_the_machine_line():
+    text = "cpu  10 1 20 300 4 5 6 7 0 0\ncpu0 1 1 1 1 1 1 1 1 0 0\n"
+    assert measure.parse_proc_stat(text) == {
+        "user": 10, "nice": 1, "system": 20, "idle": 300, "iowait": 4,
+        "irq": 5, "softirq": 6, "steal": 7}
+
+
+def test_percentile_and_median():
+    assert percentile([], 50) is None
+    assert percentile([3, 1, 2], 50) == 2
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([0, 100], 99) == pytest.approx(99)
+    assert median([None, 4, None, 2]) == 3
+    assert median([None]) is None
+
+
+def _rep(gbps, machine=None, daemon=None, p50=50.0):
+    return {
+        "tcp1": {"gbps": gbps, "cpu": {"machine_busy_cores": machine,
+                                       "daemon_cores": daemon}},
+        "tcp4": {"error": "MeasureError: iperf3: boom"},
+        "udp64": {"rx_pps": 2000.0, "loss_pct": 0.0},
+        "latency": {"p50_us": p50, "p99_us": 2 * p50},
+    }
+
+
+SCENARIOS = {
+    "kernel-vxlan": {"status": "ok", "repetitions": [
+        _rep(10.0, machine=1.0), _rep(12.0, machine=1.2), _rep(11.0, machine=1.1)]},
+    "udpoverlay-udp": {"status": "ok", "repetitions": [
+        _rep(2.0, machine=1.0, daemon=0.5, p50=100.0)]},
+    "udpoverlay-vxlan": {"status": "error", "repetitions": [],
+                         "error": "daemon on h1 exited with rc 2: bad | flag\nusage"},
+}
+
+
+def test_flatten_derives_cpu_per_gbps():
+    flat = report.flatten(_rep(2.0, machine=1.0, daemon=0.5))
+    assert flat["cpu_machine_pct_per_gbps"] == 50.0
+    assert flat["cpu_daemon_pct_per_gbps"] == 25.0
+    assert flat["tcp4_gbps"] is None
+    assert flat["udp64_rx_kpps"] == 2.0
+    assert report.flatten({})["tcp1_gbps"] is None
+
+
+def test_summary_is_median_and_ratio_is_to_kernel_vxlan():
+    summary = report.summarize(SCENARIOS)
+    assert summary["kernel-vxlan"]["tcp1_gbps"] == 11.0
+    assert summary["udpoverlay-vxlan"]["tcp1_gbps"] is None
+    rel = report.ratios(summary)
+    assert rel["udpoverlay-udp"]["tcp1_gbps"] == pytest.approx(2 / 11)
+    assert rel["udpoverlay-udp"]["lat_p50_us"] == pytest.approx(2.0)
+    assert rel["udpoverlay-udp"]["udp64_loss_pct"] is None  # baseline 0
+    assert rel["kernel-vxlan"]["cpu_daemon_pct_per_gbps"] is None
+    assert all(v is None for v in report.ratios(summary, "absent")["kernel-vxlan"].values())
+
+
+def test_markdown_table_rows_columns_and_errors():
+    table = report.markdown_table(SCENARIOS)
+    lines = table.strip().splitlines()
+    assert len(lines) == 2 + len(SCENARIOS)
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == ["scenario", *(m.label for m in report.METRICS), "status"]
+    row = dict(zip(header, (c.strip() for c in lines[3].strip("|").split("|"))))
+    assert row["scenario"] == "udpoverlay-udp"
+    assert row["TCP 1 stream Gbit/s"] == "2.00 (×0.18)"
+    assert row["TCP 4 streams Gbit/s"] == "—"
+    assert row["status"].startswith("ok; 1 measurement error(s): tcp4:")
+    error_row = lines[4]
+    assert "error: daemon on h1 exited with rc 2: bad / flag usage" in error_row
+    assert error_row.count("|") == len(header) + 1  # the "|" was escaped away
+
+
+def test_markdown_report_has_notes():
+    doc = {"meta": {"repeat": 3, "duration": 5, "latency_tool": "sockperf"},
+           "scenarios": SCENARIOS}
+    text = report.markdown_report(doc)
+    assert "Medians of 3 repetition(s) of 5 s" in text
+    assert "sockperf" in text
+
+
+def test_chart_is_written(tmp_path):
+    require(importlib.util.find_spec("matplotlib") is not None,
+            "needs matplotlib (benchmarks/requirements.txt)")
+    path = tmp_path / "chart.png"
+    assert report.write_chart(SCENARIOS, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_parse_args_validates_scenarios():
+    args = parse_args(["--scenarios", "host-routing, kernel-vxlan", "--repeat", "1"])
+    assert args.scenarios == ["host-routing", "kernel-vxlan"]
+    assert (args.repeat, args.duration) == (1, 5.0)
+    with pytest.raises(SystemExit):
+        parse_args(["--scenarios", "nope"])
+    with pytest.raises(SystemExit):
+        parse_args(["--duration", "0"])
