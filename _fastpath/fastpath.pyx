@@ -16,7 +16,7 @@ Design notes:
 """
 
 from libc.stdlib cimport malloc, calloc, free
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 from libc.errno cimport errno, EAGAIN, EINTR
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 
@@ -65,8 +65,10 @@ cdef extern from "<sys/socket.h>" nogil:
 
 IMPLEMENTATION = "cython"
 
-MODE_UDP = 0
-MODE_VXLAN = 1
+DEF C_MODE_UDP = 0
+DEF C_MODE_VXLAN = 1
+MODE_UDP = C_MODE_UDP
+MODE_VXLAN = C_MODE_VXLAN
 
 DEF C_OK = 0
 DEF C_TOO_SHORT = 1
@@ -78,7 +80,13 @@ DEF C_UNKNOWN_PEER = 6
 DEF C_SPOOFED_SRC = 7
 DEF C_NOT_LOCAL = 8
 DEF C_TX_ERROR = 9
-DEF C_N_VERDICTS = 10
+DEF C_BAD_VXLAN = 10
+DEF C_BAD_VNI = 11
+DEF C_WRONG_MAC = 12
+DEF C_UNRESOLVED = 13
+DEF C_ARP = 14
+DEF C_N_VERDICTS = 15
+DEF C_HDR = 22          # VXLAN header + inner Ethernet (RFC 7348): TUN read headroom
 
 OK = C_OK
 TOO_SHORT = C_TOO_SHORT
@@ -90,21 +98,33 @@ UNKNOWN_PEER = C_UNKNOWN_PEER
 SPOOFED_SRC = C_SPOOFED_SRC
 NOT_LOCAL = C_NOT_LOCAL
 TX_ERROR = C_TX_ERROR
+BAD_VXLAN = C_BAD_VXLAN
+BAD_VNI = C_BAD_VNI
+WRONG_MAC = C_WRONG_MAC
+UNRESOLVED = C_UNRESOLVED
+ARP = C_ARP
+VXLAN_HDR = C_HDR
 VERDICT_NAMES = ("ok", "too_short", "not_ipv4", "bad_header", "no_route",
                  "ttl_expired", "unknown_peer", "spoofed_src", "not_local",
-                 "tx_error")
+                 "tx_error", "bad_vxlan", "bad_vni", "wrong_mac", "unresolved",
+                 "arp")
 N_VERDICTS = C_N_VERDICTS
 
 DEF C_BATCH = 64
 DEF C_MAX_ROUNDS = 16
 DEF C_SLOT = 65536
+DEF C_STRIDE = 65536 + 64   # slot + headroom for the outer headers
 DEF C_ICMP_TTL = 64
 BATCH = C_BATCH
 MAX_ROUNDS = C_MAX_ROUNDS
 SLOT = C_SLOT
 ICMP_TTL = C_ICMP_TTL
-# ICMP reply buffer: 20 (IP) + 8 (ICMP) + at most 60 (IP header) + 8.
+# Reply buffer: an ICMP error (20 + 8 + at most 60 + 8) or a VXLAN ARP (22 + 28).
 DEF C_REPLY_MAX = 96
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t sendto(int sockfd, const void *buf, size_t len, int flags,
+                   const void *dest_addr, socklen_t addrlen)
 
 
 cdef struct peer_t:
@@ -147,6 +167,13 @@ cdef inline uint32_t mask_of(int length) noexcept nogil:
 
 cdef inline uint32_t be32(const uint8_t *p) noexcept nogil:
     return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline void put32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>(v >> 24)
+    p[1] = <uint8_t>(v >> 16)
+    p[2] = <uint8_t>(v >> 8)
+    p[3] = <uint8_t>v
 
 
 cdef uint16_t csum(const uint8_t *p, Py_ssize_t n) noexcept nogil:
@@ -235,10 +262,12 @@ cdef class Engine:
     cdef sockaddr_in addrs[C_BATCH]
     cdef uint8_t reply[C_REPLY_MAX]
     cdef int reply_len
+    cdef Py_ssize_t inner_off
+    cdef uint8_t mac_c[6]
 
     def __cinit__(self):
         self.table = <table_t *>calloc(1, sizeof(table_t))
-        self.slots = <uint8_t *>malloc(C_BATCH * C_SLOT)
+        self.slots = <uint8_t *>malloc(C_BATCH * C_STRIDE)
         if self.table == NULL or self.slots == NULL:
             raise MemoryError()
 
@@ -248,8 +277,10 @@ cdef class Engine:
 
     def __init__(self, int mode, tun_addr, local_subnet, network, int vni=1,
                  vtep_mac=b"\x02\0\0\0\0\x01", int local_port=8285):
-        if mode != MODE_UDP:
-            raise ValueError("only MODE_UDP is implemented")
+        if mode != MODE_UDP and mode != MODE_VXLAN:
+            raise ValueError(f"unknown mode {mode}")
+        if len(vtep_mac) != 6:
+            raise ValueError("vtep mac must be 6 bytes")
         self.mode = mode
         self.tun_addr = _ip_to_int(tun_addr)
         net, length = _net(local_subnet)
@@ -258,6 +289,7 @@ cdef class Engine:
         _net(network)   # validated like the reference
         self.vni = vni
         self.vtep_mac = bytes(vtep_mac)
+        memcpy(self.mac_c, <const char *>self.vtep_mac, 6)
         self.local_port = local_port
         memset(self.out_v, 0, sizeof(self.out_v))
         memset(self.in_v, 0, sizeof(self.in_v))
@@ -305,6 +337,10 @@ cdef class Engine:
                 memcpy(p.mac, <const char *>mac, 6)
                 p.has_mac = 1
             j = old.get((ip, port, net, length))
+            if j is not None and not p.has_mac and self.table.peers[<int>j].has_mac:
+                # A MAC learned by ARP survives a swap that does not name one.
+                memcpy(p.mac, self.table.peers[<int>j].mac, 6)
+                p.has_mac = 1
             if j is not None:
                 p.tx_packets = self.table.peers[<int>j].tx_packets
                 p.tx_bytes = self.table.peers[<int>j].tx_bytes
@@ -364,9 +400,10 @@ cdef class Engine:
                "rx_packets": self.c_rx_packets, "rx_bytes": self.c_rx_bytes,
                "icmp_sent": self.c_icmp_sent}
         cdef int i
-        for i in range(1, C_N_VERDICTS):
+        for i in range(1, C_ARP):
             out["tx_drop_" + VERDICT_NAMES[i]] = self.out_v[i]
             out["rx_drop_" + VERDICT_NAMES[i]] = self.in_v[i]
+        out["rx_arp"] = self.in_v[C_ARP]
         return out
 
     def peer_counters(self):
@@ -378,7 +415,8 @@ cdef class Engine:
             res.append({"public_ip": str(ipaddress.IPv4Address(p.ip)), "port": p.port,
                         "subnet": f"{ipaddress.IPv4Address(p.net)}/{p.length}",
                         "tx_packets": p.tx_packets, "tx_bytes": p.tx_bytes,
-                        "rx_packets": p.rx_packets, "rx_bytes": p.rx_bytes})
+                        "rx_packets": p.rx_packets, "rx_bytes": p.rx_bytes,
+                        "vtep_mac": ":".join(f"{b:02x}" for b in p.mac[:6]) if p.has_mac else None})
         return res
 
     # -- per packet ------------------------------------------------------
@@ -441,6 +479,9 @@ cdef class Engine:
         if peer[0] < 0:
             self.icmp_error(pkt, n, 3)
             return C_NO_ROUTE
+        if self.mode == C_MODE_VXLAN and not self.table.peers[peer[0]].has_mac:
+            peer[0] = -1
+            return C_UNRESOLVED
         # TTL-1 with an incremental checksum update (RFC 1624, eqn. 3).
         old = (pkt[8] << 8) | pkt[9]
         pkt[8] -= 1
@@ -464,30 +505,123 @@ cdef class Engine:
         else:
             self.out_v[v] += 1
 
+    cdef inline void vxlan_hdr(self, uint8_t *h, const uint8_t *dst_mac, uint16_t ethertype) noexcept nogil:
+        memset(h, 0, 8)
+        h[0] = 0x08
+        h[4] = <uint8_t>(self.vni >> 16)
+        h[5] = <uint8_t>(self.vni >> 8)
+        h[6] = <uint8_t>self.vni
+        memcpy(&h[8], dst_mac, 6)
+        memcpy(&h[14], self.mac_c, 6)
+        h[20] = ethertype >> 8
+        h[21] = ethertype & 0xFF
+
+    cdef inline Py_ssize_t encap_c(self, uint8_t *pkt, int idx) noexcept nogil:
+        """Write the outer headers into the headroom before pkt; their size."""
+        if self.mode == C_MODE_UDP:
+            return 0
+        self.vxlan_hdr(pkt - C_HDR, self.table.peers[idx].mac, 0x0800)
+        return C_HDR
+
     def outbound(self, packet):
         """TUN -> wire for one packet: (verdict, peer index, payload, reply to TUN)."""
         cdef bytes data = bytes(packet)
         cdef Py_ssize_t n = len(data)
         cdef int idx
         cdef int v
+        cdef Py_ssize_t h = 0
+        cdef uint8_t *pkt = self.slots + C_HDR
         if n > C_SLOT:
             n = C_SLOT
         if n:
-            memcpy(self.slots, <const char *>data, n)
-        v = self.outbound_c(self.slots, n, &idx)
+            memcpy(pkt, <const char *>data, n)
+        v = self.outbound_c(pkt, n, &idx)
         self.count_out(v, idx, n)
-        payload = (<char *>self.slots)[:n] if v == C_OK else b""
+        if v == C_OK:
+            h = self.encap_c(pkt, idx)
+        payload = (<char *>(pkt - h))[:n + h] if v == C_OK else b""
         reply = (<char *>self.reply)[:self.reply_len] if self.reply_len else b""
         return v, idx, payload, reply
 
+    def arp_request(self, int idx):
+        """VXLAN datagram asking peer idx for the MAC of its VTEP address."""
+        if not 0 <= idx < self.table.n_peers:
+            raise IndexError(idx)
+        cdef uint8_t buf[C_HDR + 28]
+        cdef uint8_t bcast[6]
+        cdef uint32_t tpa = self.table.peers[idx].net
+        memset(bcast, 0xFF, 6)
+        self.vxlan_hdr(buf, bcast, 0x0806)
+        self.arp_body(&buf[C_HDR], 1, self.tun_addr)
+        memset(&buf[C_HDR + 18], 0, 6)
+        put32(&buf[C_HDR + 24], tpa)
+        return (<char *>buf)[:C_HDR + 28]
+
+    cdef inline void arp_body(self, uint8_t *a, int op, uint32_t spa) noexcept nogil:
+        a[0] = 0; a[1] = 1; a[2] = 8; a[3] = 0; a[4] = 6; a[5] = 4; a[6] = 0
+        a[7] = <uint8_t>op
+        memcpy(&a[8], self.mac_c, 6)
+        put32(&a[14], spa)
+
+    cdef int arp_c(self, const uint8_t *d, Py_ssize_t n, int idx) noexcept nogil:
+        """Answer ARP requests for our VTEP address; learn the peer's MAC from
+        its own ARP (sender = its VTEP address only: no poisoning others)."""
+        cdef const uint8_t *a = d + C_HDR
+        cdef peer_t *p = &self.table.peers[idx]
+        cdef uint32_t spa
+        cdef int i
+        cdef bint bcast = True
+        if n < C_HDR + 28:
+            return C_TOO_SHORT
+        for i in range(6):
+            if d[8 + i] != 0xFF:
+                bcast = False
+        if not bcast and memcmp(&d[8], self.mac_c, 6) != 0:
+            return C_WRONG_MAC
+        if not (a[0] == 0 and a[1] == 1 and a[2] == 8 and a[3] == 0 and a[4] == 6 and a[5] == 4):
+            return C_BAD_HEADER
+        spa = be32(&a[14])
+        if spa == p.net and not (a[8] & 1) and not p.has_mac:
+            memcpy(p.mac, &a[8], 6)
+            p.has_mac = 1
+        if a[6] == 0 and a[7] == 1 and be32(&a[24]) == self.tun_addr:
+            self.vxlan_hdr(self.reply, &a[8], 0x0806)
+            self.arp_body(&self.reply[C_HDR], 2, self.tun_addr)
+            memcpy(&self.reply[C_HDR + 18], &a[8], 6)
+            put32(&self.reply[C_HDR + 24], spa)
+            self.reply_len = C_HDR + 28
+        return C_ARP
+
     cdef int inbound_c(self, const uint8_t *d, Py_ssize_t n, uint32_t src, int *peer) noexcept nogil:
+        """Verdict for one datagram; self.inner_off = where its inner packet starts."""
         cdef table_t *t = self.table
         cdef int idx = search(t.by_ip, 0, t.n_by_ip, src)
-        cdef int v
-        cdef peer_t *p
         peer[0] = idx
+        self.reply_len = 0
+        self.inner_off = 0
         if idx < 0:
             return C_UNKNOWN_PEER
+        if self.mode == C_MODE_UDP:
+            return self.inner_c(d, n, idx)
+        if n < C_HDR:
+            return C_TOO_SHORT
+        if not (d[0] & 0x08):
+            return C_BAD_VXLAN
+        if ((<uint32_t>d[4] << 16) | (<uint32_t>d[5] << 8) | d[6]) != <uint32_t>self.vni:
+            return C_BAD_VNI
+        if d[20] == 0x08 and d[21] == 0x06:
+            return self.arp_c(d, n, idx)
+        if d[20] != 0x08 or d[21] != 0x00:
+            return C_NOT_IPV4
+        if memcmp(&d[8], self.mac_c, 6) != 0:
+            return C_WRONG_MAC
+        self.inner_off = C_HDR
+        return self.inner_c(d + C_HDR, n - C_HDR, idx)
+
+    cdef int inner_c(self, const uint8_t *d, Py_ssize_t n, int idx) noexcept nogil:
+        cdef table_t *t = self.table
+        cdef int v
+        cdef peer_t *p
         v = check_ipv4(d, n)
         if v != C_OK:
             return v
@@ -512,14 +646,16 @@ cdef class Engine:
             self.in_v[v] += 1
 
     def inbound(self, datagram, src_ip):
-        """Wire -> TUN for one datagram: (verdict, peer index, packet for TUN)."""
+        """Wire -> TUN for one datagram:
+        (verdict, peer index, packet for TUN, reply datagram to the sender)."""
         cdef bytes data = bytes(datagram)
         cdef Py_ssize_t n = len(data)
         cdef int idx
         cdef int v = self.inbound_c(<const uint8_t *><const char *>data, n,
                                     <uint32_t>_ip_to_int(src_ip), &idx)
-        self.count_in(v, idx, n)
-        return v, idx, data if v == C_OK else b""
+        self.count_in(v, idx, n - self.inner_off)
+        reply = (<char *>self.reply)[:self.reply_len] if self.reply_len else b""
+        return v, idx, data[self.inner_off:] if v == C_OK else b"", reply
 
     # -- batched I/O -------------------------------------------------------
     def tun_to_udp(self, int tun_fd, int sock_fd):
@@ -531,7 +667,7 @@ cdef class Engine:
 
     cdef int tun_to_udp_c(self, int tun_fd, int sock_fd) noexcept nogil:
         cdef int done = 0, rounds, n, m, i, sent, idx, v
-        cdef ssize_t r
+        cdef ssize_t r, h
         cdef uint8_t *slot
         cdef peer_t *p
         cdef bint empty = False
@@ -539,7 +675,7 @@ cdef class Engine:
             n = 0
             m = 0
             while n < C_BATCH:
-                slot = self.slots + <size_t>n * C_SLOT
+                slot = self.slots + <size_t>n * C_STRIDE + C_HDR
                 r = read(tun_fd, slot, C_SLOT)
                 if r < 0:
                     if errno == EINTR:
@@ -557,8 +693,9 @@ cdef class Engine:
                 if v != C_OK:
                     continue
                 p = &self.table.peers[idx]
-                self.iov[m].iov_base = slot
-                self.iov[m].iov_len = <size_t>r
+                h = self.encap_c(slot, idx)
+                self.iov[m].iov_base = slot - h
+                self.iov[m].iov_len = <size_t>(r + h)
                 self.addrs[m].sin_family = AF_INET
                 self.addrs[m].sin_port = htons(p.port)
                 self.addrs[m].sin_addr.s_addr = htonl(p.ip)
@@ -596,7 +733,7 @@ cdef class Engine:
         cdef uint8_t *slot
         for rounds in range(C_MAX_ROUNDS):
             for i in range(C_BATCH):
-                self.iov[i].iov_base = self.slots + <size_t>i * C_SLOT
+                self.iov[i].iov_base = self.slots + <size_t>i * C_STRIDE
                 self.iov[i].iov_len = C_SLOT
                 memset(&self.msgs[i], 0, sizeof(mmsghdr))
                 self.msgs[i].msg_hdr.msg_name = &self.addrs[i]
@@ -609,12 +746,16 @@ cdef class Engine:
                     continue
                 break
             for i in range(got):
-                slot = self.slots + <size_t>i * C_SLOT
+                slot = self.slots + <size_t>i * C_STRIDE
                 n = self.msgs[i].msg_len
                 v = self.inbound_c(slot, n, ntohl(self.addrs[i].sin_addr.s_addr), &idx)
-                self.count_in(v, idx, n)
+                self.count_in(v, idx, n - self.inner_off)
+                if self.reply_len:
+                    if sendto(sock_fd, self.reply, self.reply_len, 0, &self.addrs[i],
+                              sizeof(sockaddr_in)) < 0:
+                        self.out_v[C_TX_ERROR] += 1
                 if v == C_OK:
-                    if write(tun_fd, slot, n) < 0:
+                    if write(tun_fd, slot + self.inner_off, n - self.inner_off) < 0:
                         self.in_v[C_TX_ERROR] += 1
             done += got
             if got < C_BATCH:

@@ -31,15 +31,23 @@ UNKNOWN_PEER = 6
 SPOOFED_SRC = 7
 NOT_LOCAL = 8
 TX_ERROR = 9
+BAD_VXLAN = 10
+BAD_VNI = 11
+WRONG_MAC = 12
+UNRESOLVED = 13
+ARP = 14            # an ARP frame consumed by the engine (not a drop)
 VERDICT_NAMES = ("ok", "too_short", "not_ipv4", "bad_header", "no_route",
                  "ttl_expired", "unknown_peer", "spoofed_src", "not_local",
-                 "tx_error")
+                 "tx_error", "bad_vxlan", "bad_vni", "wrong_mac", "unresolved",
+                 "arp")
 N_VERDICTS = len(VERDICT_NAMES)
 
 BATCH = 64          # packets per syscall batch
 MAX_ROUNDS = 16     # batches per readable callback, so one side cannot starve the other
 SLOT = 65536        # one buffer slot: any IPv4 packet fits
 ICMP_TTL = 64
+VXLAN_HDR = 8 + 14   # VXLAN header + inner Ethernet header (RFC 7348)
+BROADCAST = b"\xff" * 6
 # ICMP types that are errors: never answer those with another error (RFC 1812).
 _ICMP_ERRORS = frozenset((3, 4, 5, 11, 12))
 
@@ -89,8 +97,10 @@ class Engine:
     def __init__(self, mode: int, tun_addr: str, local_subnet: str, network: str,
                  vni: int = 1, vtep_mac: bytes = b"\x02\0\0\0\0\x01",
                  local_port: int = 8285) -> None:
-        if mode != MODE_UDP:
-            raise ValueError("only MODE_UDP is implemented")
+        if mode not in (MODE_UDP, MODE_VXLAN):
+            raise ValueError(f"unknown mode {mode}")
+        if len(vtep_mac) != 6:
+            raise ValueError("vtep mac must be 6 bytes")
         self.mode = mode
         self.tun_addr = _ip_to_int(tun_addr)
         self.local_net, self.local_len = _net(local_subnet)
@@ -115,9 +125,13 @@ class Engine:
         for ip, port, subnet, mac in peers:
             net, length = _net(subnet)
             key = (_ip_to_int(ip), int(port), net, length)
+            if mac is not None and len(mac) != 6:
+                raise ValueError("vtep mac must be 6 bytes")
             prev = old.get(key)
             counts = prev[5:9] if prev else [0, 0, 0, 0]
-            new.append([key[0], key[1], net, length, bytes(mac) if mac else None, *counts])
+            # A MAC learned by ARP survives a table swap that does not name one.
+            mac = bytes(mac) if mac else (prev[4] if prev else None)
+            new.append([key[0], key[1], net, length, mac, *counts])
         by_len: dict[int, dict[int, int]] = {}
         by_ip: dict[int, int] = {}
         for idx, p in enumerate(new):
@@ -138,16 +152,19 @@ class Engine:
 
     def counters(self) -> dict:
         out = dict(self._c)
-        for i in range(1, N_VERDICTS):
+        for i in range(1, ARP):
             out["tx_drop_" + VERDICT_NAMES[i]] = self._out[i]
             out["rx_drop_" + VERDICT_NAMES[i]] = self._in[i]
+        out["rx_arp"] = self._in[ARP]
         return out
 
     def peer_counters(self) -> list[dict]:
         return [{"public_ip": str(ipaddress.IPv4Address(p[0])), "port": p[1],
                  "subnet": f"{ipaddress.IPv4Address(p[2])}/{p[3]}",
                  "tx_packets": p[5], "tx_bytes": p[6],
-                 "rx_packets": p[7], "rx_bytes": p[8]} for p in self._peers]
+                 "rx_packets": p[7], "rx_bytes": p[8],
+                 "vtep_mac": None if p[4] is None else ":".join(f"{b:02x}" for b in p[4])}
+                for p in self._peers]
 
     # -- per packet ------------------------------------------------------
     def _icmp_error(self, pkt, icmp_type: int) -> bytes:
@@ -188,6 +205,8 @@ class Engine:
         idx = self.lookup(int.from_bytes(pkt[16:20], "big"))
         if idx < 0:
             return NO_ROUTE, -1, self._icmp_error(pkt, 3)
+        if self.mode == MODE_VXLAN and self._peers[idx][4] is None:
+            return UNRESOLVED, -1, b""
         # TTL-1 with an incremental checksum update (RFC 1624, eqn. 3).
         old = (pkt[8] << 8) | pkt[9]
         pkt[8] -= 1
@@ -214,23 +233,79 @@ class Engine:
         pkt = bytearray(packet)
         v, idx, reply = self._outbound(pkt)
         self._count_out(v, idx, len(pkt))
-        return v, idx, bytes(pkt) if v == OK else b"", reply
+        return v, idx, self._encap(pkt, idx) if v == OK else b"", reply
 
-    def _inbound(self, dgram, src_ip: int):
+    def _vxlan_hdr(self, dst_mac: bytes, ethertype: bytes) -> bytes:
+        return (b"\x08\0\0\0" + self.vni.to_bytes(3, "big") + b"\0"
+                + dst_mac + self.vtep_mac + ethertype)
+
+    def _encap(self, pkt, idx: int) -> bytes:
+        if self.mode == MODE_UDP:
+            return bytes(pkt)
+        return self._vxlan_hdr(self._peers[idx][4], b"\x08\x00") + pkt
+
+    def arp_request(self, idx: int) -> bytes:
+        """VXLAN datagram asking peer idx for the MAC of its VTEP address."""
+        p = self._peers[idx]
+        arp = (b"\0\x01\x08\x00\x06\x04\0\x01" + self.vtep_mac
+               + self.tun_addr.to_bytes(4, "big") + bytes(6) + p[2].to_bytes(4, "big"))
+        return self._vxlan_hdr(BROADCAST, b"\x08\x06") + arp
+
+    def _arp(self, d, idx: int):
+        """Answer ARP requests for our VTEP address; learn the peer's MAC from
+        its own ARP (sender = its VTEP address only: no poisoning others)."""
+        if len(d) < VXLAN_HDR + 28:
+            return TOO_SHORT, b""
+        if d[8:14] != self.vtep_mac and d[8:14] != BROADCAST:
+            return WRONG_MAC, b""
+        a = d[VXLAN_HDR:VXLAN_HDR + 28]
+        if a[0:6] != b"\0\x01\x08\x00\x06\x04":
+            return BAD_HEADER, b""
+        op = a[7]
+        sha, spa, tpa = a[8:14], int.from_bytes(a[14:18], "big"), int.from_bytes(a[24:28], "big")
+        p = self._peers[idx]
+        if spa == p[2] and not sha[0] & 1 and p[4] is None:
+            p[4] = bytes(sha)
+        if a[6] == 0 and op == 1 and tpa == self.tun_addr:
+            body = (b"\0\x01\x08\x00\x06\x04\0\x02" + self.vtep_mac
+                    + self.tun_addr.to_bytes(4, "big") + sha + spa.to_bytes(4, "big"))
+            return ARP, self._vxlan_hdr(bytes(sha), b"\x08\x06") + body
+        return ARP, b""
+
+    def _inbound(self, d, src_ip: int):
+        """(verdict, peer, offset of the inner packet, reply datagram)."""
         idx = self._by_ip.get(src_ip, -1)
         if idx < 0:
-            return UNKNOWN_PEER, -1
+            return UNKNOWN_PEER, -1, 0, b""
+        if self.mode == MODE_UDP:
+            return self._inner(d, idx), idx, 0, b""
+        if len(d) < VXLAN_HDR:
+            return TOO_SHORT, idx, 0, b""
+        if not d[0] & 0x08:
+            return BAD_VXLAN, idx, 0, b""
+        if int.from_bytes(d[4:7], "big") != self.vni:
+            return BAD_VNI, idx, 0, b""
+        if d[20:22] == b"\x08\x06":
+            v, reply = self._arp(d, idx)
+            return v, idx, 0, reply
+        if d[20:22] != b"\x08\x00":
+            return NOT_IPV4, idx, 0, b""
+        if d[8:14] != self.vtep_mac:
+            return WRONG_MAC, idx, 0, b""
+        return self._inner(memoryview(d)[VXLAN_HDR:], idx), idx, VXLAN_HDR, b""
+
+    def _inner(self, dgram, idx: int) -> int:
         v = _check_ipv4(dgram)
         if v != OK:
-            return v, idx
+            return v
         p = self._peers[idx]
         if (int.from_bytes(dgram[12:16], "big") & _mask(p[3])) != p[2]:
-            return SPOOFED_SRC, idx
+            return SPOOFED_SRC
         if (int.from_bytes(dgram[16:20], "big") & _mask(self.local_len)) != self.local_net:
-            return NOT_LOCAL, idx
+            return NOT_LOCAL
         if dgram[8] == 0:
-            return TTL_EXPIRED, idx
-        return OK, idx
+            return TTL_EXPIRED
+        return OK
 
     def _count_in(self, v: int, idx: int, n: int) -> None:
         if v == OK:
@@ -243,10 +318,12 @@ class Engine:
             self._in[v] += 1
 
     def inbound(self, datagram: bytes, src_ip: str):
-        """Wire -> TUN for one datagram: (verdict, peer index, packet for TUN)."""
-        v, idx = self._inbound(datagram, _ip_to_int(src_ip))
-        self._count_in(v, idx, len(datagram))
-        return v, idx, bytes(datagram) if v == OK else b""
+        """Wire -> TUN for one datagram:
+        (verdict, peer index, packet for TUN, reply datagram to the sender)."""
+        datagram = bytes(datagram)
+        v, idx, off, reply = self._inbound(datagram, _ip_to_int(src_ip))
+        self._count_in(v, idx, len(datagram) - off)
+        return v, idx, datagram[off:] if v == OK else b"", reply
 
     # -- batched I/O -------------------------------------------------------
     def _sock(self, fd: int) -> socket.socket:
@@ -279,7 +356,7 @@ class Engine:
             if v == OK:
                 p = self._peers[idx]
                 try:
-                    sock.sendto(pkt, (str(ipaddress.IPv4Address(p[0])), p[1]))
+                    sock.sendto(self._encap(pkt, idx), (str(ipaddress.IPv4Address(p[0])), p[1]))
                 except OSError:
                     self._out[TX_ERROR] += 1
         return done
@@ -297,11 +374,16 @@ class Engine:
                     continue
                 break
             done += 1
-            v, idx = self._inbound(data, _ip_to_int(addr[0]))
-            self._count_in(v, idx, len(data))
+            v, idx, off, reply = self._inbound(data, _ip_to_int(addr[0]))
+            self._count_in(v, idx, len(data) - off)
+            if reply:
+                try:
+                    sock.sendto(reply, addr)
+                except OSError:
+                    self._out[TX_ERROR] += 1
             if v == OK:
                 try:
-                    os.write(tun_fd, data)
+                    os.write(tun_fd, data[off:])
                 except OSError:
                     self._in[TX_ERROR] += 1
         return done

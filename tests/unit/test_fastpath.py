@@ -121,7 +121,7 @@ def test_bad_total_length(mod):
 def test_inbound_checks(mod):
     e = make(mod)
     good = ipv4("198.19.2.7", "198.19.1.5", 63, 17, b"data")
-    assert e.inbound(good, "198.18.0.2") == (mod.OK, 0, good)
+    assert e.inbound(good, "198.18.0.2") == (mod.OK, 0, good, b"")
     assert e.inbound(good, "198.18.0.99")[0] == mod.UNKNOWN_PEER
     spoof = ipv4("198.19.3.7", "198.19.1.5", 63, 17, b"data")
     assert e.inbound(spoof, "198.18.0.2")[0] == mod.SPOOFED_SRC
@@ -151,3 +151,78 @@ def test_counter_keys_identical():
     a = make(_fastpath_py).counters()
     b = make(_fastpath_c).counters()
     assert list(a) == list(b)
+
+
+MAC_A = bytes.fromhex("02aa00000001")
+MAC_B = bytes.fromhex("02bb00000002")
+
+
+def make_vx(mod, mac=MAC_B, vni=1):
+    e = mod.Engine(mod.MODE_VXLAN, "198.19.1.0", "198.19.1.0/24", "198.19.0.0/16",
+                   vni=vni, vtep_mac=MAC_A, local_port=8472)
+    e.set_peers([("198.18.0.2", 8472, "198.19.2.0/24", mac)])
+    return e
+
+
+def vx(inner: bytes, dst=MAC_A, src=MAC_B, vni=1, ethertype=b"\x08\x00", flags=0x08) -> bytes:
+    return bytes([flags, 0, 0, 0]) + vni.to_bytes(3, "big") + b"\0" + dst + src + ethertype + inner
+
+
+def test_vxlan_encap_framing(mod):
+    e = make_vx(mod)
+    pkt = ipv4("198.19.1.5", "198.19.2.7", 64, 17, b"hello")
+    v, idx, payload, _ = e.outbound(pkt)
+    assert v == mod.OK
+    assert payload[:8] == b"\x08\0\0\0\0\0\x01\0"
+    assert payload[8:14] == MAC_B and payload[14:20] == MAC_A and payload[20:22] == b"\x08\x00"
+    assert payload[22:31] == pkt[:8] + bytes([63])
+
+
+def test_vxlan_decap_checks(mod):
+    e = make_vx(mod)
+    inner = ipv4("198.19.2.7", "198.19.1.5", 63, 17, b"data")
+    assert e.inbound(vx(inner), "198.18.0.2") == (mod.OK, 0, inner, b"")
+    assert e.inbound(vx(inner, vni=2), "198.18.0.2")[0] == mod.BAD_VNI
+    assert e.inbound(vx(inner, flags=0), "198.18.0.2")[0] == mod.BAD_VXLAN
+    assert e.inbound(vx(inner, dst=bytes.fromhex("02cc00000003")), "198.18.0.2")[0] == mod.WRONG_MAC
+    assert e.inbound(vx(inner, ethertype=b"\x86\xdd"), "198.18.0.2")[0] == mod.NOT_IPV4
+    assert e.inbound(vx(inner), "198.18.0.9")[0] == mod.UNKNOWN_PEER
+    assert e.inbound(vx(inner)[:21], "198.18.0.2")[0] == mod.TOO_SHORT
+    c = e.counters()
+    assert (c["rx_drop_bad_vni"], c["rx_drop_wrong_mac"], c["rx_drop_bad_vxlan"]) == (1, 1, 1)
+
+
+def test_vxlan_unresolved_then_learned_by_arp(mod):
+    e = make_vx(mod, mac=None)
+    pkt = ipv4("198.19.1.5", "198.19.2.7", 64, 17, b"x")
+    assert e.outbound(pkt)[0] == mod.UNRESOLVED
+    req = e.arp_request(0)
+    assert req[8:14] == b"\xff" * 6 and req[20:22] == b"\x08\x06"
+    assert req[22 + 7] == 1 and req[22 + 24:22 + 28] == bytes([198, 19, 2, 0])
+    # The peer's reply: sender = its VTEP address 198.19.2.0 with MAC_B.
+    arp = (b"\0\x01\x08\x00\x06\x04\0\x02" + MAC_B + bytes([198, 19, 2, 0])
+           + MAC_A + bytes([198, 19, 1, 0]))
+    assert e.inbound(vx(arp, ethertype=b"\x08\x06"), "198.18.0.2")[0] == mod.ARP
+    assert e.peer_counters()[0]["vtep_mac"] == "02:bb:00:00:00:02"
+    assert e.outbound(pkt)[0] == mod.OK
+    assert e.counters()["tx_drop_unresolved"] == 1 and e.counters()["rx_arp"] == 1
+
+
+def test_vxlan_answers_arp_for_our_vtep(mod):
+    e = make_vx(mod)
+    arp = (b"\0\x01\x08\x00\x06\x04\0\x01" + MAC_B + bytes([198, 19, 2, 0])
+           + bytes(6) + bytes([198, 19, 1, 0]))
+    v, _, to_tun, reply = e.inbound(vx(arp, dst=b"\xff" * 6, ethertype=b"\x08\x06"), "198.18.0.2")
+    assert v == mod.ARP and to_tun == b""
+    assert reply[8:14] == MAC_B and reply[14:20] == MAC_A
+    a = reply[22:]
+    assert a[7] == 2 and a[8:14] == MAC_A and a[14:18] == bytes([198, 19, 1, 0])
+    assert a[18:24] == MAC_B and a[24:28] == bytes([198, 19, 2, 0])
+
+
+def test_vxlan_arp_cannot_poison_other_addresses(mod):
+    e = make_vx(mod, mac=None)
+    evil = (b"\0\x01\x08\x00\x06\x04\0\x02" + bytes.fromhex("02eeeeeeeeee")
+            + bytes([198, 19, 9, 9]) + MAC_A + bytes([198, 19, 1, 0]))
+    e.inbound(vx(evil, ethertype=b"\x08\x06"), "198.18.0.2")
+    assert e.peer_counters()[0]["vtep_mac"] is None

@@ -27,13 +27,33 @@ PEERS = [("198.18.0.2", 8285, "198.19.2.0/24", None),
          ("198.18.0.5", 8285, "198.19.128.0/25", None)]
 
 
-def engines():
+MAC = bytes.fromhex("02aa00000001")
+PEER_MAC = bytes.fromhex("02bb00000002")
+
+
+def engines(mode: int = 0):
+    """One engine per implementation; mode 1 = VXLAN (one peer's MAC unknown)."""
     out = []
     for mod in (ref, comp):
-        e = mod.Engine(mod.MODE_UDP, "198.19.1.0", "198.19.1.0/24", "198.19.0.0/16")
-        e.set_peers(PEERS)
+        e = mod.Engine(mode, "198.19.1.0", "198.19.1.0/24", "198.19.0.0/16",
+                       vni=1, vtep_mac=MAC)
+        e.set_peers([(ip, port, net, PEER_MAC if mode and i else None)
+                     for i, (ip, port, net, _) in enumerate(PEERS)])
         out.append(e)
     return out
+
+
+def vxlan_wrap(inner: bytes, sel: int) -> bytes:
+    """Mostly-valid VXLAN frames around inner, with chosen header faults."""
+    flags = 0 if sel == 1 else 0x08
+    vni = 2 if sel == 2 else 1
+    dst = {3: b"\xff" * 6, 4: PEER_MAC}.get(sel, MAC)
+    etype = {5: b"\x08\x06", 6: b"\x86\xdd"}.get(sel, b"\x08\x00")
+    if sel == 7:      # an ARP request for our VTEP address / a reply from a peer
+        inner = (b"\0\x01\x08\x00\x06\x04\0" + bytes([1 + (len(inner) & 1)]) + PEER_MAC
+                 + bytes([198, 19, 2, 0]) + bytes(6) + bytes([198, 19, 1, 0]) + inner[:4])
+        etype = b"\x08\x06"
+    return bytes([flags, 0, 0, 0]) + vni.to_bytes(3, "big") + b"\0" + dst + PEER_MAC + etype + inner
 
 
 def ipv4(src: str, dst: str, ttl: int, proto: int, payload: bytes,
@@ -68,9 +88,10 @@ def mangle(data: bytes, cut: int, flip: int) -> bytes:
 
 
 @settings(max_examples=600, deadline=None)
-@given(st.lists(st.tuples(packets, st.integers(0, 200), st.integers(-3, 100)), max_size=12))
-def test_outbound_identical(batch):
-    py, cy = engines()
+@given(st.lists(st.tuples(packets, st.integers(0, 200), st.integers(-3, 100)), max_size=12),
+       st.sampled_from([0, 1]))
+def test_outbound_identical(batch, mode):
+    py, cy = engines(mode)
     for pkt, cut, flip in batch:
         if cut > 150:
             cut = len(pkt)          # most packets intact
@@ -94,13 +115,32 @@ def test_inbound_identical(batch):
     assert py.peer_counters() == cy.peer_counters()
 
 
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.tuples(packets, st.sampled_from([p[0] for p in PEERS] + ["198.18.0.9"]),
+                          st.integers(0, 8), st.integers(0, 200), st.integers(-3, 100)),
+                max_size=12))
+def test_vxlan_inbound_identical(batch):
+    py, cy = engines(1)
+    for pkt, src, sel, cut, flip in batch:
+        frame = vxlan_wrap(pkt, sel)
+        if cut > 150:
+            cut = len(frame)
+        data = mangle(frame, cut, flip if flip < 0 or cut < len(frame) else -1)
+        assert py.inbound(data, src) == cy.inbound(data, src)
+    for i in range(len(PEERS)):
+        assert py.arp_request(i) == cy.arp_request(i)
+    assert py.counters() == cy.counters()
+    assert py.peer_counters() == cy.peer_counters()
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=120), st.sampled_from(["198.18.0.2", "198.18.0.9"]))
 def test_random_bytes_identical(data, src):
-    py, cy = engines()
-    assert py.outbound(data) == cy.outbound(data)
-    assert py.inbound(data, src) == cy.inbound(data, src)
-    assert py.counters() == cy.counters()
+    for mode in (0, 1):
+        py, cy = engines(mode)
+        assert py.outbound(data) == cy.outbound(data)
+        assert py.inbound(data, src) == cy.inbound(data, src)
+        assert py.counters() == cy.counters()
 
 
 @settings(max_examples=200, deadline=None)
