@@ -1,0 +1,309 @@
+"""The udp data plane end to end: real namespaces, real TUN devices, real
+daemon processes talking flannel's udp wire format over a bridge underlay.
+
+Addresses: underlay 198.18.0.N/24, overlay 198.19.0.0/16, host N owns
+198.19.N.0/24 with a "pod" address 198.19.N.1 on a port-less bridge.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+
+from tests.integration.conftest import NETWORK, PORT, ROOT, pod_of, underlay_of
+from tests.requirements import require
+from udpoverlay import fastpath
+from udpoverlay.netlab import wait_for
+
+TCPXFER = str(ROOT / "tests" / "tools" / "tcpxfer.py")
+
+
+def _expected_impl() -> str:
+    return "python" if os.environ.get("UDPOVERLAY_NO_EXTENSIONS") not in (None, "", "0") \
+        else fastpath.IMPLEMENTATION
+
+
+def _assert_pings(ov, i, j, count=3):
+    r = ov.ping(i, j, count)
+    assert r.returncode == 0, f"ping {pod_of(i)} -> {pod_of(j)} failed:\n{r.stdout}{r.stderr}\n{ov.dump_logs()}"
+    assert f"{count} received" in r.stdout, r.stdout
+
+
+def test_ping_both_ways_and_status(overlay2):
+    ov = overlay2
+    ov.start(1)
+    ov.start(2, bare=True)  # `udpoverlay --public-ip ...` without `run`
+    _assert_pings(ov, 1, 2)
+    _assert_pings(ov, 2, 1)
+
+    st = ov.status(ov.hosts[1])
+    assert st["implementation"] == _expected_impl()
+    assert (st["iface"], st["public_ip"], st["port"]) == ("udpov0", underlay_of(1), PORT)
+    assert (st["subnet"], st["network"], st["backend"]) == ("198.19.1.0/24", NETWORK, "udp")
+    assert st["mtu"] == 1500 - 28
+    [peer] = st["peers"]
+    assert (peer["public_ip"], peer["port"], peer["subnet"]) == (underlay_of(2), PORT, "198.19.2.0/24")
+    assert peer["tx_packets"] >= 6 and peer["rx_packets"] >= 6   # requests + replies
+    assert peer["tx_bytes"] >= 6 * 84 and peer["rx_bytes"] >= 6 * 84
+    assert st["counters"]["tx_packets"] >= 6
+    assert st["routes"] == [{"subnet": "198.19.2.0/24", "via": f"{underlay_of(2)}:{PORT}"}]
+
+    # TUN configured like flannel0: /32 network address, MTU, route, txqueuelen
+    h1 = ov.hosts[1]
+    link = ov.run(h1, ["ip", "-d", "link", "show", "udpov0"]).stdout
+    assert "mtu 1472" in link and "qlen 10000" in link and "tun" in link
+    addr = ov.run(h1, ["ip", "-4", "addr", "show", "udpov0"]).stdout
+    assert "inet 198.19.1.0/32" in addr
+    routes = ov.run(h1, ["ip", "route", "show", "dev", "udpov0"]).stdout
+    assert NETWORK in routes
+
+    human = ov.run(h1, [sys.executable, "-m", "udpoverlay", "status"])
+    assert human.returncode == 0, human.stderr
+    assert "198.19.2.0/24" in human.stdout and underlay_of(2) in human.stdout
+    assert st["implementation"] in human.stdout
+
+
+def test_python_reference_implementation_pings(overlay2):
+    ov = overlay2
+    ov.start(1, python_ref=True)
+    ov.start(2, python_ref=True)
+    assert ov.status(ov.hosts[1])["implementation"] == "python"
+    _assert_pings(ov, 1, 2)
+    _assert_pings(ov, 2, 1)
+
+
+def test_mixed_implementations_interoperate(overlay2):
+    ov = overlay2
+    ov.start(1, python_ref=True)
+    ov.start(2)
+    _assert_pings(ov, 1, 2)
+
+
+def test_tcp_transfer_20mb_content_checked(overlay2):
+    ov = overlay2
+    ov.start(1)
+    ov.start(2)
+    nbytes = 24 * 1024 * 1024
+    out = ov.tmp / "server.out"
+    with open(out, "wb") as f:
+        server = ov.lab.popen(ov.hosts[2].netns,
+                              [sys.executable, TCPXFER, "server", pod_of(2), "5201",
+                               "--timeout", "90"],
+                              stdout=f, stderr=subprocess.STDOUT, env=ov.env())
+    cl = ov.run(ov.hosts[1], [sys.executable, TCPXFER, "client", pod_of(2), "5201",
+                              str(nbytes), "--src", pod_of(1), "--timeout", "90"],
+                timeout=120)
+    assert cl.returncode == 0, f"client failed: {cl.stdout}{cl.stderr}\n{ov.dump_logs()}"
+    server.wait(timeout=30)
+    assert server.returncode == 0, out.read_text()
+    sent = cl.stdout.split()
+    got = out.read_text().split()
+    assert sent[0] == str(nbytes)
+    assert got[-2:] == sent[-2:], f"sent {sent} got {got}"
+
+    st = ov.status(ov.hosts[1])
+    assert st["peers"][0]["tx_bytes"] >= nbytes
+
+
+def _start_capture(ov, host, pcap, filt):
+    require(shutil.which("tcpdump") is not None, "needs tcpdump on PATH")
+    err = open(ov.tmp / "tcpdump.err", "wb")
+    proc = ov.lab.popen(host.netns, ["tcpdump", "-Z", "root", "-i", "eth0", "-n", "-U",
+                                     "--immediate-mode", "-s", "0",
+                                     "-w", str(pcap), filt],
+                        stdout=subprocess.DEVNULL, stderr=err)
+    # tcpdump says "listening on ..." once the capture is live
+    wait_for(lambda: b"listening on" in (ov.tmp / "tcpdump.err").read_bytes()
+             or proc.poll() is not None, 10, 0.05, "tcpdump to start")
+    assert proc.poll() is None, (ov.tmp / "tcpdump.err").read_text()
+    return proc
+
+
+def test_wire_is_raw_ipv4_in_udp_8285(overlay2):
+    require(importlib.util.find_spec("scapy") is not None, "needs scapy")
+    from scapy.all import ICMP, IP, UDP, bind_layers, rdpcap
+
+    ov = overlay2
+    ov.start(1)
+    ov.start(2)
+    pcap = ov.tmp / "wire.pcap"
+    cap = _start_capture(ov, ov.hosts[2], pcap, "udp")
+    _assert_pings(ov, 1, 2, count=3)
+    time.sleep(0.3)
+    ov.lab.stop(cap, signal.SIGINT, timeout=10)
+
+    bind_layers(UDP, IP, dport=PORT)
+    pkts = rdpcap(str(pcap))
+    tunnel = [p for p in pkts if UDP in p and p[UDP].dport == PORT]
+    assert len(tunnel) >= 6, [p.summary() for p in pkts]
+    requests = 0
+    for p in tunnel:
+        outer_ip, outer_udp = p[IP], p[UDP]
+        assert outer_udp.sport == PORT  # every node uses the same port
+        payload = bytes(outer_udp.payload)
+        # no header: the payload IS the inner IPv4 packet, exactly
+        assert payload[0] == 0x45
+        assert int.from_bytes(payload[2:4], "big") == len(payload)
+        assert outer_udp.len == 8 + len(payload)
+        inner = IP(payload)
+        if outer_ip.src == underlay_of(1):
+            assert (outer_ip.dst, inner.src, inner.dst) == (underlay_of(2), pod_of(1), pod_of(2))
+            assert ICMP in inner and inner[ICMP].type == 8
+            requests += 1
+        else:
+            assert (outer_ip.src, inner.src, inner.dst) == (underlay_of(2), pod_of(2), pod_of(1))
+            assert ICMP in inner and inner[ICMP].type == 0
+    assert requests == 3
+
+
+LISTENER = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(0.5)
+print("ready", flush=True)
+deadline = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    try:
+        data, addr = s.recvfrom(2048)
+    except socket.timeout:
+        continue
+    print(addr[0], data.decode(errors="replace"), flush=True)
+    if data == b"legit":
+        break
+"""
+
+SENDER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.sendto(bytes.fromhex(sys.argv[5]), (sys.argv[3], int(sys.argv[4])))
+"""
+
+
+def test_datagram_from_unknown_source_is_dropped(overlay3):
+    require(importlib.util.find_spec("scapy") is not None, "needs scapy")
+    from scapy.all import IP, UDP
+
+    ov = overlay3
+    ov.start(1, peers=[2])
+    ov.start(2, peers=[1])
+    _assert_pings(ov, 1, 2, count=1)
+    h1, h2, h3 = ov.hosts[1], ov.hosts[2], ov.hosts[3]
+    before = ov.status(h1)["counters"]["rx_drop_unknown_peer"]
+
+    out = ov.tmp / "listener.out"
+    with open(out, "wb") as f:
+        listener = ov.lab.popen(h1.netns, [sys.executable, "-c", LISTENER, pod_of(1),
+                                           "9999", "15"], stdout=f, stderr=subprocess.STDOUT)
+    wait_for(lambda: b"ready" in out.read_bytes() or listener.poll() is not None,
+             10, 0.05, "listener")
+    # h3 is not a peer of h1; its inner packet even claims a source in h2's subnet
+    spoof = bytes(IP(src="198.19.2.77", dst=pod_of(1), ttl=64) /
+                  UDP(sport=4444, dport=9999) / b"spoofed")
+    r = ov.run(h3, [sys.executable, "-c", SENDER, underlay_of(3), str(PORT),
+                    underlay_of(1), str(PORT), spoof.hex()])
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: ov.status(h1)["counters"]["rx_drop_unknown_peer"] > before,
+             10, 0.1, "unknown_peer drop counted")
+
+    # a legitimate datagram through the overlay still arrives (the listener works)
+    r = ov.run(h2, [sys.executable, "-c", SENDER, pod_of(2), "0", pod_of(1), "9999",
+                    b"legit".hex()])
+    assert r.returncode == 0, r.stderr
+    listener.wait(timeout=20)
+    lines = out.read_text().split("\n")
+    assert f"{pod_of(2)} legit" in lines, lines
+    assert not any("spoofed" in line for line in lines), lines
+
+    st = ov.status(h1)
+    assert st["counters"]["rx_drop_unknown_peer"] == before + 1
+
+
+def test_unknown_overlay_destination_gets_icmp_unreachable(overlay2):
+    ov = overlay2
+    ov.start(1)
+    ov.start(2)
+    h1 = ov.hosts[1]
+    r = ov.run(h1, ["ping", "-n", "-c", "1", "-W", "2", "-I", pod_of(1), "198.19.77.1"],
+               timeout=15)
+    assert r.returncode != 0
+    assert "Unreachable" in r.stdout, r.stdout + r.stderr
+    c = ov.status(h1)["counters"]
+    assert c["tx_drop_no_route"] >= 1
+    assert c["icmp_sent"] >= 1
+
+
+def _leftovers(ov, host) -> list[str]:
+    left = []
+    if ov.link_exists(host):
+        left.append("link udpov0")
+    routes = ov.run(host, ["ip", "route", "show", NETWORK]).stdout.strip()
+    if routes:
+        left.append(f"route {routes}")
+    if ov.status(host, check=False) is not None:
+        left.append("control socket still answers")
+    return left
+
+
+def test_sigkill_then_restart_leaves_nothing_behind(overlay2):
+    ov = overlay2
+    d1 = ov.start(1)
+    ov.start(2)
+    _assert_pings(ov, 1, 2, count=1)
+    h1 = ov.hosts[1]
+
+    ov.stop(d1, signal.SIGKILL)
+    wait_for(lambda: not _leftovers(ov, h1), 10, 0.1, "TUN gone after SIGKILL")
+    assert ov.run(h1, ["ip", "link", "show", "udpov0"]).returncode != 0
+
+    ov.start(1)
+    _assert_pings(ov, 1, 2)
+    _assert_pings(ov, 2, 1)
+
+
+def test_sigterm_exits_zero_and_removes_tun(overlay2):
+    ov = overlay2
+    d1 = ov.start(1)
+    h1 = ov.hosts[1]
+    assert ov.link_exists(h1)
+    assert ov.stop(d1, signal.SIGTERM) == 0, d1.stderr()
+    assert _leftovers(ov, h1) == []
+    log = d1.stderr()
+    assert "peer 198.18.0.2:8285 -> 198.19.2.0/24" in log
+    assert "stopped" in log
+
+
+def test_sigint_exits_zero(overlay2):
+    ov = overlay2
+    d1 = ov.start(1)
+    assert ov.stop(d1, signal.SIGINT) == 0, d1.stderr()
+    assert not ov.link_exists(ov.hosts[1])
+
+
+def test_second_instance_same_iface_fails_cleanly(overlay2):
+    ov = overlay2
+    ov.start(1)
+    d = ov.start(1, extra=["--port", "8286"], wait=False)
+    rc = d.proc.wait(timeout=15)
+    assert rc != 0
+    err = d.stderr().strip().splitlines()
+    assert err and err[-1].startswith("udpoverlay: error:"), err
+    _ = ov.status(ov.hosts[1])  # the first one still runs
+
+
+def test_public_ip_detected_from_underlay_iface_and_default_route(overlay2):
+    ov = overlay2
+    ov.start(1, public_ip=False, extra=["--underlay-iface", "eth0"])
+    # h2 finds its public IP as flannel does: the default-route interface
+    ov.run(ov.hosts[2], ["ip", "route", "add", "default", "via", underlay_of(1)], check=True)
+    ov.start(2, public_ip=False)
+    assert ov.status(ov.hosts[1])["public_ip"] == underlay_of(1)
+    assert ov.status(ov.hosts[2])["public_ip"] == underlay_of(2)
+    _assert_pings(ov, 2, 1)

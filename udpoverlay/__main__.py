@@ -1,0 +1,7 @@
+"""`python -m udpoverlay ...` = the `udpoverlay` command."""
+
+import sys
+
+from udpoverlay.cli import main
+
+sys.exit(main())

@@ -1,0 +1,202 @@
+"""Command line: argument parsing and subcommands only.
+
+  udpoverlay [run] --public-ip IP --subnet CIDR --network CIDR --peer IP=CIDR ...
+  udpoverlay status [--iface X] [--json]
+  udpoverlay demo
+  udpoverlay --version
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from udpoverlay import __version__
+from udpoverlay.config import DEFAULT_IFACE
+from udpoverlay.errors import ConfigError, TunSetupError
+
+__all__ = ["main", "build_parser"]
+
+PROG = "udpoverlay"
+SUBCOMMANDS = ("run", "status", "demo")
+
+
+def _implementation() -> str:
+    try:
+        from udpoverlay import fastpath
+        return fastpath.IMPLEMENTATION
+    except Exception as exc:  # noqa: BLE001 - version must always print
+        return f"unavailable: {exc}"
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kw):
+        super().__init__(option_strings, dest=dest, nargs=0,
+                         help="print version and active fast path, then exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{PROG} {__version__} (fast path: {_implementation()})")
+        parser.exit(0)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        self.exit(2, f"{PROG}: error: {message}\n")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--public-ip", metavar="IP",
+                   help="underlay address to bind and to be reached at (default: "
+                        "address of --underlay-iface, else of the default-route interface)")
+    p.add_argument("--underlay-iface", metavar="IFACE",
+                   help="take the public IP from this interface")
+    p.add_argument("--port", type=str, default=None,
+                   help="UDP port, the same on every host (default 8285)")
+    p.add_argument("--iface", default=DEFAULT_IFACE,
+                   help=f"TUN device name (default {DEFAULT_IFACE})")
+    p.add_argument("--subnet", metavar="CIDR", required=True,
+                   help="this host's overlay subnet, e.g. 198.19.1.0/24")
+    p.add_argument("--network", metavar="CIDR", required=True,
+                   help="the whole overlay network, e.g. 198.19.0.0/16")
+    p.add_argument("--peer", action="append", default=[], metavar="SPEC",
+                   help="a remote host: PUBLIC_IP[:PORT]=SUBNET[,vtep-mac=MAC] "
+                        "(repeat for each peer)")
+    p.add_argument("--mtu", type=str, default=None,
+                   help="TUN MTU (default: underlay interface MTU - 28)")
+    p.add_argument("--backend", default="udp",
+                   help="encapsulation: udp (raw IPv4 in UDP, flannel-compatible)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="User-space overlay data plane (TUN <-> UDP), a drop-in for "
+                    "flannel's udp backend. Without a subcommand, runs the daemon "
+                    "('run').",
+        epilog="example: udpoverlay --public-ip 198.18.0.1 --subnet 198.19.1.0/24 "
+               "--network 198.19.0.0/16 --peer 198.18.0.2=198.19.2.0/24")
+    parser.add_argument("--version", action=_Version)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                parser_class=_Parser)
+    run = sub.add_parser("run", help="run the daemon in the foreground (default)",
+                         description="Run the data plane until SIGINT/SIGTERM.")
+    _add_run_args(run)
+    st = sub.add_parser("status", help="show the running daemon's routes and counters",
+                        description="Query the daemon in this network namespace.")
+    st.add_argument("--iface", default=DEFAULT_IFACE,
+                    help=f"TUN device of the daemon (default {DEFAULT_IFACE})")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
+    demo = sub.add_parser("demo", help="three hosts in network namespaces, traffic "
+                                      "crossing, counters; cleans up (needs root)")
+    demo.add_argument("--keep-going", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _cmd_run(args) -> int:
+    from udpoverlay.config import build_config
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s udpoverlay %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    try:
+        cfg = build_config(public_ip=args.public_ip, port=args.port, iface=args.iface,
+                           subnet=args.subnet, network=args.network, peers=args.peer,
+                           mtu=args.mtu, backend=args.backend,
+                           underlay_iface=args.underlay_iface)
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    from udpoverlay import daemon
+    try:
+        return daemon.run(cfg)
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    except TunSetupError as exc:
+        return _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def format_status(doc: dict) -> str:
+    lines = [
+        f"udpoverlay {doc.get('version', '?')} on {doc.get('iface')} "
+        f"(fast path: {doc.get('implementation')}, backend {doc.get('backend')})",
+        f"  public {doc.get('public_ip')}:{doc.get('port')}  subnet {doc.get('subnet')}  "
+        f"network {doc.get('network')}  mtu {doc.get('mtu')}  uptime {doc.get('uptime', 0):.0f}s",
+        "",
+        f"  {'SUBNET':<20} {'PEER':<22} {'TX PKTS':>10} {'TX BYTES':>11} "
+        f"{'RX PKTS':>10} {'RX BYTES':>11}",
+    ]
+    for p in doc.get("peers", []):
+        lines.append(f"  {p['subnet']:<20} {p['public_ip'] + ':' + str(p['port']):<22} "
+                     f"{p['tx_packets']:>10} {_fmt_bytes(p['tx_bytes']):>11} "
+                     f"{p['rx_packets']:>10} {_fmt_bytes(p['rx_bytes']):>11}")
+    if not doc.get("peers"):
+        lines.append("  (no peers)")
+    counters = doc.get("counters", {})
+    lines.append("")
+    lines.append("  counters:")
+    plain = {k: v for k, v in counters.items() if "drop" not in k}
+    drops = {k: v for k, v in counters.items() if "drop" in k and v}
+    for k in sorted(plain):
+        lines.append(f"    {k:<28} {plain[k]}")
+    lines.append("  drops:" + ("" if drops else " none"))
+    for k in sorted(drops):
+        lines.append(f"    {k:<28} {drops[k]}")
+    return "\n".join(lines)
+
+
+def _cmd_status(args) -> int:
+    from udpoverlay.control import ControlError, query_status
+    try:
+        doc = query_status(args.iface, timeout=args.timeout)
+    except ControlError as exc:
+        return _fail(str(exc), 1)
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        print(format_status(doc))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from udpoverlay import demo
+    return demo.main()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Bare form: `udpoverlay --public-ip ...` means `udpoverlay run --public-ip ...`.
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        argv.insert(0, "run")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "run":
+        return _cmd_run(args)
+    if args.command == "status":
+        return _cmd_status(args)
+    if args.command == "demo":
+        return _cmd_demo(args)
+    return _fail(f"unknown command {args.command!r}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The daemon: wiring, signals and ordered shutdown.
+
+Order of start: validate config -> detect public IP and MTU -> UDP socket ->
+TUN (configured by netlink) -> engine with the peers -> control socket ->
+readers on the loop. Shutdown (SIGINT/SIGTERM) undoes it in reverse: stop
+readers, close the control server, close the TUN fd (the device and its
+routes disappear), close the socket.
+
+Netlink (pyroute2, sync) runs before the loop starts: see tun.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+
+from udpoverlay import __version__
+from udpoverlay import tun as tunmod
+from udpoverlay.config import RunConfig
+from udpoverlay.control import ControlServer
+from udpoverlay.dataplane import DataPlane
+from udpoverlay.errors import ConfigError, TunSetupError
+
+__all__ = ["run", "prepare", "Daemon", "open_socket", "UDP_OVERHEAD"]
+
+log = logging.getLogger("udpoverlay")
+
+UDP_OVERHEAD = 28          # outer IPv4 (20) + UDP (8): flannel's udp backend
+SOCK_BUF = 4 * 1024 * 1024
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+
+
+def open_socket(ip: str, port: int) -> socket.socket:
+    """The underlay UDP socket: bound to (ip, port), big buffers, non-blocking."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF),
+                             (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+            try:
+                s.setsockopt(socket.SOL_SOCKET, force, SOCK_BUF)
+            except OSError:
+                s.setsockopt(socket.SOL_SOCKET, plain, SOCK_BUF)
+        try:
+            s.bind((ip, port))
+        except OSError as exc:
+            raise TunSetupError(f"cannot bind UDP {ip}:{port}: {exc.strerror or exc}") from None
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def prepare(cfg: RunConfig) -> RunConfig:
+    """Fill in what the user left out (public IP) and re-validate."""
+    if cfg.public_ip is None:
+        if cfg.underlay_iface:
+            ip = tunmod.interface_address(cfg.underlay_iface)
+        else:
+            ip = tunmod.default_route_address()
+        cfg = cfg.with_public_ip(ip)
+    return cfg
+
+
+class Daemon:
+    """Holds every resource the daemon created, for status and shutdown."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.started = time.monotonic()
+        self.sock: socket.socket | None = None
+        self.tun: tunmod.TunDevice | None = None
+        self.engine = None
+        self.dataplane: DataPlane | None = None
+        self.control: ControlServer | None = None
+        self.mtu = 0
+        self.implementation = "?"
+
+    # -- set-up (sync, before the loop) -----------------------------------
+    def setup(self) -> None:
+        from udpoverlay import fastpath
+        cfg = self.cfg
+        pub = str(cfg.public_ip)
+        if cfg.mtu is not None:
+            self.mtu = cfg.mtu
+        else:
+            self.mtu = tunmod.interface_mtu(pub) - UDP_OVERHEAD
+        try:
+            self.sock = open_socket(pub, cfg.port)
+            self.tun = tunmod.open_tun(cfg.iface, str(cfg.subnet), str(cfg.network), self.mtu)
+            self.engine = fastpath.Engine(
+                mode=fastpath.MODE_UDP, tun_addr=str(cfg.subnet.network_address),
+                local_subnet=str(cfg.subnet), network=str(cfg.network),
+                local_port=cfg.port)
+            self.implementation = fastpath.IMPLEMENTATION
+            self.dataplane = DataPlane(self.engine, self.tun.fd, self.sock)
+            self.dataplane.set_peers(cfg.peers)
+        except BaseException:
+            self.close_sync()
+            raise
+        log.info("udpoverlay %s (fast path: %s) backend=%s", __version__,
+                 self.implementation, cfg.backend)
+        log.info("underlay: udp %s:%d; tun %s: address %s/32 mtu %d, route %s",
+                 pub, cfg.port, self.tun.name, cfg.subnet.network_address,
+                 self.mtu, cfg.network)
+        log.info("local subnet %s", cfg.subnet)
+        if not cfg.peers:
+            log.info("no peers configured")
+        for p in cfg.peers:
+            log.info("peer %s:%d -> %s", p.public_ip, p.port, p.subnet)
+
+    def close_sync(self) -> None:
+        if self.dataplane is not None:
+            self.dataplane.stop()
+        if self.tun is not None:
+            self.tun.close()      # the device and its routes go with the fd
+            self.tun = None
+        if self.engine is not None and hasattr(self.engine, "close"):
+            try:
+                self.engine.close()
+            except Exception:  # noqa: BLE001
+                pass
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    # -- status -------------------------------------------------------
+    def status(self) -> dict:
+        cfg = self.cfg
+        doc = {
+            "version": __version__,
+            "implementation": self.implementation,
+            "iface": cfg.iface,
+            "public_ip": str(cfg.public_ip),
+            "port": cfg.port,
+            "subnet": str(cfg.subnet),
+            "network": str(cfg.network),
+            "mtu": self.mtu,
+            "backend": cfg.backend,
+            "uptime": round(time.monotonic() - self.started, 3),
+        }
+        if self.dataplane is not None:
+            dp = self.dataplane.status()
+            doc["peers"] = dp["peers"]
+            doc["routes"] = [{"subnet": p["subnet"],
+                              "via": f"{p['public_ip']}:{p['port']}"} for p in dp["peers"]]
+            doc["counters"] = dp["counters"]
+        return doc
+
+    # -- the loop -------------------------------------------------------
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            self.control = ControlServer(self.cfg.iface, self.status)
+            try:
+                await self.control.start()
+            except OSError as exc:
+                raise TunSetupError(f"cannot open control socket for {self.cfg.iface}: {exc}") from None
+            self.dataplane.start(loop)
+            log.info("running; control socket @udpoverlay.%s", self.cfg.iface)
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            if self.dataplane is not None:
+                self.dataplane.stop()
+            if self.control is not None:
+                await self.control.close()
+            self.close_sync()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        log.info("stopped")
+        return 0
+
+
+def _run_loop(coro) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def run(cfg: RunConfig) -> int:
+    """Run the daemon in the foreground until SIGINT/SIGTERM; exit code.
+
+    ConfigError / TunSetupError propagate to the CLI."""
+    cfg = prepare(cfg)
+    if cfg.public_ip is None:  # pragma: no cover - prepare guarantees it
+        raise ConfigError("no public IP")
+    daemon = Daemon(cfg)
+    daemon.setup()
+    try:
+        return _run_loop(daemon.serve())
+    finally:
+        daemon.close_sync()

@@ -1,0 +1,65 @@
+"""Event-loop glue: when the TUN or the socket is readable, the fast path
+drains a batch (Engine.tun_to_udp / Engine.udp_to_tun). No Python object is
+made per packet here; the loop only calls into the engine once per wakeup.
+
+The route table has one owner: the event-loop thread calls set_peers(), and
+the engine swaps the whole table in one step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Iterable
+
+from udpoverlay.peers import Peer, format_mac
+
+__all__ = ["DataPlane", "peer_tuple"]
+
+
+def peer_tuple(p: Peer) -> tuple:
+    return (str(p.public_ip), int(p.port), str(p.subnet), p.vtep_mac)
+
+
+class DataPlane:
+    def __init__(self, engine, tun_fd: int, sock: socket.socket) -> None:
+        self.engine = engine
+        self.tun_fd = tun_fd
+        self.sock = sock
+        self.sock_fd = sock.fileno()
+        self.peers: tuple[Peer, ...] = ()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.tun_fd, self.engine.tun_to_udp, self.tun_fd, self.sock_fd)
+        loop.add_reader(self.sock_fd, self.engine.udp_to_tun, self.sock_fd, self.tun_fd)
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            for fd in (self.tun_fd, self.sock_fd):
+                try:
+                    self._loop.remove_reader(fd)
+                except Exception:  # noqa: BLE001 - loop closing / fd gone
+                    pass
+            self._loop = None
+
+    def set_peers(self, peers: Iterable[Peer]) -> None:
+        peers = tuple(peers)
+        self.engine.set_peers([peer_tuple(p) for p in peers])
+        self.peers = peers
+
+    def status(self) -> dict:
+        macs = {(str(p.public_ip), p.port, str(p.subnet)): p for p in self.peers}
+        peers = []
+        for pc in self.engine.peer_counters():
+            d = dict(pc)
+            p = macs.get((str(d.get("public_ip")), d.get("port"), str(d.get("subnet"))))
+            if p is not None:
+                d.setdefault("source", p.source)
+                if p.vtep_mac is not None:
+                    d.setdefault("vtep_mac", format_mac(p.vtep_mac))
+            if isinstance(d.get("vtep_mac"), (bytes, bytearray)):
+                d["vtep_mac"] = format_mac(bytes(d["vtep_mac"]))
+            peers.append(d)
+        return {"peers": peers, "counters": dict(self.engine.counters())}

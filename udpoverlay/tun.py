@@ -1,0 +1,193 @@
+"""The TUN device: open it (IFF_TUN|IFF_NO_PI, non-blocking) and configure it
+through netlink (pyroute2), the way flannel configures flannel0:
+
+  address  = the local subnet's network address as /32
+  mtu      = underlay MTU - 28 (decided by the caller)
+  route    = the whole overlay network on the device
+  link up, txqueuelen raised, IPv6 off (no router solicitations into the TUN),
+  accept_local on (so ICMP errors from the TUN's own address are accepted)
+
+The device is not persistent: closing its fd removes it, and the kernel
+removes its addresses and routes with it. So a SIGKILLed daemon leaves
+nothing behind.
+
+pyroute2: call these functions before the event loop starts or through
+asyncio.to_thread (sync IPRoute inside a running loop fails; a uvloop policy
+breaks it entirely).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+from udpoverlay.errors import TunSetupError
+
+__all__ = ["TunDevice", "open_tun", "interface_mtu", "default_route_address",
+           "interface_address"]
+
+TXQUEUELEN = 10000
+
+
+class TunDevice:
+    """An open, configured TUN device. close() removes it."""
+
+    def __init__(self, dev, name: str, mtu: int) -> None:
+        self._dev = dev
+        self.name = name
+        self.mtu = mtu
+        self.fd = dev.fileno()
+
+    def close(self) -> None:
+        if self._dev is not None:
+            try:
+                self._dev.close()
+            finally:
+                self._dev = None
+                self.fd = -1
+
+    def __enter__(self) -> "TunDevice":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _ipr():
+    try:
+        from pyroute2 import IPRoute
+    except ImportError as exc:  # pragma: no cover - dependency missing
+        raise TunSetupError(f"pyroute2 is required: {exc}") from None
+    return IPRoute()
+
+
+def open_tun(name: str, subnet: str, network: str, mtu: int,
+             txqueuelen: int = TXQUEUELEN) -> TunDevice:
+    """Create and configure the TUN device; TunSetupError on any failure
+    (the half-made device is removed again)."""
+    try:
+        import pytun
+    except ImportError as exc:  # pragma: no cover
+        raise TunSetupError(f"python-pytun is required: {exc}") from None
+    if len(name) > 15:
+        raise TunSetupError(f"interface name {name!r} longer than 15 characters")
+    subnet_net = ipaddress.IPv4Network(subnet, strict=False)
+    network_net = ipaddress.IPv4Network(network, strict=False)
+    try:
+        dev = pytun.TunTapDevice(name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
+    except Exception as exc:  # noqa: BLE001 - pytun.Error and OSError
+        raise TunSetupError(f"cannot create TUN device {name!r}: {exc} "
+                            f"(root / CAP_NET_ADMIN and /dev/net/tun needed; "
+                            f"is another instance running?)") from None
+    tun = TunDevice(dev, dev.name, mtu)
+    try:
+        os.set_blocking(tun.fd, False)
+        _disable_ipv6(tun.name)
+        _accept_local(tun.name)
+        _configure(tun.name, str(subnet_net.network_address), str(network_net),
+                   mtu, txqueuelen)
+    except TunSetupError:
+        tun.close()
+        raise
+    except Exception as exc:  # noqa: BLE001
+        tun.close()
+        raise TunSetupError(f"cannot configure TUN device {tun.name!r}: {exc}") from None
+    return tun
+
+
+def _disable_ipv6(name: str) -> None:
+    path = f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"
+    if os.path.exists(path):
+        try:
+            with open(path, "w") as f:
+                f.write("1")
+        except OSError:
+            pass  # the fast path drops non-IPv4 anyway
+
+
+def _accept_local(name: str) -> None:
+    """ICMP errors the fast path writes back into the TUN come from the TUN's
+    own address (as flannel's do); without accept_local the kernel drops
+    them as martians and `ping` never says "Destination Net Unreachable"."""
+    path = f"/proc/sys/net/ipv4/conf/{name}/accept_local"
+    try:
+        with open(path, "w") as f:
+            f.write("1")
+    except OSError:
+        pass
+
+
+def _configure(name: str, addr: str, network: str, mtu: int,
+               txqueuelen: int) -> None:
+    with _ipr() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            raise TunSetupError(f"TUN device {name!r} vanished")
+        idx = found[0]
+        try:
+            ipr.link("set", index=idx, mtu=mtu)
+        except Exception as exc:  # noqa: BLE001
+            raise TunSetupError(f"cannot set MTU {mtu} on {name}: {exc}") from None
+        try:
+            ipr.link("set", index=idx, txqlen=txqueuelen)
+        except Exception:  # noqa: BLE001 - not fatal
+            pass
+        try:
+            ipr.addr("replace", index=idx, address=addr, prefixlen=32)
+        except Exception as exc:  # noqa: BLE001
+            raise TunSetupError(f"cannot add {addr}/32 to {name}: {exc}") from None
+        ipr.link("set", index=idx, state="up")
+        net = ipaddress.IPv4Network(network)
+        try:
+            ipr.route("replace", dst=str(net.network_address),
+                      dst_len=net.prefixlen, oif=idx)
+        except Exception as exc:  # noqa: BLE001
+            raise TunSetupError(f"cannot route {network} via {name}: {exc}") from None
+
+
+def _attr(msg, name):
+    return msg.get_attr(name) if hasattr(msg, "get_attr") else msg.get(name)
+
+
+def interface_mtu(ip: str) -> int:
+    """MTU of the interface holding address `ip`; TunSetupError if none."""
+    with _ipr() as ipr:
+        for a in ipr.get_addr(family=socket.AF_INET):
+            if _attr(a, "IFA_ADDRESS") == ip or _attr(a, "IFA_LOCAL") == ip:
+                link = ipr.get_links(a["index"])[0]
+                return int(_attr(link, "IFLA_MTU"))
+    raise TunSetupError(f"no interface holds address {ip}")
+
+
+def interface_address(ifname: str) -> str:
+    """First IPv4 address of interface `ifname`."""
+    with _ipr() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise TunSetupError(f"no interface named {ifname!r}")
+        for a in ipr.get_addr(family=socket.AF_INET, index=found[0]):
+            addr = _attr(a, "IFA_LOCAL") or _attr(a, "IFA_ADDRESS")
+            if addr:
+                return addr
+    raise TunSetupError(f"interface {ifname!r} has no IPv4 address")
+
+
+def default_route_address() -> str:
+    """Address of the interface holding the IPv4 default route (as flannel
+    picks its public IP when none is given)."""
+    with _ipr() as ipr:
+        for r in ipr.get_routes(family=socket.AF_INET):
+            if r["dst_len"] != 0 or r.get("table", 254) not in (254,):
+                continue
+            oif = _attr(r, "RTA_OIF")
+            if oif is None:
+                continue
+            pref = _attr(r, "RTA_PREFSRC")
+            if pref:
+                return pref
+            for a in ipr.get_addr(family=socket.AF_INET, index=oif):
+                addr = _attr(a, "IFA_LOCAL") or _attr(a, "IFA_ADDRESS")
+                if addr:
+                    return addr
+    raise TunSetupError("no default route: give --public-ip or --underlay-iface")
