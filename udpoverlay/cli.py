@@ -53,21 +53,47 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--underlay-iface", metavar="IFACE",
                    help="take the public IP from this interface")
     p.add_argument("--port", type=str, default=None,
-                   help="UDP port, the same on every host (default 8285)")
+                   help="UDP port, the same on every host (default 8285 for udp, "
+                        "8472 for vxlan, as flannel)")
     p.add_argument("--iface", default=DEFAULT_IFACE,
                    help=f"TUN device name (default {DEFAULT_IFACE})")
-    p.add_argument("--subnet", metavar="CIDR", required=True,
+    p.add_argument("--subnet", metavar="CIDR",
                    help="this host's overlay subnet, e.g. 198.19.1.0/24")
-    p.add_argument("--network", metavar="CIDR", required=True,
+    p.add_argument("--network", metavar="CIDR",
                    help="the whole overlay network, e.g. 198.19.0.0/16")
     p.add_argument("--peer", action="append", default=[], metavar="SPEC",
                    help="a remote host: PUBLIC_IP[:PORT]=SUBNET[,vtep-mac=MAC] "
                         "(repeat for each peer)")
     p.add_argument("--mtu", type=str, default=None,
-                   help="TUN MTU (default: underlay interface MTU - 28)")
-    p.add_argument("--backend", default="udp",
-                   help="encapsulation: udp (raw IPv4 in UDP, flannel-compatible)")
+                   help="TUN MTU (default: underlay interface MTU - 28 for udp, - 50 for vxlan)")
+    p.add_argument("--backend", default="udp", choices=("udp", "vxlan"),
+                   help="encapsulation: udp (raw IPv4 in UDP, flannel's udp backend) or "
+                        "vxlan (RFC 7348, interoperates with flannel's kernel vxlan hosts)")
+    p.add_argument("--vni", default=1,
+                   help="vxlan: VXLAN network identifier (default 1, as flannel)")
+    p.add_argument("--vtep-mac", metavar="MAC", default=None,
+                   help="vxlan: our VTEP MAC (default: a locally administered MAC "
+                        "derived from --public-ip and --subnet, stable across restarts)")
+    _add_cluster_args(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster mode (etcd, flannel's layout; replaces "
+                             "--subnet/--network/--peer)")
+    g.add_argument("--etcd-endpoints", metavar="URL[,URL...]", default=None,
+                   help="take the network config, our subnet lease and the peers from etcd")
+    g.add_argument("--etcd-prefix", default="/coreos.com/network",
+                   help="etcd key prefix (default /coreos.com/network)")
+    g.add_argument("--etcd-cafile", default=None, help="CA to verify etcd's certificate")
+    g.add_argument("--etcd-certfile", default=None, help="client certificate for etcd")
+    g.add_argument("--etcd-keyfile", default=None, help="client key for etcd")
+    g.add_argument("--subnet-file", default="/run/flannel/subnet.env",
+                   help="subnet file to write (default /run/flannel/subnet.env)")
+    g.add_argument("--lease-ttl", default=86400,
+                   help="subnet lease TTL in seconds (default 86400, as flannel)")
+    g.add_argument("--ip-masq", action="store_true",
+                   help="write FLANNEL_IPMASQ=true in the subnet file (default false)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,11 +132,14 @@ def _cmd_run(args) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s udpoverlay %(levelname)s %(message)s",
                         stream=sys.stderr)
+    if args.etcd_endpoints:
+        return _cmd_run_cluster(args)
     try:
         cfg = build_config(public_ip=args.public_ip, port=args.port, iface=args.iface,
                            subnet=args.subnet, network=args.network, peers=args.peer,
                            mtu=args.mtu, backend=args.backend,
-                           underlay_iface=args.underlay_iface)
+                           underlay_iface=args.underlay_iface, vni=args.vni,
+                           vtep_mac=args.vtep_mac)
     except ConfigError as exc:
         return _fail(str(exc), 2)
     from udpoverlay import daemon
@@ -119,6 +148,27 @@ def _cmd_run(args) -> int:
     except ConfigError as exc:
         return _fail(str(exc), 2)
     except TunSetupError as exc:
+        return _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _cmd_run_cluster(args) -> int:
+    from udpoverlay import cluster
+    from udpoverlay.errors import LeaseStoreError
+    try:
+        opts = cluster.build_cluster_options(
+            endpoints=args.etcd_endpoints, prefix=args.etcd_prefix,
+            ca_file=args.etcd_cafile, cert_file=args.etcd_certfile,
+            key_file=args.etcd_keyfile, subnet_file=args.subnet_file,
+            lease_ttl=args.lease_ttl, ip_masq=args.ip_masq, public_ip=args.public_ip,
+            underlay_iface=args.underlay_iface, iface=args.iface, mtu=args.mtu,
+            vtep_mac=getattr(args, "vtep_mac", None), subnet=args.subnet,
+            network=args.network, peers=args.peer)
+        return cluster.run(opts)
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    except (TunSetupError, LeaseStoreError) as exc:
         return _fail(str(exc), 1)
     except KeyboardInterrupt:
         return 0
@@ -158,6 +208,16 @@ def format_status(doc: dict) -> str:
     lines.append("  drops:" + ("" if drops else " none"))
     for k in sorted(drops):
         lines.append(f"    {k:<28} {drops[k]}")
+    cl = doc.get("cluster")
+    if cl:
+        lease = cl.get("lease") or {}
+        lines += ["", f"  cluster: store {cl.get('store')}, lease {lease.get('subnet')} "
+                      f"expires in {lease.get('expires_in')}s (etcd lease {lease.get('etcd_lease')})"]
+        for p in cl.get("peers", []):
+            lines.append(f"    {p['subnet']:<20} {p['public_ip']:<16} lease age {p['age']}s"
+                         f"  expires in {p['expires_in']}s")
+        for s in cl.get("skipped", []):
+            lines.append(f"    skipped {s['subnet']}: {s['reason']}")
     return "\n".join(lines)
 
 

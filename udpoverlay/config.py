@@ -17,7 +17,7 @@ __all__ = ["RunConfig", "parse_peer", "build_config", "DEFAULT_PORTS",
 
 DEFAULT_IFACE = "udpov0"
 DEFAULT_PORTS = {"udp": 8285, "vxlan": 8472}
-BACKENDS = ("udp",)  # 'vxlan' arrives with a later issue
+BACKENDS = ("udp", "vxlan")
 
 
 @dataclass(frozen=True)
@@ -33,13 +33,16 @@ class RunConfig:
     mtu: int | None = None
     backend: str = "udp"
     underlay_iface: str | None = None
+    vni: int = 1
+    vtep_mac: bytes | None = None   # vxlan: None = derived from public IP + subnet
 
     def with_public_ip(self, ip: str) -> "RunConfig":
         """The same config with a detected public IP, re-validated."""
         return build_config(public_ip=ip, port=self.port, iface=self.iface,
                             subnet=str(self.subnet), network=str(self.network),
                             peers=self.peers, mtu=self.mtu, backend=self.backend,
-                            underlay_iface=self.underlay_iface)
+                            underlay_iface=self.underlay_iface, vni=self.vni,
+                            vtep_mac=self.vtep_mac)
 
 
 def _ip(text: str, what: str) -> ipaddress.IPv4Address:
@@ -102,13 +105,12 @@ def parse_peer(text: str, default_port: int) -> Peer:
 def build_config(*, public_ip: str | None, port: int | None, iface: str | None,
                  subnet: str | None, network: str | None, peers=(),
                  mtu: int | None = None, backend: str = "udp",
-                 underlay_iface: str | None = None) -> RunConfig:
+                 underlay_iface: str | None = None, vni=1,
+                 vtep_mac: str | bytes | None = None) -> RunConfig:
     """Validate CLI values into a RunConfig. `peers` holds strings in the
     --peer syntax or Peer objects."""
     backend = (backend or "udp").lower()
     if backend not in BACKENDS:
-        if backend == "vxlan":
-            raise ConfigError("backend 'vxlan' is not yet supported (use 'udp')")
         raise ConfigError(f"unknown backend {backend!r} (choose from: {', '.join(BACKENDS)})")
     port = DEFAULT_PORTS[backend] if port is None else _port(port, "--port")
     iface = iface or DEFAULT_IFACE
@@ -153,6 +155,19 @@ def build_config(*, public_ip: str | None, port: int | None, iface: str | None,
             if a.subnet.overlaps(b.subnet):
                 raise ConfigError(f"peer subnets overlap: {a.public_ip}={a.subnet} "
                                   f"and {b.public_ip}={b.subnet}")
+    try:
+        vni = int(vni)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--vni: bad value {vni!r}") from None
+    if not 0 <= vni < 1 << 24:
+        raise ConfigError(f"--vni {vni} out of range (0-16777215)")
+    if isinstance(vtep_mac, str):
+        try:
+            vtep_mac = parse_mac(vtep_mac)
+        except ValueError as exc:
+            raise ConfigError(f"--vtep-mac: {exc}") from None
+    if backend != "vxlan" and any(p.vtep_mac for p in parsed):
+        raise ConfigError("vtep-mac in --peer only applies to --backend vxlan")
     return RunConfig(public_ip=pub, port=port, iface=iface, subnet=sub,
                      network=net, peers=tuple(parsed), mtu=mtu, backend=backend,
-                     underlay_iface=underlay_iface)
+                     underlay_iface=underlay_iface, vni=vni, vtep_mac=vtep_mac)

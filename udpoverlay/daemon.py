@@ -12,6 +12,7 @@ Netlink (pyroute2, sync) runs before the loop starts: see tun.py.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import signal
 import socket
@@ -23,12 +24,23 @@ from udpoverlay.config import RunConfig
 from udpoverlay.control import ControlServer
 from udpoverlay.dataplane import DataPlane
 from udpoverlay.errors import ConfigError, TunSetupError
+from udpoverlay.peers import format_mac
 
 __all__ = ["run", "prepare", "Daemon", "open_socket", "UDP_OVERHEAD"]
 
 log = logging.getLogger("udpoverlay")
 
 UDP_OVERHEAD = 28          # outer IPv4 (20) + UDP (8): flannel's udp backend
+# + VXLAN header (8) + inner Ethernet (14): flannel's vxlan backend, MTU - 50
+OVERHEAD = {"udp": UDP_OVERHEAD, "vxlan": UDP_OVERHEAD + 22}
+
+
+def derive_vtep_mac(public_ip: str, subnet: str) -> bytes:
+    """A locally administered unicast MAC, the same on every start of the same
+    host (kernel peers keep our MAC in permanent neighbour/fdb entries)."""
+    digest = bytearray(hashlib.sha256(f"udpoverlay-vtep {public_ip} {subnet}".encode()).digest()[:6])
+    digest[0] = (digest[0] & 0xFC) | 0x02
+    return bytes(digest)
 SOCK_BUF = 4 * 1024 * 1024
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
@@ -79,6 +91,8 @@ class Daemon:
         self.control: ControlServer | None = None
         self.mtu = 0
         self.implementation = "?"
+        self.vtep_mac = b""
+        self._arp_task: asyncio.Task | None = None
 
     # -- set-up (sync, before the loop) -----------------------------------
     def setup(self) -> None:
@@ -88,14 +102,16 @@ class Daemon:
         if cfg.mtu is not None:
             self.mtu = cfg.mtu
         else:
-            self.mtu = tunmod.interface_mtu(pub) - UDP_OVERHEAD
+            self.mtu = tunmod.interface_mtu(pub) - OVERHEAD[cfg.backend]
+        self.vtep_mac = cfg.vtep_mac or derive_vtep_mac(pub, str(cfg.subnet))
         try:
             self.sock = open_socket(pub, cfg.port)
             self.tun = tunmod.open_tun(cfg.iface, str(cfg.subnet), str(cfg.network), self.mtu)
             self.engine = fastpath.Engine(
-                mode=fastpath.MODE_UDP, tun_addr=str(cfg.subnet.network_address),
+                mode=fastpath.MODE_VXLAN if cfg.backend == "vxlan" else fastpath.MODE_UDP,
+                tun_addr=str(cfg.subnet.network_address),
                 local_subnet=str(cfg.subnet), network=str(cfg.network),
-                local_port=cfg.port)
+                vni=cfg.vni, vtep_mac=self.vtep_mac, local_port=cfg.port)
             self.implementation = fastpath.IMPLEMENTATION
             self.dataplane = DataPlane(self.engine, self.tun.fd, self.sock)
             self.dataplane.set_peers(cfg.peers)
@@ -108,6 +124,9 @@ class Daemon:
                  pub, cfg.port, self.tun.name, cfg.subnet.network_address,
                  self.mtu, cfg.network)
         log.info("local subnet %s", cfg.subnet)
+        if cfg.backend == "vxlan":
+            log.info("vxlan: vni %d, our VTEP %s at %s", cfg.vni,
+                     format_mac(self.vtep_mac), cfg.subnet.network_address)
         if not cfg.peers:
             log.info("no peers configured")
         for p in cfg.peers:
@@ -141,6 +160,8 @@ class Daemon:
             "network": str(cfg.network),
             "mtu": self.mtu,
             "backend": cfg.backend,
+            "vni": cfg.vni if cfg.backend == "vxlan" else None,
+            "vtep_mac": format_mac(self.vtep_mac) if cfg.backend == "vxlan" else None,
             "uptime": round(time.monotonic() - self.started, 3),
         }
         if self.dataplane is not None:
@@ -164,10 +185,14 @@ class Daemon:
             except OSError as exc:
                 raise TunSetupError(f"cannot open control socket for {self.cfg.iface}: {exc}") from None
             self.dataplane.start(loop)
+            if self.cfg.backend == "vxlan":
+                self._arp_task = asyncio.create_task(self.dataplane.resolve_macs())
             log.info("running; control socket @udpoverlay.%s", self.cfg.iface)
             await stop.wait()
             log.info("shutting down")
         finally:
+            if self._arp_task is not None:
+                self._arp_task.cancel()
             if self.dataplane is not None:
                 self.dataplane.stop()
             if self.control is not None:

@@ -9,12 +9,17 @@ the engine swaps the whole table in one step.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import Iterable
 
 from udpoverlay.peers import Peer, format_mac
 
 __all__ = ["DataPlane", "peer_tuple"]
+
+log = logging.getLogger("udpoverlay")
+ARP_RETRY_FIRST = 0.1     # seconds; doubles per unanswered round
+ARP_RETRY_MAX = 5.0
 
 
 def peer_tuple(p: Peer) -> tuple:
@@ -48,6 +53,33 @@ class DataPlane:
         peers = tuple(peers)
         self.engine.set_peers([peer_tuple(p) for p in peers])
         self.peers = peers
+
+    async def resolve_macs(self) -> None:
+        """vxlan: ARP through the tunnel for peers whose VTEP MAC is unknown,
+        with exponential backoff; the engine learns the MAC from the reply
+        (packets meanwhile are dropped and counted as `unresolved`)."""
+        delay = ARP_RETRY_FIRST
+        known: set = set()
+        while True:
+            pending = [(i, pc) for i, pc in enumerate(self.engine.peer_counters())
+                       if pc.get("vtep_mac") is None]
+            for i, pc in enumerate(self.engine.peer_counters()):
+                key = (pc["public_ip"], pc["subnet"])
+                if pc.get("vtep_mac") is not None and key not in known:
+                    known.add(key)
+                    log.info("peer %s (%s): VTEP MAC %s", pc["public_ip"],
+                             pc["subnet"], pc["vtep_mac"])
+            if not pending:
+                delay = ARP_RETRY_FIRST
+                await asyncio.sleep(0.5)
+                continue
+            for i, pc in pending:
+                try:
+                    self.sock.sendto(self.engine.arp_request(i), (pc["public_ip"], pc["port"]))
+                except (OSError, IndexError) as exc:
+                    log.debug("arp to %s: %s", pc["public_ip"], exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, ARP_RETRY_MAX)
 
     def status(self) -> dict:
         macs = {(str(p.public_ip), p.port, str(p.subnet)): p for p in self.peers}

@@ -35,7 +35,7 @@ def test_valid_config_defaults():
 
 
 def test_peer_port_follows_our_port_and_vtep_mac():
-    c = cfg(port="9999", peers=["198.18.0.2=198.19.2.0/24,vtep-mac=02:00:00:00:00:02"])
+    c = cfg(port="9999", backend="vxlan", peers=["198.18.0.2=198.19.2.0/24,vtep-mac=02:00:00:00:00:02"])
     assert c.port == 9999 and c.peers[0].port == 9999
     assert c.peers[0].vtep_mac == bytes.fromhex("020000000002")
 
@@ -57,7 +57,7 @@ def test_config_is_frozen():
     (dict(subnet="nonsense"), "bad CIDR"),
     (dict(subnet="198.19.1.1/24"), "host bits"),
     (dict(network="198.19.0.0"), "bad CIDR"),
-    (dict(subnet="10.0.0.0/24"), "outside --network"),
+    (dict(subnet="198.18.9.0/24"), "outside --network"),
     (dict(subnet="198.19.0.0/16"), "smaller than --network"),
     (dict(public_ip="198.18.0.300"), "bad IPv4 address"),
     (dict(port="0"), "bad port"),
@@ -65,14 +65,16 @@ def test_config_is_frozen():
     (dict(port="http"), "bad port"),
     (dict(mtu="100"), "--mtu"),
     (dict(iface="a-very-long-interface-name"), "interface name"),
-    (dict(backend="vxlan"), "not yet supported"),
+    (dict(backend="geneve"), "unknown backend"),
+    (dict(backend="vxlan", vni=1 << 24), "out of range"),
+    (dict(peers=["198.18.0.2=198.19.2.0/24,vtep-mac=02:00:00:00:00:01"]), "only applies to --backend vxlan"),
     (dict(backend="gre"), "unknown backend"),
     (dict(peers=["198.18.0.1=198.19.2.0/24"]), "our own --public-ip"),
     (dict(peers=["198.18.0.2=198.19.1.128/25"]), "overlaps our --subnet"),
     (dict(peers=["198.18.0.2=198.19.0.0/16"]), "overlaps our --subnet"),
     (dict(peers=["198.18.0.2=198.19.2.0/24", "198.18.0.3=198.19.2.0/25"]), "overlap"),
     (dict(peers=["198.18.0.2=198.19.2.0/24", "198.18.0.2=198.19.3.0/24"]), "given twice"),
-    (dict(peers=["198.18.0.2=10.1.0.0/24"]), "outside --network"),
+    (dict(peers=["198.18.0.2=198.18.5.0/24"]), "outside --network"),
     (dict(peers=["198.18.0.2:0=198.19.2.0/24"]), "bad port"),
     (dict(peers=["198.18.0.2:x=198.19.2.0/24"]), "bad port"),
     (dict(peers=["198.18.0.2"]), "expected PUBLIC_IP"),
@@ -97,14 +99,16 @@ def test_parse_peer_default_port():
 @pytest.mark.parametrize("argv, needle", [
     (["--public-ip", "198.18.0.1", "--subnet", "198.19.1.0/24", "--network",
       "198.19.0.0/16", "--peer", "198.18.0.2=198.19.1.0/24"], "overlaps"),
-    (["run", "--public-ip", "198.18.0.1", "--subnet", "10.0.0.0/24", "--network",
+    (["run", "--public-ip", "198.18.0.1", "--subnet", "198.18.9.0/24", "--network",
       "198.19.0.0/16"], "outside"),
     (["--public-ip", "198.18.0.1", "--subnet", "198.19.1.0/24", "--network",
       "198.19.0.0/16", "--peer", "198.18.0.1=198.19.2.0/24"], "own"),
     (["--public-ip", "198.18.0.1", "--subnet", "198.19.1.0/99", "--network",
       "198.19.0.0/16"], "bad CIDR"),
     (["--public-ip", "198.18.0.1", "--network", "198.19.0.0/16"], "--subnet"),
-    (["--bogus-flag"], "required"),
+    (["--bogus-flag"], "unrecognized"),
+    (["run", "--bogus-flag"], "unrecognized"),
+    (["run", "--public-ip", "198.18.0.1"], "--subnet is required"),
     (["run", "--subnet", "198.19.1.0/24", "--network", "198.19.0.0/16", "--bogus"],
      "unrecognized"),
 ])
