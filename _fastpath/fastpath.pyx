@@ -233,6 +233,29 @@ def _net(cidr):
     return int(n.network_address), n.prefixlen
 
 
+cdef uint32_t flow_hash_c(const uint8_t *p, Py_ssize_t n) noexcept nogil:
+    cdef uint32_t h = 0x811C9DC5
+    cdef int ihl = (p[0] & 0x0F) * 4
+    cdef int i
+    for i in range(12, 20):
+        h = (h ^ p[i]) * 0x01000193
+    h = (h ^ p[9]) * 0x01000193
+    if (p[9] == 6 or p[9] == 17 or p[9] == 132) and ((((p[6] << 8) | p[7]) & 0x3FFF) == 0) \
+            and n >= ihl + 4:
+        for i in range(ihl, ihl + 4):
+            h = (h ^ p[i]) * 0x01000193
+    return h
+
+
+def flow_hash(pkt):
+    """FNV-1a (32 bit) of the inner flow: addresses, protocol and, for an
+    unfragmented TCP/UDP/SCTP packet, the ports. Picks the VXLAN source
+    port (RFC 7348 section 5) so that one flow keeps one underlay path.
+    Caller guarantees a valid IPv4 header."""
+    cdef bytes b = bytes(pkt)
+    return flow_hash_c(<const uint8_t *><const char *>b, len(b))
+
+
 def checksum(data):
     """RFC 1071 Internet checksum of data (odd length padded with zero)."""
     cdef const uint8_t[:] v = bytes(data)
@@ -263,6 +286,10 @@ cdef class Engine:
     cdef uint8_t reply[C_REPLY_MAX]
     cdef int reply_len
     cdef Py_ssize_t inner_off
+    cdef int tx_fds[64]
+    cdef int n_tx
+    cdef int msg_sock[C_BATCH]
+    cdef mmsghdr grouped[C_BATCH]
     cdef uint8_t mac_c[6]
 
     def __cinit__(self):
@@ -293,6 +320,15 @@ cdef class Engine:
         self.local_port = local_port
         memset(self.out_v, 0, sizeof(self.out_v))
         memset(self.in_v, 0, sizeof(self.in_v))
+
+    def set_tx_fds(self, fds):
+        """vxlan: send through these sockets (bound to different source
+        ports), chosen per inner flow by flow_hash; empty = sock_fd only."""
+        fds = [int(fd) for fd in fds][:64]
+        cdef int i
+        for i in range(len(fds)):
+            self.tx_fds[i] = fds[i]
+        self.n_tx = len(fds)
 
     @property
     def implementation(self):
@@ -666,7 +702,7 @@ cdef class Engine:
         return done
 
     cdef int tun_to_udp_c(self, int tun_fd, int sock_fd) noexcept nogil:
-        cdef int done = 0, rounds, n, m, i, sent, idx, v
+        cdef int done = 0, rounds, n, m, i, idx, v, s, k
         cdef ssize_t r, h
         cdef uint8_t *slot
         cdef peer_t *p
@@ -693,6 +729,9 @@ cdef class Engine:
                 if v != C_OK:
                     continue
                 p = &self.table.peers[idx]
+                self.msg_sock[m] = sock_fd
+                if self.n_tx:
+                    self.msg_sock[m] = self.tx_fds[flow_hash_c(slot, r) % self.n_tx]
                 h = self.encap_c(slot, idx)
                 self.iov[m].iov_base = slot - h
                 self.iov[m].iov_len = <size_t>(r + h)
@@ -705,20 +744,35 @@ cdef class Engine:
                 self.msgs[m].msg_hdr.msg_iov = &self.iov[m]
                 self.msgs[m].msg_hdr.msg_iovlen = 1
                 m += 1
-            i = 0
-            while i < m:
-                sent = sendmmsg(sock_fd, &self.msgs[i], m - i, 0)
-                if sent < 0:
-                    if errno == EINTR:
-                        continue
-                    # The first message failed (no route, buffer full): drop it.
-                    self.out_v[C_TX_ERROR] += 1
-                    i += 1
-                else:
-                    i += sent
+            if self.n_tx == 0:
+                self.send_all(sock_fd, self.msgs, m)
+            else:
+                # One sendmmsg per source socket; a flow maps to one socket,
+                # so per-flow order is kept.
+                for s in range(self.n_tx):
+                    k = 0
+                    for i in range(m):
+                        if self.msg_sock[i] == self.tx_fds[s]:
+                            self.grouped[k] = self.msgs[i]
+                            k += 1
+                    if k:
+                        self.send_all(self.tx_fds[s], self.grouped, k)
             if empty:
                 break
         return done
+
+    cdef void send_all(self, int fd, mmsghdr *msgs, int m) noexcept nogil:
+        cdef int i = 0, sent
+        while i < m:
+            sent = sendmmsg(fd, &msgs[i], m - i, 0)
+            if sent < 0:
+                if errno == EINTR:
+                    continue
+                # The first message failed (no route, buffer full): drop it.
+                self.out_v[C_TX_ERROR] += 1
+                i += 1
+            else:
+                i += sent
 
     def udp_to_tun(self, int sock_fd, int tun_fd):
         """Drain the socket: recvmmsg, check the peer, decapsulate, write to TUN."""

@@ -75,6 +75,21 @@ def checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
+def flow_hash(pkt) -> int:
+    """FNV-1a (32 bit) of the inner flow: addresses, protocol and, for an
+    unfragmented TCP/UDP/SCTP packet, the ports. Picks the VXLAN source
+    port (RFC 7348 section 5) so that one flow keeps one underlay path.
+    Caller guarantees a valid IPv4 header."""
+    ihl = (pkt[0] & 0x0F) * 4
+    h = 0x811C9DC5
+    data = bytes(pkt[12:20]) + bytes(pkt[9:10])
+    if pkt[9] in (6, 17, 132) and ((pkt[6] << 8) | pkt[7]) & 0x3FFF == 0 and len(pkt) >= ihl + 4:
+        data += bytes(pkt[ihl:ihl + 4])
+    for b in data:
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
 def _check_ipv4(pkt) -> int:
     """Verdict for a buffer that should hold exactly one IPv4 packet."""
     n = len(pkt)
@@ -116,6 +131,7 @@ class Engine:
         self._out = [0] * N_VERDICTS
         self._in = [0] * N_VERDICTS
         self._socks: dict[int, socket.socket] = {}
+        self._tx_fds: list[int] = []
 
     # -- control plane -------------------------------------------------
     def set_peers(self, peers) -> None:
@@ -333,6 +349,11 @@ class Engine:
             s.setblocking(False)
         return s
 
+    def set_tx_fds(self, fds) -> None:
+        """vxlan: send through these sockets (bound to different source
+        ports), chosen per inner flow by flow_hash; empty = sock_fd only."""
+        self._tx_fds = [int(fd) for fd in fds][:64]
+
     def tun_to_udp(self, tun_fd: int, sock_fd: int) -> int:
         sock = self._sock(sock_fd)
         done = 0
@@ -355,8 +376,11 @@ class Engine:
                     pass
             if v == OK:
                 p = self._peers[idx]
+                tx = sock
+                if self._tx_fds:
+                    tx = self._sock(self._tx_fds[flow_hash(pkt) % len(self._tx_fds)])
                 try:
-                    sock.sendto(self._encap(pkt, idx), (str(ipaddress.IPv4Address(p[0])), p[1]))
+                    tx.sendto(self._encap(pkt, idx), (str(ipaddress.IPv4Address(p[0])), p[1]))
                 except OSError:
                     self._out[TX_ERROR] += 1
         return done

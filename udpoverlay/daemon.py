@@ -30,6 +30,7 @@ __all__ = ["run", "prepare", "Daemon", "open_socket", "UDP_OVERHEAD"]
 
 log = logging.getLogger("udpoverlay")
 
+VXLAN_TX_SOCKETS = 8       # source ports for per-flow entropy (RFC 7348 section 5)
 UDP_OVERHEAD = 28          # outer IPv4 (20) + UDP (8): flannel's udp backend
 # + VXLAN header (8) + inner Ethernet (14): flannel's vxlan backend, MTU - 50
 OVERHEAD = {"udp": UDP_OVERHEAD, "vxlan": UDP_OVERHEAD + 22}
@@ -93,6 +94,7 @@ class Daemon:
         self.implementation = "?"
         self.vtep_mac = b""
         self._arp_task: asyncio.Task | None = None
+        self.tx_socks: list[socket.socket] = []
 
     # -- set-up (sync, before the loop) -----------------------------------
     def setup(self) -> None:
@@ -113,6 +115,12 @@ class Daemon:
                 local_subnet=str(cfg.subnet), network=str(cfg.network),
                 vni=cfg.vni, vtep_mac=self.vtep_mac, local_port=cfg.port)
             self.implementation = fastpath.IMPLEMENTATION
+            if cfg.backend == "vxlan":
+                # Each flow leaves from one of several sockets on ephemeral
+                # ports, so underlay ECMP/RSS spreads flows and keeps order.
+                for _ in range(VXLAN_TX_SOCKETS):
+                    self.tx_socks.append(open_socket(pub, 0))
+                self.engine.set_tx_fds([s.fileno() for s in self.tx_socks])
             self.dataplane = DataPlane(self.engine, self.tun.fd, self.sock)
             self.dataplane.set_peers(cfg.peers)
         except BaseException:
@@ -146,6 +154,9 @@ class Daemon:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+        for s in self.tx_socks:
+            s.close()
+        self.tx_socks = []
 
     # -- status -------------------------------------------------------
     def status(self) -> dict:

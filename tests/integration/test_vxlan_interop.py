@@ -116,6 +116,8 @@ def test_wire_is_vxlan_with_vni_and_macs(overlay2):
         assert (inner.dst, inner.src, inner.type) == (MAC[2], MAC[1], 0x0800)
         assert (inner[IP].src, inner[IP].dst) == (pod_of(1), pod_of(2))
         assert inner[ICMP].type == 8
+    # one inner flow -> one (ephemeral) source port, RFC 7348 section 5
+    assert len({p[UDP].sport for p in ours}) == 1 and ours[0][UDP].sport != VX_PORT
     for p in theirs:      # the kernel's frames to us, for comparison
         assert p[VXLAN].vni == 1 and p[VXLAN][Ether].dst == MAC[1]
 

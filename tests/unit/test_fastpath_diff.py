@@ -157,3 +157,17 @@ def test_route_tables_identical(routes, addrs):
     cy.set_peers(peers)
     for a in addrs:
         assert py.lookup(a) == cy.lookup(a)
+
+
+@settings(max_examples=300, deadline=None)
+@given(packets)
+def test_flow_hash_identical(pkt):
+    assert ref.flow_hash(pkt) == comp.flow_hash(pkt)
+
+
+def test_flow_hash_follows_the_flow():
+    a = ipv4("198.19.1.5", "198.19.2.7", 64, 6, b"\x10\x00\x00\x50" + b"x" * 16)
+    b = ipv4("198.19.1.5", "198.19.2.7", 30, 6, b"\x10\x00\x00\x50" + b"y" * 40)
+    c = ipv4("198.19.1.5", "198.19.2.7", 64, 6, b"\x10\x01\x00\x50" + b"x" * 16)
+    assert ref.flow_hash(a) == ref.flow_hash(b)        # same 5-tuple, other payload/TTL
+    assert ref.flow_hash(a) != ref.flow_hash(c)        # another source port
