@@ -223,10 +223,17 @@ def _run_loop(coro) -> int:
     return uvloop.run(coro)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run(cfg: RunConfig) -> int:
     """Run the daemon in the foreground until SIGINT/SIGTERM; exit code.
 
     ConfigError / TunSetupError propagate to the CLI."""
+    # Until the loop installs its handlers, SIGTERM unwinds like Ctrl-C, so
+    # set-up is undone (and the exit is clean) even during start-up.
+    signal.signal(signal.SIGTERM, _interrupt)
     cfg = prepare(cfg)
     if cfg.public_ip is None:  # pragma: no cover - prepare guarantees it
         raise ConfigError("no public IP")
