@@ -104,10 +104,27 @@ def test_wire_is_vxlan_with_vni_and_macs(overlay2):
     pcap = ov.tmp / "vx.pcap"
     cap = _start_capture(ov, ov.hosts[2], pcap, f"udp port {VX_PORT}")
     _assert_pings(ov, 1, 2, count=3)
-    time.sleep(0.3)
+    # 16 more inner flows (UDP from 16 source ports) to spread over ports
+    r = ov.run(ov.hosts[1], [sys.executable, "-c", FLOWS, pod_of(1), pod_of(2)], timeout=20)
+    assert r.returncode == 0, r.stderr
+    time.sleep(1.5)
     ov.lab.stop(cap, signal.SIGINT, timeout=10)
-    frames = [p for p in rdpcap(str(pcap)) if VXLAN in p]
-    ours = [p for p in frames if p[IP].src == underlay_of(1)]
+    captured = rdpcap(str(pcap))
+    flows: dict[int, set] = {}
+    for p in captured:
+        # parsed by hand: scapy picks its dissector by port and may take an
+        # ephemeral source port for another protocol
+        if UDP in p and p[IP].src == underlay_of(1) and p[UDP].dport == VX_PORT:
+            vx = bytes(p[UDP].payload)
+            if len(vx) >= 50 and vx[20:22] == b"\x08\x00" and vx[31] == 17 \
+                    and int.from_bytes(vx[44:46], "big") == 9:
+                flows.setdefault(int.from_bytes(vx[42:44], "big"), set()).add(p[UDP].sport)
+    frames = [p for p in captured if VXLAN in p]
+    # UDP may lose a datagram on the way; most of the 16 flows must be seen
+    assert len(flows) >= 8, sorted(flows.items())
+    assert all(len(ports) == 1 for ports in flows.values()), flows   # a flow keeps its port
+    assert len({next(iter(ports)) for ports in flows.values()}) >= 2, flows  # flows spread
+    ours = [p for p in frames if p[IP].src == underlay_of(1) and ICMP in p[VXLAN][Ether]]
     theirs = [p for p in frames if p[IP].src == underlay_of(2)]
     assert len(ours) >= 3 and len(theirs) >= 3
     for p in ours:
@@ -121,6 +138,16 @@ def test_wire_is_vxlan_with_vni_and_macs(overlay2):
     for p in theirs:      # the kernel's frames to us, for comparison
         assert p[VXLAN].vni == 1 and p[VXLAN][Ether].dst == MAC[1]
 
+
+FLOWS = r"""
+import socket, sys
+for port in range(40000, 40016):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((sys.argv[1], port))
+    for _ in range(2):
+        s.sendto(b"flow", (sys.argv[2], 9))
+    s.close()
+"""
 
 INJECT = r"""
 import socket, sys
