@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import signal
 import socket
 import time
@@ -164,6 +165,7 @@ class Daemon:
         doc = {
             "version": __version__,
             "implementation": self.implementation,
+            "loop": loop_name(),
             "iface": cfg.iface,
             "public_ip": str(cfg.public_ip),
             "port": cfg.port,
@@ -216,11 +218,29 @@ class Daemon:
 
 
 def _run_loop(coro) -> int:
+    """uvloop when installed, unless UDPOVERLAY_LOOP=asyncio asks for the
+    stock loop. uvloop.run(), never a uvloop policy: pyroute2 breaks under one."""
+    choice = os.environ.get("UDPOVERLAY_LOOP", "").strip().lower()
+    if choice not in ("", "uvloop", "asyncio"):
+        raise ConfigError(f"UDPOVERLAY_LOOP={choice!r}: choose uvloop or asyncio")
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise ConfigError("UDPOVERLAY_LOOP=uvloop but uvloop is not installed") from None
+        else:
+            return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+def loop_name() -> str:
+    """'uvloop' or 'asyncio': the running event loop, for status."""
     try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return "none"
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
 def _interrupt(signum, frame):

@@ -78,6 +78,19 @@ def test_python_reference_implementation_pings(overlay2):
     _assert_pings(ov, 2, 1)
 
 
+def test_stock_asyncio_loop_works_too(overlay2, monkeypatch):
+    """The daemon runs on uvloop by default and on stock asyncio on request."""
+    ov = overlay2
+    ov.start(1)
+    monkeypatch.setenv("UDPOVERLAY_LOOP", "asyncio")
+    ov.start(2)
+    assert ov.status(ov.hosts[2])["loop"] == "asyncio"
+    assert ov.status(ov.hosts[1])["loop"] == ("uvloop" if importlib.util.find_spec("uvloop")
+                                               else "asyncio")
+    _assert_pings(ov, 1, 2)
+    _assert_pings(ov, 2, 1)
+
+
 def test_mixed_implementations_interoperate(overlay2):
     ov = overlay2
     ov.start(1, python_ref=True)
