@@ -24,9 +24,8 @@ import os
 import signal
 from dataclasses import dataclass
 
-from udpoverlay import tun as tunmod
 from udpoverlay.config import DEFAULT_IFACE, build_config
-from udpoverlay.daemon import Daemon, _run_loop, derive_vtep_mac
+from udpoverlay.daemon import Daemon, _run_loop, derive_vtep_mac, detect_public_ip
 from udpoverlay.errors import ConfigError, LeaseStoreError
 from udpoverlay.lease import DEFAULT_PREFIX
 from udpoverlay.peers import format_mac, parse_mac
@@ -118,11 +117,7 @@ class ClusterDaemon(Daemon):
 
 
 def _detect_public_ip(opts: ClusterOptions) -> str:
-    if opts.public_ip:
-        return opts.public_ip
-    if opts.underlay_iface:
-        return tunmod.interface_address(opts.underlay_iface)
-    return tunmod.default_route_address()
+    return opts.public_ip or detect_public_ip(opts.underlay_iface)
 
 
 async def _main(opts: ClusterOptions) -> int:

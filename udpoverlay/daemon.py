@@ -69,14 +69,18 @@ def open_socket(ip: str, port: int) -> socket.socket:
     return s
 
 
+def detect_public_ip(underlay_iface: str | None) -> str:
+    """As flannel: the address of --underlay-iface, else of the interface
+    holding the default route."""
+    if underlay_iface:
+        return tunmod.interface_address(underlay_iface)
+    return tunmod.default_route_address()
+
+
 def prepare(cfg: RunConfig) -> RunConfig:
     """Fill in what the user left out (public IP) and re-validate."""
     if cfg.public_ip is None:
-        if cfg.underlay_iface:
-            ip = tunmod.interface_address(cfg.underlay_iface)
-        else:
-            ip = tunmod.default_route_address()
-        cfg = cfg.with_public_ip(ip)
+        cfg = cfg.with_public_ip(detect_public_ip(cfg.underlay_iface))
     return cfg
 
 

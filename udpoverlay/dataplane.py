@@ -61,11 +61,12 @@ class DataPlane:
         delay = ARP_RETRY_FIRST
         known: set = set()
         while True:
-            pending = [(i, pc) for i, pc in enumerate(self.engine.peer_counters())
-                       if pc.get("vtep_mac") is None]
+            pending = []
             for i, pc in enumerate(self.engine.peer_counters()):
                 key = (pc["public_ip"], pc["subnet"])
-                if pc.get("vtep_mac") is not None and key not in known:
+                if pc.get("vtep_mac") is None:
+                    pending.append((i, pc))
+                elif key not in known:
                     known.add(key)
                     log.info("peer %s (%s): VTEP MAC %s", pc["public_ip"],
                              pc["subnet"], pc["vtep_mac"])
