@@ -89,15 +89,21 @@ class Overlay:
         for j in peers:
             args += ["--peer", f"{underlay_of(j)}={subnet_of(j)}"]
         args += extra or []
+        return self.launch(i, args, env=self.env(python_ref), wait=wait)
+
+    def launch(self, i: int, args: list[str], env: dict | None = None,
+               wait: bool = True, timeout: float = 15.0) -> Daemon:
+        """Run args (a daemon command line) on host i, its output in a log
+        file, tracked for stop/cleanup; optionally wait until it is ready."""
         log = self.tmp / f"daemon-h{i}-{len(self.daemons)}.log"
         with open(log, "wb") as f:
             proc = self.lab.popen(self.hosts[i].netns, args, stdin=subprocess.DEVNULL,
-                                  stdout=f, stderr=f, env=self.env(python_ref),
+                                  stdout=f, stderr=f, env=env or self.env(),
                                   cwd=str(ROOT))
         d = Daemon(self.hosts[i], proc, log, args)
         self.daemons.append(d)
         if wait:
-            self.wait_ready(d)
+            self.wait_ready(d, timeout)
         return d
 
     def wait_ready(self, d: Daemon, timeout: float = 15.0) -> None:

@@ -70,19 +70,12 @@ class ClusterLab:
     def subnet_file(self, i: int):
         return self.tmp / f"h{i}" / "subnet.env"
 
-    def start(self, i: int):
+    def start(self, i: int, subnet_file=None, wait: bool = True):
+        """The etcd-mode daemon on host i (subnet file: default per host)."""
         args = [sys.executable, "-m", "udpoverlay", "run", "--public-ip", underlay(i),
                 "--etcd-endpoints", self.etcd.endpoint, "--subnet-file",
-                str(self.subnet_file(i)), "--lease-ttl", "600"]
-        log = self.tmp / f"daemon-h{i}-{len(self.ov.daemons)}.log"
-        from tests.integration.conftest import Daemon
-        with open(log, "wb") as f:
-            proc = self.lab.popen(self.ov.hosts[i].netns, args, stdin=subprocess.DEVNULL,
-                                  stdout=f, stderr=f, env=self.ov.env())
-        d = Daemon(self.ov.hosts[i], proc, log, args)
-        self.ov.daemons.append(d)
-        self.ov.wait_ready(d, timeout=20)
-        return d
+                str(subnet_file or self.subnet_file(i)), "--lease-ttl", "600"]
+        return self.ov.launch(i, args, wait=wait, timeout=20)
 
     def subnet(self, i: int) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(self.ov.status(self.ov.hosts[i])["subnet"])

@@ -9,8 +9,6 @@ Every wait is bounded.
 from __future__ import annotations
 
 import ipaddress
-import subprocess
-import sys
 import time
 
 from tests.integration.conftest import Daemon
@@ -19,20 +17,6 @@ from tests.integration.test_cluster import (  # noqa: F401 - fixture re-export
 from udpoverlay.netlab import wait_for
 
 SUBNETS = f"{PREFIX}/subnets/"
-
-
-def _launch(c: ClusterLab, i: int, subnet_file) -> Daemon:
-    """Start the etcd-mode daemon on host i without waiting for it."""
-    args = [sys.executable, "-m", "udpoverlay", "run", "--public-ip", underlay(i),
-            "--etcd-endpoints", c.etcd.endpoint, "--subnet-file", str(subnet_file),
-            "--lease-ttl", "600"]
-    log = c.tmp / f"daemon-h{i}-{len(c.ov.daemons)}.log"
-    with open(log, "wb") as f:
-        proc = c.lab.popen(c.ov.hosts[i].netns, args, stdin=subprocess.DEVNULL,
-                           stdout=f, stderr=f, env=c.ov.env())
-    d = Daemon(c.ov.hosts[i], proc, log, args)
-    c.ov.daemons.append(d)
-    return d
 
 
 def _lease_of(c: ClusterLab, d: Daemon) -> ipaddress.IPv4Network | None:
@@ -61,8 +45,8 @@ def test_simultaneous_start_never_shares_a_subnet(cluster: ClusterLab):
     for rnd in range(5):
         assert time.monotonic() < deadline, f"rounds took too long (round {rnd})"
         # fresh subnet files: no previous subnet to prefer
-        d1 = _launch(c, 1, c.tmp / f"r{rnd}-h1.env")
-        d2 = _launch(c, 2, c.tmp / f"r{rnd}-h2.env")
+        d1 = c.start(1, c.tmp / f"r{rnd}-h1.env", wait=False)
+        d2 = c.start(2, c.tmp / f"r{rnd}-h2.env", wait=False)
         leases: dict[int, ipaddress.IPv4Network] = {}
 
         def both_leased():

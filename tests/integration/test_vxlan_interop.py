@@ -17,7 +17,8 @@ import time
 import pytest
 
 from tests.integration.conftest import ROOT, pod_of, subnet_of, underlay_of
-from tests.integration.test_udp_dataplane import _assert_pings, _start_capture
+from tests.integration.test_udp_dataplane import (LISTENER, SENDER, _assert_pings,
+                                                  _start_capture)
 from tests.requirements import require
 from udpoverlay import kernel_vxlan
 from udpoverlay.netlab import wait_for
@@ -149,30 +150,6 @@ for port in range(40000, 40016):
     s.close()
 """
 
-INJECT = r"""
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], 8472))
-s.sendto(bytes.fromhex(sys.argv[3]), (sys.argv[2], 8472))
-"""
-
-LISTEN = r"""
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.settimeout(0.3)
-print("ready", flush=True)
-end = time.monotonic() + float(sys.argv[3])
-got = []
-while time.monotonic() < end:
-    try:
-        got.append(s.recvfrom(2048)[0])
-    except socket.timeout:
-        pass
-print(" ".join(g.decode() for g in got), flush=True)
-"""
-
-
 def test_wrong_vni_and_foreign_mac_not_delivered(overlay2):
     """Frames from the (known) kernel peer's address with a wrong VNI or a
     foreign inner MAC are dropped and counted; a correct one gets through."""
@@ -182,7 +159,7 @@ def test_wrong_vni_and_foreign_mac_not_delivered(overlay2):
     ov = overlay2
     start_vx(ov, 1, {2: MAC[2]})
     h1, h2 = ov.hosts[1], ov.hosts[2]
-    ls = ov.lab.popen(h1.netns, [sys.executable, "-c", LISTEN, pod_of(1), "7777", "4"],
+    ls = ov.lab.popen(h1.netns, [sys.executable, "-c", LISTENER, pod_of(1), "7777", "15"],
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert ls.stdout.readline().strip() == b"ready"
 
@@ -191,11 +168,11 @@ def test_wrong_vni_and_foreign_mac_not_delivered(overlay2):
         return raw(VXLAN(vni=vni, flags=0x08) / Ether(src=MAC[2], dst=dst_mac) / inner).hex()
 
     for vni, mac, tag in [(2, MAC[1], b"wrongvni"), (1, "02:11:22:33:44:55", b"foreignmac"),
-                          (1, MAC[1], b"good")]:
-        r = ov.run(h2, [sys.executable, "-c", INJECT, underlay_of(2), underlay_of(1),
-                        frame(vni, mac, tag)], timeout=20)
+                          (1, MAC[1], b"legit")]:
+        r = ov.run(h2, [sys.executable, "-c", SENDER, underlay_of(2), str(VX_PORT),
+                        underlay_of(1), str(VX_PORT), frame(vni, mac, tag)], timeout=20)
         assert r.returncode == 0, r.stderr
     out, _ = ls.communicate(timeout=20)
-    assert out.split() == [b"good"]
+    assert out.decode().splitlines() == [f"{pod_of(2)} legit"]
     c = ov.status(h1)["counters"]
     assert c["rx_drop_bad_vni"] == 1 and c["rx_drop_wrong_mac"] == 1
