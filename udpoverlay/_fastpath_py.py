@@ -13,7 +13,12 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import select
 import socket
+import struct
+
+from udpoverlay._offload_py import (F_NEEDS_CSUM, GSO_NONE, MAX_SPLIT, VNET_HDR_LEN,
+                                    Coalescer, Packer, pack_vnet, parse_vnet, split)
 
 IMPLEMENTATION = "python"
 
@@ -36,10 +41,11 @@ BAD_VNI = 11
 WRONG_MAC = 12
 UNRESOLVED = 13
 ARP = 14            # an ARP frame consumed by the engine (not a drop)
+BAD_GSO = 15        # a TUN super-packet whose vnet header does not fit it
 VERDICT_NAMES = ("ok", "too_short", "not_ipv4", "bad_header", "no_route",
                  "ttl_expired", "unknown_peer", "spoofed_src", "not_local",
                  "tx_error", "bad_vxlan", "bad_vni", "wrong_mac", "unresolved",
-                 "arp")
+                 "arp", "bad_gso")
 N_VERDICTS = len(VERDICT_NAMES)
 
 BATCH = 64          # packets per syscall batch
@@ -48,6 +54,9 @@ SLOT = 65536        # one buffer slot: any IPv4 packet fits
 ICMP_TTL = 64
 VXLAN_HDR = 8 + 14   # VXLAN header + inner Ethernet header (RFC 7348)
 BROADCAST = b"\xff" * 6
+TX_MSGS = 1024      # UDP messages per TX batch (sendmmsg's limit)
+MAX_WAITS = 5       # waits of 20 ms for a full socket buffer, per batch
+SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
 # ICMP types that are errors: never answer those with another error (RFC 1812).
 _ICMP_ERRORS = frozenset((3, 4, 5, 11, 12))
 
@@ -65,14 +74,7 @@ def _mask(length: int) -> int:
     return (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF if length else 0
 
 
-def checksum(data: bytes) -> int:
-    """RFC 1071 Internet checksum of data (odd length padded with zero)."""
-    if len(data) & 1:
-        data = bytes(data) + b"\0"
-    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+from udpoverlay._offload_py import checksum  # noqa: E402  (RFC 1071)
 
 
 def flow_hash(pkt) -> int:
@@ -123,31 +125,39 @@ class Engine:
         self.vni = vni
         self.vtep_mac = bytes(vtep_mac)
         self.local_port = local_port
-        self._peers: list[list] = []      # [ip, port, net, len, mac, tx_p, tx_b, rx_p, rx_b]
+        # [ip, port, net, len, mac, stats]; stats = [tx_p, tx_b, rx_p, rx_b] is
+        # adopted (shared) by the next table, as the compiled engine does.
+        self._peers: list[list] = []
         self._routes: list[tuple[int, dict[int, int]]] = []   # (len, {net: peer})
         self._by_ip: dict[int, int] = {}
         self._c = {"tx_packets": 0, "tx_bytes": 0, "rx_packets": 0, "rx_bytes": 0,
-                   "icmp_sent": 0}
+                   "icmp_sent": 0, "tx_super_packets": 0}
         self._out = [0] * N_VERDICTS
         self._in = [0] * N_VERDICTS
         self._socks: dict[int, socket.socket] = {}
         self._tx_fds: list[int] = []
+        self.vnet_hdr = False
+        self.tun_uso = False
+        self._gso = False
+        self._co = Coalescer(udp=False)
 
     # -- control plane -------------------------------------------------
     def set_peers(self, peers) -> None:
         """Replace the whole peer/route table; counters of kept peers stay."""
-        old = {(p[0], p[1], p[2], p[3]): p for p in self._peers}
+        old: dict[tuple, list] = {}
+        for p in self._peers:
+            old.setdefault((p[0], p[1], p[2], p[3]), p)
         new: list[list] = []
         for ip, port, subnet, mac in peers:
             net, length = _net(subnet)
             key = (_ip_to_int(ip), int(port), net, length)
             if mac is not None and len(mac) != 6:
                 raise ValueError("vtep mac must be 6 bytes")
-            prev = old.get(key)
-            counts = prev[5:9] if prev else [0, 0, 0, 0]
+            prev = old.pop(key, None)
+            stats = prev[5] if prev else [0, 0, 0, 0]
             # A MAC learned by ARP survives a table swap that does not name one.
             mac = bytes(mac) if mac else (prev[4] if prev else None)
-            new.append([key[0], key[1], net, length, mac, *counts])
+            new.append([key[0], key[1], net, length, mac, stats])
         by_len: dict[int, dict[int, int]] = {}
         by_ip: dict[int, int] = {}
         for idx, p in enumerate(new):
@@ -168,7 +178,11 @@ class Engine:
 
     def counters(self) -> dict:
         out = dict(self._c)
-        for i in range(1, ARP):
+        out["rx_coalesced"] = self._co.merged
+        out["rx_csum_bad"] = self._co.csum_bad
+        for i in range(1, N_VERDICTS):
+            if i == ARP:
+                continue
             out["tx_drop_" + VERDICT_NAMES[i]] = self._out[i]
             out["rx_drop_" + VERDICT_NAMES[i]] = self._in[i]
         out["rx_arp"] = self._in[ARP]
@@ -177,8 +191,8 @@ class Engine:
     def peer_counters(self) -> list[dict]:
         return [{"public_ip": str(ipaddress.IPv4Address(p[0])), "port": p[1],
                  "subnet": f"{ipaddress.IPv4Address(p[2])}/{p[3]}",
-                 "tx_packets": p[5], "tx_bytes": p[6],
-                 "rx_packets": p[7], "rx_bytes": p[8],
+                 "tx_packets": p[5][0], "tx_bytes": p[5][1],
+                 "rx_packets": p[5][2], "rx_bytes": p[5][3],
                  "vtep_mac": None if p[4] is None else ":".join(f"{b:02x}" for b in p[4])}
                 for p in self._peers]
 
@@ -236,9 +250,9 @@ class Engine:
 
     def _count_out(self, v: int, idx: int, n: int) -> None:
         if v == OK:
-            p = self._peers[idx]
-            p[5] += 1
-            p[6] += n
+            st = self._peers[idx][5]
+            st[0] += 1
+            st[1] += n
             self._c["tx_packets"] += 1
             self._c["tx_bytes"] += n
         else:
@@ -325,9 +339,9 @@ class Engine:
 
     def _count_in(self, v: int, idx: int, n: int) -> None:
         if v == OK:
-            p = self._peers[idx]
-            p[7] += 1
-            p[8] += n
+            st = self._peers[idx][5]
+            st[2] += 1
+            st[3] += n
             self._c["rx_packets"] += 1
             self._c["rx_bytes"] += n
         else:
@@ -349,12 +363,51 @@ class Engine:
             s.setblocking(False)
         return s
 
+    def _recv(self, sock: socket.socket):
+        """One datagram as (data, addr, UDP_GRO segment size or 0), or None
+        when the socket is empty or failed."""
+        for _ in range(BATCH):
+            try:
+                data, anc, _flags, addr = sock.recvmsg(SLOT, socket.CMSG_SPACE(4))
+            except (BlockingIOError, InterruptedError):
+                return None
+            except OSError as exc:
+                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH):
+                    continue    # an ICMP error queued on the socket: skip it
+                return None
+            gro = 0
+            for level, kind, cdata in anc:
+                if level == SOL_UDP and kind == UDP_GRO and len(cdata) >= 4:
+                    gro = struct.unpack("=i", cdata[:4])[0]
+            return data, addr, gro
+        return None
+
     def set_tx_fds(self, fds) -> None:
         """vxlan: send through these sockets (bound to different source
         ports), chosen per inner flow by flow_hash; empty = sock_fd only."""
         self._tx_fds = [int(fd) for fd in fds][:64]
 
+    def set_offload(self, vnet_hdr: bool, udp_gso: bool = False, tun_uso: bool = False) -> None:
+        """Declare what the devices were set up with: the TUN fd carries a
+        virtio_net_hdr (IFF_VNET_HDR, TSO on), the socket takes UDP_SEGMENT,
+        the TUN takes UDP GSO writes (USO). Call before any I/O."""
+        self.vnet_hdr = bool(vnet_hdr)
+        self._gso = bool(vnet_hdr and udp_gso)
+        self.tun_uso = bool(vnet_hdr and tun_uso)
+        self._co.udp = self.tun_uso
+
+    @property
+    def udp_gso(self) -> bool:
+        """UDP_SEGMENT in use (turned off for good if the kernel refuses it)."""
+        return self._gso
+
+    def _addr(self, ip: int, port: int) -> tuple:
+        return (str(ipaddress.IPv4Address(ip)), port)
+
     def tun_to_udp(self, tun_fd: int, sock_fd: int) -> int:
+        """Drain the TUN: read, route, encapsulate, send per batch."""
+        if self.vnet_hdr:
+            return self._tun_to_udp_vnet(tun_fd, sock_fd)
         sock = self._sock(sock_fd)
         done = 0
         for _ in range(BATCH * MAX_ROUNDS):
@@ -380,23 +433,22 @@ class Engine:
                 if self._tx_fds:
                     tx = self._sock(self._tx_fds[flow_hash(pkt) % len(self._tx_fds)])
                 try:
-                    tx.sendto(self._encap(pkt, idx), (str(ipaddress.IPv4Address(p[0])), p[1]))
+                    tx.sendto(self._encap(pkt, idx), self._addr(p[0], p[1]))
                 except OSError:
                     self._out[TX_ERROR] += 1
         return done
 
     def udp_to_tun(self, sock_fd: int, tun_fd: int) -> int:
+        """Drain the socket: receive, check the peer, decapsulate, write to TUN."""
+        if self.vnet_hdr:
+            return self._udp_to_tun_vnet(sock_fd, tun_fd)
         sock = self._sock(sock_fd)
         done = 0
         for _ in range(BATCH * MAX_ROUNDS):
-            try:
-                data, addr = sock.recvfrom(SLOT)
-            except (BlockingIOError, InterruptedError):
+            got = self._recv(sock)
+            if got is None:
                 break
-            except OSError as exc:
-                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH):
-                    continue
-                break
+            data, addr, _gro = got
             done += 1
             v, idx, off, reply = self._inbound(data, _ip_to_int(addr[0]))
             self._count_in(v, idx, len(data) - off)
@@ -404,12 +456,181 @@ class Engine:
                 try:
                     sock.sendto(reply, addr)
                 except OSError:
-                    self._out[TX_ERROR] += 1
+                    self._in[TX_ERROR] += 1
             if v == OK:
                 try:
                     os.write(tun_fd, data[off:])
                 except OSError:
                     self._in[TX_ERROR] += 1
+        return done
+
+    # -- TX with offloads ----------------------------------------------------
+    def _tx_one(self, buf, packer: Packer, tun_writes: list) -> None:
+        """One TUN read (vnet header + packet): verdict, split, encapsulate,
+        add the segments to the batch."""
+        vnet = parse_vnet(buf)
+        pkt = bytearray(buf[VNET_HDR_LEN:])
+        v, idx, reply = self._outbound(pkt)
+        if reply:
+            tun_writes.append(pack_vnet() + reply)
+        segs = None
+        if v == OK:
+            segs = split(pkt, vnet)
+            if segs is None:
+                v = BAD_GSO
+        if v != OK:
+            self._out[v] += 1
+            return
+        p = self._peers[idx]
+        sock = flow_hash(pkt) % len(self._tx_fds) if self._tx_fds else -1
+        if len(segs) > 1:
+            self._c["tx_super_packets"] += 1
+        for seg in segs:
+            self._count_out(OK, idx, len(seg))
+            packer.add(sock, (p[0], p[1]), self._encap(seg, idx))
+
+    def _tx_batches(self, reads):
+        """Run reads (an iterator of TUN reads) through the TX pipeline in
+        batches as the compiled loop cuts them: yields (messages, tun_writes)."""
+        reads = iter(reads)
+        while True:
+            packer = Packer(self._gso)
+            tun_writes: list = []
+            n = 0
+            exhausted = True
+            for buf in reads:
+                n += 1
+                if len(buf) < VNET_HDR_LEN:
+                    self._out[TOO_SHORT] += 1
+                else:
+                    self._tx_one(buf, packer, tun_writes)
+                if n >= BATCH or len(packer.messages) + MAX_SPLIT > TX_MSGS:
+                    exhausted = False
+                    break
+            yield packer.take(), tun_writes
+            if exhausted:
+                return
+
+    def outbound_batch(self, bufs):
+        """TUN reads (vnet header + packet each) through the TX pipeline, in
+        batches as the I/O loop makes them: ([(sock, ip, port, gso_size,
+        payload, n_segments)], [TUN writes])."""
+        if not self.vnet_hdr:
+            raise RuntimeError("outbound_batch needs set_offload(True)")
+        messages, writes = [], []
+        bufs = [bytes(b)[:VNET_HDR_LEN + 65535] for b in bufs]
+        for msgs, tw in self._tx_batches(bufs):
+            messages += [(sock, str(ipaddress.IPv4Address(dst[0])), dst[1], gso, payload, nseg)
+                         for sock, dst, gso, payload, nseg in msgs]
+            writes += tw
+        return messages, writes
+
+    def _tun_reads(self, tun_fd: int):
+        """TUN reads until the device is empty (at most BATCH * MAX_ROUNDS)."""
+        for _ in range(BATCH * MAX_ROUNDS):
+            try:
+                yield os.read(tun_fd, VNET_HDR_LEN + 65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._out[TX_ERROR] += 1
+                return
+
+    def _tun_to_udp_vnet(self, tun_fd: int, sock_fd: int) -> int:
+        done = 0
+        for msgs, tun_writes in self._tx_batches(self._tun_reads(tun_fd)):
+            for w in tun_writes:
+                try:
+                    os.write(tun_fd, w)
+                except OSError:
+                    pass
+            for sock, dst, gso, payload, nseg in msgs:
+                fd = sock_fd if sock < 0 else self._tx_fds[sock]
+                self._send_msg(self._sock(fd), self._addr(*dst), gso, payload, nseg)
+                done += nseg
+        return done
+
+    def _send_msg(self, s: socket.socket, addr, gso: int, payload: bytes, nseg: int) -> None:
+        anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", gso))] if gso else []
+        for _ in range(MAX_WAITS + 1):
+            try:
+                s.sendmsg([payload], anc, 0, addr)
+                return
+            except BlockingIOError:
+                select.select([], [s], [], 0.02)
+            except OSError as exc:
+                if gso and exc.errno in (errno.EIO, errno.EINVAL):
+                    # The kernel refuses UDP_SEGMENT here (no checksum offload
+                    # on the route's device): send plainly, stop using it.
+                    self._gso = False
+                    for i in range(0, len(payload), gso):
+                        self._send_msg(s, addr, 0, payload[i:i + gso], 1)
+                    return
+                break
+        self._out[TX_ERROR] += nseg
+
+    # -- RX with offloads ----------------------------------------------------
+    def _rx_datagram(self, data: bytes, src: int, gro: int, replies: list) -> None:
+        """One received datagram (GRO: several segments of `gro` bytes):
+        check each segment, answer ARP, hand accepted packets to the
+        coalescer."""
+        n = len(data)
+        step = gro if 0 < gro < n else n
+        off = 0
+        while True:
+            seg = data[off:off + step]
+            v, idx, ioff, reply = self._inbound(seg, src)
+            self._count_in(v, idx, len(seg) - ioff)
+            if reply:
+                replies.append(reply)
+            if v == OK:
+                self._co.add(seg[ioff:])
+            off += step
+            if off >= n:
+                break
+
+    def inbound_batch(self, datagrams):
+        """Received datagrams [(data, src_ip, gro_size)] through the RX
+        pipeline, BATCH at a time as recvmmsg gives them: ([TUN writes],
+        [(reply datagram, src_ip)])."""
+        if not self.vnet_hdr:
+            raise RuntimeError("inbound_batch needs set_offload(True)")
+        items = [(bytes(d)[:SLOT], s, int(g)) for d, s, g in datagrams]
+        writes, replies = [], []
+        for k in range(0, len(items), BATCH):
+            for data, src, gro in items[k:k + BATCH]:
+                out: list = []
+                self._rx_datagram(data, _ip_to_int(src), gro, out)
+                replies += [(r, src) for r in out]
+            writes += self._co.take()
+        return writes, replies
+
+    def _udp_to_tun_vnet(self, sock_fd: int, tun_fd: int) -> int:
+        sock = self._sock(sock_fd)
+        done = 0
+        for _ in range(MAX_ROUNDS):
+            got = []
+            while len(got) < BATCH:
+                one = self._recv(sock)
+                if one is None:
+                    break
+                got.append(one)
+            for data, addr, gro in got:
+                replies: list = []
+                self._rx_datagram(data, _ip_to_int(addr[0]), gro, replies)
+                for r in replies:
+                    try:
+                        sock.sendto(r, addr)
+                    except OSError:
+                        self._in[TX_ERROR] += 1
+            for w in self._co.take():
+                try:
+                    os.write(tun_fd, w)
+                except OSError:
+                    self._in[TX_ERROR] += 1
+            done += len(got)
+            if len(got) < BATCH:
+                break
         return done
 
     def close(self) -> None:

@@ -4,20 +4,12 @@ byte-identical outputs, verdicts and counters on random and malformed input."""
 from __future__ import annotations
 
 import ipaddress
-import os
 import struct
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from udpoverlay import _fastpath_py as ref
-
-try:
-    from udpoverlay import _fastpath_c as comp
-except ImportError:  # pragma: no cover - CI sets UDPOVERLAY_REQUIRE_EXTENSION
-    comp = None
-    if os.environ.get("UDPOVERLAY_REQUIRE_EXTENSION") == "1":
-        raise
+from tests.impls import comp, ref
 
 pytestmark = pytest.mark.skipif(comp is None, reason="compiled fast path not built")
 
