@@ -74,6 +74,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vtep-mac", metavar="MAC", default=None,
                    help="vxlan: our VTEP MAC (default: a locally administered MAC "
                         "derived from --public-ip and --subnet, stable across restarts)")
+    p.add_argument("--no-offload", action="store_true",
+                   help="move one packet per TUN read/write: no TSO/USO on the TUN, no "
+                        "UDP GSO/GRO (default: offloads on, up to 64 KB per syscall, "
+                        "falling back to what the kernel accepts; see `status`)")
     _add_cluster_args(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -139,7 +143,7 @@ def _cmd_run(args) -> int:
                            subnet=args.subnet, network=args.network, peers=args.peer,
                            mtu=args.mtu, backend=args.backend,
                            underlay_iface=args.underlay_iface, vni=args.vni,
-                           vtep_mac=args.vtep_mac)
+                           vtep_mac=args.vtep_mac, offload=not args.no_offload)
     except ConfigError as exc:
         return _fail(str(exc), 2)
     from udpoverlay import daemon
@@ -164,7 +168,7 @@ def _cmd_run_cluster(args) -> int:
             lease_ttl=args.lease_ttl, ip_masq=args.ip_masq, public_ip=args.public_ip,
             underlay_iface=args.underlay_iface, iface=args.iface, mtu=args.mtu,
             vtep_mac=getattr(args, "vtep_mac", None), subnet=args.subnet,
-            network=args.network, peers=args.peer)
+            network=args.network, peers=args.peer, offload=not args.no_offload)
         return cluster.run(opts)
     except ConfigError as exc:
         return _fail(str(exc), 2)
@@ -198,6 +202,13 @@ def format_status(doc: dict) -> str:
                      f"{p['rx_packets']:>10} {_fmt_bytes(p['rx_bytes']):>11}")
     if not doc.get("peers"):
         lines.append("  (no peers)")
+    off = doc.get("offload") or {}
+    if off.get("enabled"):
+        lines.insert(2, f"  offload: tun {','.join(off.get('tun') or []) or 'none'}; "
+                        f"udp gso {'on' if off.get('udp_gso') else 'off'}, "
+                        f"gro {'on' if off.get('udp_gro') else 'off'}")
+    elif off:
+        lines.insert(2, "  offload: off")
     counters = doc.get("counters", {})
     lines.append("")
     lines.append("  counters:")

@@ -51,6 +51,7 @@ class ClusterOptions:
     iface: str = DEFAULT_IFACE
     mtu: int | None = None
     vtep_mac: bytes | None = None
+    offload: bool = True
 
 
 def build_cluster_options(*, endpoints: str, prefix: str | None = None,
@@ -59,7 +60,7 @@ def build_cluster_options(*, endpoints: str, prefix: str | None = None,
                           ip_masq: bool = False, public_ip: str | None = None,
                           underlay_iface: str | None = None, iface: str | None = None,
                           mtu=None, vtep_mac: str | None = None, subnet=None,
-                          network=None, peers=()) -> ClusterOptions:
+                          network=None, peers=(), offload: bool = True) -> ClusterOptions:
     """Validate the CLI values of etcd mode; ConfigError on bad ones."""
     if subnet or network or peers:
         raise ConfigError("--subnet, --network and --peer come from etcd; "
@@ -101,7 +102,7 @@ def build_cluster_options(*, endpoints: str, prefix: str | None = None,
                           subnet_file=subnet_file or DEFAULT_PATH, lease_ttl=ttl,
                           ip_masq=bool(ip_masq), public_ip=public_ip,
                           underlay_iface=underlay_iface, iface=iface or DEFAULT_IFACE,
-                          mtu=mtu, vtep_mac=mac)
+                          mtu=mtu, vtep_mac=mac, offload=bool(offload))
 
 
 class ClusterDaemon(Daemon):
@@ -144,7 +145,7 @@ async def _main(opts: ClusterOptions) -> int:
                            subnet=str(lease.subnet), network=str(config.network),
                            mtu=opts.mtu, backend=config.backend_type,
                            underlay_iface=opts.underlay_iface, vni=config.vni,
-                           vtep_mac=vtep_mac)
+                           vtep_mac=vtep_mac, offload=opts.offload)
         daemon = ClusterDaemon(cfg)
         daemon.membership = membership
         await asyncio.to_thread(daemon.setup)

@@ -35,6 +35,7 @@ class RunConfig:
     underlay_iface: str | None = None
     vni: int = 1
     vtep_mac: bytes | None = None   # vxlan: None = derived from public IP + subnet
+    offload: bool = True            # TUN TSO/USO + UDP GSO/GRO (--no-offload: off)
 
     def with_public_ip(self, ip: str) -> "RunConfig":
         """The same config with a detected public IP, re-validated."""
@@ -42,7 +43,7 @@ class RunConfig:
                             subnet=str(self.subnet), network=str(self.network),
                             peers=self.peers, mtu=self.mtu, backend=self.backend,
                             underlay_iface=self.underlay_iface, vni=self.vni,
-                            vtep_mac=self.vtep_mac)
+                            vtep_mac=self.vtep_mac, offload=self.offload)
 
 
 def _ip(text: str, what: str) -> ipaddress.IPv4Address:
@@ -106,7 +107,7 @@ def build_config(*, public_ip: str | None, port: int | None, iface: str | None,
                  subnet: str | None, network: str | None, peers=(),
                  mtu: int | None = None, backend: str = "udp",
                  underlay_iface: str | None = None, vni=1,
-                 vtep_mac: str | bytes | None = None) -> RunConfig:
+                 vtep_mac: str | bytes | None = None, offload: bool = True) -> RunConfig:
     """Validate CLI values into a RunConfig. `peers` holds strings in the
     --peer syntax or Peer objects."""
     backend = (backend or "udp").lower()
@@ -170,4 +171,5 @@ def build_config(*, public_ip: str | None, port: int | None, iface: str | None,
         raise ConfigError("vtep-mac in --peer only applies to --backend vxlan")
     return RunConfig(public_ip=pub, port=port, iface=iface, subnet=sub,
                      network=net, peers=tuple(parsed), mtu=mtu, backend=backend,
-                     underlay_iface=underlay_iface, vni=vni, vtep_mac=vtep_mac)
+                     underlay_iface=underlay_iface, vni=vni, vtep_mac=vtep_mac,
+                     offload=bool(offload))

@@ -43,9 +43,34 @@ def derive_vtep_mac(public_ip: str, subnet: str) -> bytes:
     digest = bytearray(hashlib.sha256(f"udpoverlay-vtep {public_ip} {subnet}".encode()).digest()[:6])
     digest[0] = (digest[0] & 0xFC) | 0x02
     return bytes(digest)
-SOCK_BUF = 4 * 1024 * 1024
+# Forced past net.core.[rw]mem_max (we run as root): a GRO datagram holds up
+# to 64 KB, and a burst of them must not overflow the queue.
+SOCK_BUF = 16 * 1024 * 1024
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+
+
+def udp_gso_supported(s: socket.socket) -> bool:
+    """The kernel knows UDP_SEGMENT (Linux 4.18+). Whether the route's
+    device can checksum it shows only when sending: the fast path turns GSO
+    off on EIO and says so in status."""
+    try:
+        s.getsockopt(SOL_UDP, UDP_SEGMENT)
+    except OSError:
+        return False
+    return True
+
+
+def enable_udp_gro(s: socket.socket) -> bool:
+    """Receive runs of same-size datagrams as one (Linux 5.0+)."""
+    try:
+        s.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
 
 
 def open_socket(ip: str, port: int) -> socket.socket:
@@ -100,6 +125,7 @@ class Daemon:
         self.vtep_mac = b""
         self._arp_task: asyncio.Task | None = None
         self.tx_socks: list[socket.socket] = []
+        self.udp_gro = False
 
     # -- set-up (sync, before the loop) -----------------------------------
     def setup(self) -> None:
@@ -113,7 +139,8 @@ class Daemon:
         self.vtep_mac = cfg.vtep_mac or derive_vtep_mac(pub, str(cfg.subnet))
         try:
             self.sock = open_socket(pub, cfg.port)
-            self.tun = tunmod.open_tun(cfg.iface, str(cfg.subnet), str(cfg.network), self.mtu)
+            self.tun = tunmod.open_tun(cfg.iface, str(cfg.subnet), str(cfg.network), self.mtu,
+                                       offload=cfg.offload)
             self.engine = fastpath.Engine(
                 mode=fastpath.MODE_VXLAN if cfg.backend == "vxlan" else fastpath.MODE_UDP,
                 tun_addr=str(cfg.subnet.network_address),
@@ -126,6 +153,10 @@ class Daemon:
                 for _ in range(VXLAN_TX_SOCKETS):
                     self.tx_socks.append(open_socket(pub, 0))
                 self.engine.set_tx_fds([s.fileno() for s in self.tx_socks])
+            if cfg.offload:
+                self.udp_gro = enable_udp_gro(self.sock)
+                self.engine.set_offload(True, udp_gso=udp_gso_supported(self.sock),
+                                        tun_uso="uso4" in self.tun.offloads)
             self.dataplane = DataPlane(self.engine, self.tun.fd, self.sock)
             self.dataplane.set_peers(cfg.peers)
         except BaseException:
@@ -140,6 +171,13 @@ class Daemon:
         if cfg.backend == "vxlan":
             log.info("vxlan: vni %d, our VTEP %s at %s", cfg.vni,
                      format_mac(self.vtep_mac), cfg.subnet.network_address)
+        off = self.offload_status()
+        if not off["enabled"]:
+            log.info("offloads: off (--no-offload): one packet per TUN read and write")
+        else:
+            log.info("offloads: tun %s; udp gso %s, gro %s",
+                     ",".join(off["tun"]) or "none (kernel refused TUNSETOFFLOAD)",
+                     "on" if off["udp_gso"] else "off", "on" if off["udp_gro"] else "off")
         if not cfg.peers:
             log.info("no peers configured")
         for p in cfg.peers:
@@ -164,6 +202,16 @@ class Daemon:
         self.tx_socks = []
 
     # -- status -------------------------------------------------------
+    def offload_status(self) -> dict:
+        """What the kernel accepted: TUN offload flags, UDP GSO (live: the
+        fast path turns it off if the kernel refuses a send), UDP GRO."""
+        on = bool(self.cfg.offload and self.tun is not None and self.tun.vnet_hdr)
+        return {"enabled": on,
+                "tun": list(self.tun.offloads) if on else [],
+                "udp_gso": bool(on and self.engine is not None and self.engine.udp_gso),
+                "udp_gro": bool(on and self.udp_gro),
+                "tun_uso": bool(on and self.engine is not None and self.engine.tun_uso)}
+
     def status(self) -> dict:
         cfg = self.cfg
         doc = {
@@ -180,6 +228,7 @@ class Daemon:
             "vni": cfg.vni if cfg.backend == "vxlan" else None,
             "vtep_mac": format_mac(self.vtep_mac) if cfg.backend == "vxlan" else None,
             "uptime": round(time.monotonic() - self.started, 3),
+            "offload": self.offload_status(),
         }
         if self.dataplane is not None:
             dp = self.dataplane.status()
