@@ -17,8 +17,8 @@ import select
 import socket
 import struct
 
-from udpoverlay._offload_py import (F_NEEDS_CSUM, GSO_NONE, MAX_SPLIT, VNET_HDR_LEN,
-                                    Coalescer, Packer, pack_vnet, parse_vnet, split)
+from udpoverlay._offload_py import (MAX_SPLIT, VNET_HDR_LEN, Coalescer, Packer, pack_vnet,
+                                    parse_vnet, split)
 
 IMPLEMENTATION = "python"
 

@@ -23,6 +23,7 @@ from tests.requirements import require
 from udpoverlay.netlab import Host, Lab, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+TCPXFER = str(ROOT / "tests" / "tools" / "tcpxfer.py")
 NETWORK = "198.19.0.0/16"
 PORT = 8285
 
@@ -135,6 +136,26 @@ class Overlay:
     def ping(self, i: int, j: int, count: int = 3) -> subprocess.CompletedProcess:
         return self.run(self.hosts[i], ["ping", "-n", "-c", str(count), "-i", "0.2",
                                         "-W", "2", "-I", pod_of(i), pod_of(j)], timeout=30)
+
+    def transfer(self, src: int, dst: int, nbytes: int, port: int) -> None:
+        """TCP from pod src to pod dst (tests/tools/tcpxfer.py): all bytes
+        arrive and their sha256 matches."""
+        out = self.tmp / f"server-{src}-{dst}-{port}.out"
+        with open(out, "wb") as f:
+            server = self.lab.popen(self.hosts[dst].netns,
+                                    [sys.executable, TCPXFER, "server", pod_of(dst), str(port),
+                                     "--timeout", "90"],
+                                    stdout=f, stderr=subprocess.STDOUT, env=self.env())
+        wait_for(lambda: b"listening" in out.read_bytes() or server.poll() is not None,
+                 10, 0.05, "tcpxfer server")
+        cl = self.run(self.hosts[src], [sys.executable, TCPXFER, "client", pod_of(dst), str(port),
+                                        str(nbytes), "--src", pod_of(src), "--timeout", "90"],
+                      timeout=120)
+        assert cl.returncode == 0, f"client failed: {cl.stdout}{cl.stderr}\n{self.dump_logs()}"
+        server.wait(timeout=30)
+        assert server.returncode == 0, out.read_text()
+        sent, got = cl.stdout.split(), out.read_text().split()
+        assert sent[0] == str(nbytes) and got[-2:] == sent[-2:], f"sent {sent} got {got}"
 
     def link_exists(self, host: Host, name: str = "udpov0") -> bool:
         return self.run(host, ["ip", "link", "show", name], timeout=10).returncode == 0

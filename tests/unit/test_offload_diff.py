@@ -5,7 +5,6 @@ included, on valid, random and malformed input."""
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
