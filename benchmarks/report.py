@@ -2,7 +2,8 @@
 
 The raw results (results.json) hold, per scenario, a status and a list of
 repetitions; each repetition maps a measurement name (tcp1, tcp4, udp64,
-latency) to the runner's dict or to {"error": "..."}. Everything here is a
+latency, udp64_kr) to the runner's dict or to {"error": "..."}; a skipped
+measurement (udp64_kr without a rate) is simply absent. Everything here is a
 pure function of that structure except write_chart (matplotlib, Agg).
 """
 
@@ -18,22 +19,34 @@ BASELINE = "kernel-vxlan"
 
 @dataclass(frozen=True)
 class Metric:
+    """One table column. ratio=False: no (×ratio to the baseline), no bar.
+
+    Loss % gets no ratio: the kernel's loss is often 0.0 or nearly so, and a
+    ratio to it ("×15299") says nothing the percentage does not.
+    """
     key: str
     label: str
     better: str  # "higher" or "lower"
     fmt: str = "{:.2f}"
+    ratio: bool = True
 
 
 METRICS = (
     Metric("tcp1_gbps", "TCP 1 stream Gbit/s", "higher"),
     Metric("tcp4_gbps", "TCP 4 streams Gbit/s", "higher"),
     Metric("udp64_rx_kpps", "UDP 64 B rx kpps", "higher", "{:.1f}"),
-    Metric("udp64_loss_pct", "UDP 64 B loss %", "lower", "{:.1f}"),
+    Metric("udp64_loss_pct", "UDP 64 B loss %", "lower", "{:.1f}", ratio=False),
+    Metric("udp64_kr_rx_kpps", "UDP 64 B @kernel rate kpps", "higher", "{:.1f}"),
+    Metric("udp64_kr_loss_pct", "UDP 64 B @kernel rate loss %", "lower",
+           "{:.1f}", ratio=False),
     Metric("lat_p50_us", "RTT p50 µs", "lower", "{:.1f}"),
     Metric("lat_p99_us", "RTT p99 µs", "lower", "{:.1f}"),
     Metric("cpu_machine_pct_per_gbps", "machine CPU %/(Gbit/s)", "lower", "{:.1f}"),
     Metric("cpu_daemon_pct_per_gbps", "daemon CPU %/(Gbit/s)", "lower", "{:.1f}"),
 )
+
+
+_NO_RATIO = frozenset(m.key for m in METRICS if not m.ratio)
 
 
 def _get(rep: dict, measurement: str, field: str) -> float | None:
@@ -47,16 +60,22 @@ def _per_gbps(cores: float | None, gbps: float | None) -> float | None:
     return 100.0 * cores / gbps
 
 
+def _kpps(rep: dict, measurement: str) -> float | None:
+    pps = _get(rep, measurement, "rx_pps")
+    return None if pps is None else pps / 1000
+
+
 def flatten(rep: dict) -> dict[str, float | None]:
     """One repetition's raw dicts -> {metric key: value or None}."""
     gbps = _get(rep, "tcp1", "gbps")
     cpu = (rep.get("tcp1") or {}).get("cpu") or {}
-    rx_pps = _get(rep, "udp64", "rx_pps")
     return {
         "tcp1_gbps": gbps,
         "tcp4_gbps": _get(rep, "tcp4", "gbps"),
-        "udp64_rx_kpps": None if rx_pps is None else rx_pps / 1000,
+        "udp64_rx_kpps": _kpps(rep, "udp64"),
         "udp64_loss_pct": _get(rep, "udp64", "loss_pct"),
+        "udp64_kr_rx_kpps": _kpps(rep, "udp64_kr"),
+        "udp64_kr_loss_pct": _get(rep, "udp64_kr", "loss_pct"),
         "lat_p50_us": _get(rep, "latency", "p50_us"),
         "lat_p99_us": _get(rep, "latency", "p99_us"),
         "cpu_machine_pct_per_gbps": _per_gbps(cpu.get("machine_busy_cores"), gbps),
@@ -73,16 +92,30 @@ def summarize(scenarios: dict[str, dict]) -> dict[str, dict[str, float | None]]:
     return summary
 
 
+def udp64_rate_pps(result: dict) -> float | None:
+    """Median udp64 datagrams/s that arrived over a scenario's repetitions.
+
+    For kernel-vxlan, this is the rate udp64_kr offers every scenario: the
+    rate the kernel sustains. None when no repetition has a udp64 result.
+    """
+    return median(_get(rep, "udp64", "rx_pps")
+                  for rep in result.get("repetitions", []))
+
+
 def ratios(summary: dict[str, dict], baseline: str = BASELINE
            ) -> dict[str, dict[str, float | None]]:
-    """value / baseline's value of the same metric (None where undefined)."""
+    """value / baseline's value of the same metric (None where undefined).
+
+    Always None for metrics with ratio=False (loss %).
+    """
     base = summary.get(baseline, {})
     out = {}
     for name, values in summary.items():
         out[name] = {}
         for key, value in values.items():
             ref = base.get(key)
-            out[name][key] = value / ref if value is not None and ref else None
+            defined = key not in _NO_RATIO and value is not None and ref
+            out[name][key] = value / ref if defined else None
     return out
 
 
@@ -114,7 +147,10 @@ def status_text(result: dict) -> str:
 
 
 def markdown_table(scenarios: dict[str, dict], baseline: str = BASELINE) -> str:
-    """Rows scenarios, columns metric medians with (×ratio to baseline)."""
+    """Rows scenarios, columns metric medians with (×ratio to baseline).
+
+    Metrics with ratio=False (loss %) show the median alone.
+    """
     summary = summarize(scenarios)
     rel = ratios(summary, baseline)
     header = ["scenario", *(m.label for m in METRICS), "status"]
@@ -133,6 +169,19 @@ def markdown_table(scenarios: dict[str, dict], baseline: str = BASELINE) -> str:
     return "\n".join(lines) + "\n"
 
 
+def udp64_kr_note(meta: dict) -> str:
+    """What "@kernel rate" meant in this run: the rate and where it came from."""
+    rate = meta.get("udp64_kr_rate_pps")
+    if not rate:
+        return ("UDP 64 B @kernel rate: not measured (no kernel-vxlan udp64 "
+                "result in this run and no --udp-rate).")
+    source = meta.get("udp64_kr_rate_source") or "?"
+    return (f"UDP 64 B @kernel rate: iperf3 UDP, 64-byte payloads, paced at "
+            f"{rate / 1000:.1f} kpps ({source}); loss % against what was sent. "
+            "The plain UDP 64 B columns are unpaced (-b 0), where a "
+            "user-space tunnel's sender feels no back-pressure.")
+
+
 def markdown_report(doc: dict) -> str:
     """The whole results.md: a title, the table and what the numbers mean."""
     meta = doc.get("meta", {})
@@ -142,7 +191,9 @@ def markdown_report(doc: dict) -> str:
         f"({meta.get('started', '?')}, kernel {meta.get('kernel', '?')}, "
         f"{meta.get('cpus', '?')} CPUs).",
         f"(×r) = ratio to {BASELINE} in the same run. Higher is better for "
-        "throughput and kpps; lower for loss, latency and CPU.",
+        "throughput and kpps; lower for loss, latency and CPU. Loss % has no "
+        "ratio: the kernel's loss is often 0.",
+        udp64_kr_note(meta),
         f"Latency: UDP ping-pong round trip, {meta.get('latency_tool', '?')}, "
         "64-byte messages.",
         "CPU is sampled during the TCP one-stream test: machine = busy time "
@@ -169,8 +220,11 @@ def write_chart(scenarios: dict[str, dict], path: Path,
         return False
     rel = ratios(summarize(scenarios), baseline)
     names = [name for name in rel if name != baseline]
-    # metrics the baseline has no value for (daemon CPU) have no ratios
-    metrics = [m for m in METRICS if any(rel[n][m.key] for n in names)] or METRICS
+    # loss % has no ratios; nor have metrics the baseline has no value for
+    # (daemon CPU)
+    with_ratio = [m for m in METRICS if m.ratio]
+    metrics = [m for m in with_ratio
+               if any(rel[n][m.key] for n in names)] or with_ratio
     fig, ax = plt.subplots(figsize=(12, 5))
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from benchmarks import measure, report
-from benchmarks.run import parse_args
+from benchmarks.run import order_scenarios, parse_args
 from benchmarks.stats import median, percentile
 from tests.requirements import require
 
@@ -61,6 +61,16 @@ def test_udp_result_falls_back_to_sum_of_older_iperf3():
     assert result["loss_pct"] == pytest.approx(1.0)
 
 
+def test_udp_bitrate_is_payload_bits_per_second():
+    assert measure.udp_bitrate(1000) == 1000 * 64 * 8
+    assert measure.udp_bitrate(312_345.6) == round(312_345.6 * 512)
+    assert measure.udp_bitrate(100, payload=1000) == 800_000
+    assert measure.udp_bitrate(0.0001) == 1  # never 0: iperf3's "unlimited"
+    for bad in (0, -5, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            measure.udp_bitrate(bad)
+
+
 def test_parse_sockperf_strips_colours_and_reads_percentiles():
     assert measure.parse_sockperf(SOCKPERF_OUT) == {
         "p50_us": 60.951, "p99_us": 137.485, "avg_us": 62.846}
@@ -91,21 +101,29 @@ def test_percentile_and_median():
     assert median([None]) is None
 
 
-def _rep(gbps, machine=None, daemon=None, p50=50.0):
-    return {
+def _rep(gbps, machine=None, daemon=None, p50=50.0, udp=(2000.0, 0.0),
+         kr=(1500.0, 0.0)):
+    rep = {
         "tcp1": {"gbps": gbps, "cpu": {"machine_busy_cores": machine,
                                        "daemon_cores": daemon}},
         "tcp4": {"error": "MeasureError: iperf3: boom"},
-        "udp64": {"rx_pps": 2000.0, "loss_pct": 0.0},
+        "udp64": {"rx_pps": udp[0], "loss_pct": udp[1]},
         "latency": {"p50_us": p50, "p99_us": 2 * p50},
     }
+    if kr is not None:  # None: udp64_kr skipped (no rate), hence absent
+        rep["udp64_kr"] = {"rx_pps": kr[0], "loss_pct": kr[1],
+                           "target_pps": 1500.0}
+    return rep
 
 
 SCENARIOS = {
     "kernel-vxlan": {"status": "ok", "repetitions": [
-        _rep(10.0, machine=1.0), _rep(12.0, machine=1.2), _rep(11.0, machine=1.1)]},
+        _rep(10.0, machine=1.0, udp=(1400.0, 0.1), kr=(1490.0, 0.5)),
+        _rep(12.0, machine=1.2, udp=(1500.0, 0.0), kr=(1500.0, 0.0)),
+        _rep(11.0, machine=1.1, udp=(1600.0, 0.2), kr=(1495.0, 0.2))]},
     "udpoverlay-udp": {"status": "ok", "repetitions": [
-        _rep(2.0, machine=1.0, daemon=0.5, p50=100.0)]},
+        _rep(2.0, machine=1.0, daemon=0.5, p50=100.0, udp=(2000.0, 80.0),
+             kr=(1200.0, 20.0))]},
     "udpoverlay-vxlan": {"status": "error", "repetitions": [],
                          "error": "daemon on h1 exited with rc 2: bad | flag\nusage"},
 }
@@ -117,7 +135,20 @@ def test_flatten_derives_cpu_per_gbps():
     assert flat["cpu_daemon_pct_per_gbps"] == 25.0
     assert flat["tcp4_gbps"] is None
     assert flat["udp64_rx_kpps"] == 2.0
+    assert flat["udp64_kr_rx_kpps"] == 1.5
+    assert flat["udp64_kr_loss_pct"] == 0.0
+    assert set(flat) == {m.key for m in report.METRICS}
+    skipped = report.flatten(_rep(2.0, kr=None))
+    assert skipped["udp64_kr_rx_kpps"] is None
+    assert skipped["udp64_kr_loss_pct"] is None
     assert report.flatten({})["tcp1_gbps"] is None
+
+
+def test_kernel_rate_is_median_udp64_rx():
+    assert report.udp64_rate_pps(SCENARIOS["kernel-vxlan"]) == 1500.0
+    failed = {"repetitions": [{"udp64": {"error": "MeasureError: boom"}}]}
+    assert report.udp64_rate_pps(failed) is None
+    assert report.udp64_rate_pps({"status": "error", "repetitions": []}) is None
 
 
 def test_summary_is_median_and_ratio_is_to_kernel_vxlan():
@@ -127,7 +158,15 @@ def test_summary_is_median_and_ratio_is_to_kernel_vxlan():
     rel = report.ratios(summary)
     assert rel["udpoverlay-udp"]["tcp1_gbps"] == pytest.approx(2 / 11)
     assert rel["udpoverlay-udp"]["lat_p50_us"] == pytest.approx(2.0)
-    assert rel["udpoverlay-udp"]["udp64_loss_pct"] is None  # baseline 0
+    assert summary["kernel-vxlan"]["udp64_kr_rx_kpps"] == pytest.approx(1.495)
+    assert summary["kernel-vxlan"]["udp64_kr_loss_pct"] == pytest.approx(0.2)
+    assert summary["udpoverlay-udp"]["udp64_kr_loss_pct"] == 20.0
+    assert summary["udpoverlay-vxlan"]["udp64_kr_rx_kpps"] is None
+    assert rel["udpoverlay-udp"]["udp64_kr_rx_kpps"] == pytest.approx(1.2 / 1.495)
+    # loss % never has a ratio, even where the baseline's loss is not 0
+    assert summary["kernel-vxlan"]["udp64_loss_pct"] == pytest.approx(0.1)
+    assert rel["udpoverlay-udp"]["udp64_loss_pct"] is None
+    assert rel["udpoverlay-udp"]["udp64_kr_loss_pct"] is None
     assert rel["kernel-vxlan"]["cpu_daemon_pct_per_gbps"] is None
     assert all(v is None for v in report.ratios(summary, "absent")["kernel-vxlan"].values())
 
@@ -142,6 +181,14 @@ def test_markdown_table_rows_columns_and_errors():
     assert row["scenario"] == "udpoverlay-udp"
     assert row["TCP 1 stream Gbit/s"] == "2.00 (×0.18)"
     assert row["TCP 4 streams Gbit/s"] == "—"
+    assert row["UDP 64 B @kernel rate kpps"] == "1.2 (×0.80)"
+    assert row["UDP 64 B loss %"] == "80.0"  # no "(×...)" for loss
+    assert row["UDP 64 B @kernel rate loss %"] == "20.0"
+    no_ratio = [m.label for m in report.METRICS if not m.ratio]
+    assert no_ratio == ["UDP 64 B loss %", "UDP 64 B @kernel rate loss %"]
+    for line in lines[2:]:
+        cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+        assert all("×" not in cells[label] for label in no_ratio)
     assert row["status"].startswith("ok; 1 measurement error(s): tcp4:")
     error_row = lines[4]
     assert "error: daemon on h1 exited with rc 2: bad / flag usage" in error_row
@@ -149,11 +196,17 @@ def test_markdown_table_rows_columns_and_errors():
 
 
 def test_markdown_report_has_notes():
-    doc = {"meta": {"repeat": 3, "duration": 5, "latency_tool": "sockperf"},
+    doc = {"meta": {"repeat": 3, "duration": 5, "latency_tool": "sockperf",
+                    "udp64_kr_rate_pps": 1500.0,
+                    "udp64_kr_rate_source": "median udp64 rx of kernel-vxlan"},
            "scenarios": SCENARIOS}
     text = report.markdown_report(doc)
     assert "Medians of 3 repetition(s) of 5 s" in text
     assert "sockperf" in text
+    assert "paced at 1.5 kpps (median udp64 rx of kernel-vxlan)" in text
+    assert "Loss % has no ratio" in text
+    doc["meta"]["udp64_kr_rate_pps"] = None
+    assert "@kernel rate: not measured" in report.markdown_report(doc)
 
 
 def test_chart_is_written(tmp_path):
@@ -172,3 +225,28 @@ def test_parse_args_validates_scenarios():
         parse_args(["--scenarios", "nope"])
     with pytest.raises(SystemExit):
         parse_args(["--duration", "0"])
+
+
+def test_parse_args_udp_rate(capsys):
+    assert parse_args([]).udp_rate is None
+    assert parse_args(["--udp-rate", "250000"]).udp_rate == 250000.0
+    for bad in ("0", "-1", "nan", "inf"):
+        with pytest.raises(SystemExit):
+            parse_args(["--udp-rate", bad])
+        assert "--udp-rate must be a positive number of packets/s" in (
+            capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        parse_args(["--udp-rate", "fast"])
+
+
+def test_kernel_vxlan_runs_first():
+    assert order_scenarios(["host-routing", "udpoverlay-udp", "kernel-vxlan",
+                            "udpoverlay-vxlan"]) == [
+        "kernel-vxlan", "host-routing", "udpoverlay-udp", "udpoverlay-vxlan"]
+    assert order_scenarios(["kernel-vxlan", "host-routing"]) == [
+        "kernel-vxlan", "host-routing"]
+    assert order_scenarios(["udpoverlay-udp", "host-routing"]) == [
+        "udpoverlay-udp", "host-routing"]
+    assert order_scenarios(["host-routing", "kernel-vxlan", "host-routing"]) == [
+        "kernel-vxlan", "host-routing"]
+    assert order_scenarios([]) == []
