@@ -214,6 +214,13 @@ cdef class Engine:
     cdef uint8_t *txo_cmsg
     cdef coalescer_t co
     cdef uint8_t zero_vnet[10]
+    # worker threads (run_tx/run_rx): quiescent-state counters, bumped with a
+    # full barrier whenever a worker holds no route table; retired tables wait
+    # until both counters moved (see retire/reclaim)
+    cdef uint64_t q_tx, q_rx
+    cdef int stopping
+    cdef readonly bint threaded
+    cdef list retired
 
     def __cinit__(self):
         self.table = <table_t *>calloc(1, sizeof(table_t))
@@ -224,6 +231,8 @@ cdef class Engine:
 
     def __dealloc__(self):
         free_table(self.table)
+        for ptr, _, _ in self.retired or ():
+            free_table(<table_t *><size_t>ptr)
         free(self.tx_slots)
         free(self.rx_slots)
         free(self.txb.arena)
@@ -253,6 +262,7 @@ cdef class Engine:
         memset(self.out_v, 0, sizeof(self.out_v))
         memset(self.in_v, 0, sizeof(self.in_v))
         memset(self.zero_vnet, 0, 10)
+        self.retired = []
 
     def set_tx_fds(self, fds):
         """vxlan: send through these sockets (bound to different source
@@ -385,7 +395,89 @@ cdef class Engine:
         self.retire(old_t)
 
     cdef void retire(self, table_t *t):
-        free_table(t)
+        """Free a table nobody can use any more: at once without workers, else
+        once both workers passed a quiescent point after the swap."""
+        if not self.threaded:
+            free_table(t)
+            return
+        uo_barrier()
+        self.retired.append((<size_t>t, self.q_tx, self.q_rx))
+        self.reclaim()
+
+    def reclaim(self):
+        """Free retired tables no worker can still hold; how many are left."""
+        keep = []
+        uo_barrier()
+        for ptr, qtx, qrx in self.retired:
+            if not self.threaded or (self.q_tx != qtx and self.q_rx != qrx):
+                free_table(<table_t *><size_t>ptr)
+            else:
+                keep.append((ptr, qtx, qrx))
+        self.retired = keep
+        return len(keep)
+
+    # -- worker threads ----------------------------------------------------
+    def set_threaded(self, bint on):
+        """Declare that run_tx/run_rx threads are about to run (True) or have
+        been joined (False); route tables are then freed only when safe."""
+        self.threaded = on
+        self.stopping = 0
+        if not on:
+            self.reclaim()
+
+    def stop_workers(self):
+        """Make run_tx/run_rx return (within 100 ms; at once if the stop fd
+        they poll becomes readable)."""
+        self.stopping = 1
+        uo_barrier()
+
+    def run_tx(self, int tun_fd, int sock_fd, int stop_fd):
+        """Worker thread body, GIL released: TUN -> wire until stop_workers()."""
+        with nogil:
+            self.worker(0, tun_fd, sock_fd, stop_fd)
+
+    def run_rx(self, int sock_fd, int tun_fd, int stop_fd):
+        """Worker thread body, GIL released: wire -> TUN until stop_workers()."""
+        with nogil:
+            self.worker(1, sock_fd, tun_fd, stop_fd)
+
+    cdef inline void quiesce(self, int rx) noexcept nogil:
+        uo_barrier()
+        if rx:
+            self.q_rx += 1
+        else:
+            self.q_tx += 1
+        uo_barrier()
+
+    cdef void worker(self, int rx, int in_fd, int out_fd, int stop_fd) noexcept nogil:
+        cdef pollfd p[2]
+        cdef int n
+        p[0].fd = in_fd
+        p[0].events = POLLIN
+        p[1].fd = stop_fd
+        p[1].events = POLLIN
+        while True:
+            self.quiesce(rx)
+            if self.stopping:
+                break
+            p[0].revents = 0
+            p[1].revents = 0
+            n = poll(p, 2, 100)
+            self.quiesce(rx)
+            if self.stopping or p[1].revents:
+                break
+            if n <= 0 or not p[0].revents:
+                continue
+            if rx:
+                if self.vnet_hdr:
+                    self.udp_to_tun_vnet_c(in_fd, out_fd)
+                else:
+                    self.udp_to_tun_c(in_fd, out_fd)
+            elif self.vnet_hdr:
+                self.tun_to_udp_vnet_c(in_fd, out_fd)
+            else:
+                self.tun_to_udp_c(in_fd, out_fd)
+        self.quiesce(rx)
 
     def lookup(self, addr):
         """Longest-prefix match: peer index or -1."""

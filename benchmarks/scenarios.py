@@ -133,9 +133,10 @@ class Udpoverlay(Scenario):
 
     IFACE = "uo0"
 
-    def __init__(self, backend: str, offload: bool) -> None:
-        self.backend, self.offload = backend, offload
-        self.name = f"udpoverlay-{backend}" + ("" if offload else "-nooffload")
+    def __init__(self, backend: str, offload: bool, threads: bool = False) -> None:
+        self.backend, self.offload, self.threads = backend, offload, threads
+        self.name = (f"udpoverlay-{backend}" + ("" if offload else "-nooffload")
+                     + ("-threads" if threads else ""))
         self.procs: list[tuple[str, subprocess.Popen, Path]] = []
         self._topo: Topology | None = None
 
@@ -148,6 +149,8 @@ class Udpoverlay(Scenario):
             cmd += ["--backend", self.backend]
         if not self.offload:
             cmd.append("--no-offload")
+        if self.threads:
+            cmd.append("--threads")
         return cmd
 
     def setup(self, topo: Topology, logdir: Path) -> None:
@@ -196,15 +199,17 @@ def make_scenario(name: str) -> Scenario:
         return KernelVxlan()
     for backend in ("udp", "vxlan"):
         for offload in (True, False):
-            scenario = Udpoverlay(backend, offload)
-            if scenario.name == name:
-                return scenario
+            for threads in (False, True):
+                scenario = Udpoverlay(backend, offload, threads)
+                if scenario.name == name:
+                    return scenario
     raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
 
 
 SCENARIOS = ("host-routing", "kernel-vxlan", "udpoverlay-udp",
              "udpoverlay-vxlan", "udpoverlay-udp-nooffload",
-             "udpoverlay-vxlan-nooffload")
+             "udpoverlay-vxlan-nooffload", "udpoverlay-udp-threads",
+             "udpoverlay-vxlan-threads")
 
 
 def clear_overlay_routes(topo: Topology) -> None:

@@ -464,6 +464,43 @@ class Engine:
                     self._in[TX_ERROR] += 1
         return done
 
+    # -- worker threads ----------------------------------------------------
+    # The reference keeps the GIL (no parallelism), but runs the same thread
+    # bodies; tables are garbage collected, so retiring one is free.
+    threaded = False
+    _stopping = False
+
+    def set_threaded(self, on: bool) -> None:
+        """Declare that run_tx/run_rx threads are about to run (True) or have
+        been joined (False); route tables are then freed only when safe."""
+        self.threaded = bool(on)
+        self._stopping = False
+
+    def reclaim(self) -> int:
+        """Free retired tables no worker can still hold; how many are left."""
+        return 0
+
+    def stop_workers(self) -> None:
+        """Make run_tx/run_rx return (within 100 ms; at once if the stop fd
+        they poll becomes readable)."""
+        self._stopping = True
+
+    def run_tx(self, tun_fd: int, sock_fd: int, stop_fd: int) -> None:
+        """Worker thread body: TUN -> wire until stop_workers()."""
+        self._worker(tun_fd, stop_fd, lambda: self.tun_to_udp(tun_fd, sock_fd))
+
+    def run_rx(self, sock_fd: int, tun_fd: int, stop_fd: int) -> None:
+        """Worker thread body: wire -> TUN until stop_workers()."""
+        self._worker(sock_fd, stop_fd, lambda: self.udp_to_tun(sock_fd, tun_fd))
+
+    def _worker(self, in_fd: int, stop_fd: int, drain) -> None:
+        while not self._stopping:
+            ready, _, _ = select.select([in_fd, stop_fd], [], [], 0.1)
+            if self._stopping or stop_fd in ready:
+                return
+            if in_fd in ready:
+                drain()
+
     # -- TX with offloads ----------------------------------------------------
     def _tx_one(self, buf, packer: Packer, tun_writes: list) -> None:
         """One TUN read (vnet header + packet): verdict, split, encapsulate,

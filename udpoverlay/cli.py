@@ -78,6 +78,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="move one packet per TUN read/write: no TSO/USO on the TUN, no "
                         "UDP GSO/GRO (default: offloads on, up to 64 KB per syscall, "
                         "falling back to what the kernel accepts; see `status`)")
+    p.add_argument("--threads", action="store_true",
+                   help="run each direction (TUN->wire, wire->TUN) on its own worker "
+                        "thread instead of the event loop")
     _add_cluster_args(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -143,7 +146,8 @@ def _cmd_run(args) -> int:
                            subnet=args.subnet, network=args.network, peers=args.peer,
                            mtu=args.mtu, backend=args.backend,
                            underlay_iface=args.underlay_iface, vni=args.vni,
-                           vtep_mac=args.vtep_mac, offload=not args.no_offload)
+                           vtep_mac=args.vtep_mac, offload=not args.no_offload,
+                           threads=args.threads)
     except ConfigError as exc:
         return _fail(str(exc), 2)
     from udpoverlay import daemon
@@ -168,7 +172,8 @@ def _cmd_run_cluster(args) -> int:
             lease_ttl=args.lease_ttl, ip_masq=args.ip_masq, public_ip=args.public_ip,
             underlay_iface=args.underlay_iface, iface=args.iface, mtu=args.mtu,
             vtep_mac=getattr(args, "vtep_mac", None), subnet=args.subnet,
-            network=args.network, peers=args.peer, offload=not args.no_offload)
+            network=args.network, peers=args.peer, offload=not args.no_offload,
+            threads=args.threads)
         return cluster.run(opts)
     except ConfigError as exc:
         return _fail(str(exc), 2)

@@ -52,6 +52,7 @@ class ClusterOptions:
     mtu: int | None = None
     vtep_mac: bytes | None = None
     offload: bool = True
+    threads: bool = False
 
 
 def build_cluster_options(*, endpoints: str, prefix: str | None = None,
@@ -60,7 +61,8 @@ def build_cluster_options(*, endpoints: str, prefix: str | None = None,
                           ip_masq: bool = False, public_ip: str | None = None,
                           underlay_iface: str | None = None, iface: str | None = None,
                           mtu=None, vtep_mac: str | None = None, subnet=None,
-                          network=None, peers=(), offload: bool = True) -> ClusterOptions:
+                          network=None, peers=(), offload: bool = True,
+                          threads: bool = False) -> ClusterOptions:
     """Validate the CLI values of etcd mode; ConfigError on bad ones."""
     if subnet or network or peers:
         raise ConfigError("--subnet, --network and --peer come from etcd; "
@@ -102,7 +104,8 @@ def build_cluster_options(*, endpoints: str, prefix: str | None = None,
                           subnet_file=subnet_file or DEFAULT_PATH, lease_ttl=ttl,
                           ip_masq=bool(ip_masq), public_ip=public_ip,
                           underlay_iface=underlay_iface, iface=iface or DEFAULT_IFACE,
-                          mtu=mtu, vtep_mac=mac, offload=bool(offload))
+                          mtu=mtu, vtep_mac=mac, offload=bool(offload),
+                          threads=bool(threads))
 
 
 class ClusterDaemon(Daemon):
@@ -145,7 +148,7 @@ async def _main(opts: ClusterOptions) -> int:
                            subnet=str(lease.subnet), network=str(config.network),
                            mtu=opts.mtu, backend=config.backend_type,
                            underlay_iface=opts.underlay_iface, vni=config.vni,
-                           vtep_mac=vtep_mac, offload=opts.offload)
+                           vtep_mac=vtep_mac, offload=opts.offload, threads=opts.threads)
         daemon = ClusterDaemon(cfg)
         daemon.membership = membership
         await asyncio.to_thread(daemon.setup)

@@ -36,6 +36,7 @@ class RunConfig:
     vni: int = 1
     vtep_mac: bytes | None = None   # vxlan: None = derived from public IP + subnet
     offload: bool = True            # TUN TSO/USO + UDP GSO/GRO (--no-offload: off)
+    threads: bool = False           # one worker thread per direction (--threads)
 
     def with_public_ip(self, ip: str) -> "RunConfig":
         """The same config with a detected public IP, re-validated."""
@@ -43,7 +44,8 @@ class RunConfig:
                             subnet=str(self.subnet), network=str(self.network),
                             peers=self.peers, mtu=self.mtu, backend=self.backend,
                             underlay_iface=self.underlay_iface, vni=self.vni,
-                            vtep_mac=self.vtep_mac, offload=self.offload)
+                            vtep_mac=self.vtep_mac, offload=self.offload,
+                            threads=self.threads)
 
 
 def _ip(text: str, what: str) -> ipaddress.IPv4Address:
@@ -107,7 +109,8 @@ def build_config(*, public_ip: str | None, port: int | None, iface: str | None,
                  subnet: str | None, network: str | None, peers=(),
                  mtu: int | None = None, backend: str = "udp",
                  underlay_iface: str | None = None, vni=1,
-                 vtep_mac: str | bytes | None = None, offload: bool = True) -> RunConfig:
+                 vtep_mac: str | bytes | None = None, offload: bool = True,
+                 threads: bool = False) -> RunConfig:
     """Validate CLI values into a RunConfig. `peers` holds strings in the
     --peer syntax or Peer objects."""
     backend = (backend or "udp").lower()
@@ -172,4 +175,4 @@ def build_config(*, public_ip: str | None, port: int | None, iface: str | None,
     return RunConfig(public_ip=pub, port=port, iface=iface, subnet=sub,
                      network=net, peers=tuple(parsed), mtu=mtu, backend=backend,
                      underlay_iface=underlay_iface, vni=vni, vtep_mac=vtep_mac,
-                     offload=bool(offload))
+                     offload=bool(offload), threads=bool(threads))

@@ -157,7 +157,8 @@ class Daemon:
                 self.udp_gro = enable_udp_gro(self.sock)
                 self.engine.set_offload(True, udp_gso=udp_gso_supported(self.sock),
                                         tun_uso="uso4" in self.tun.offloads)
-            self.dataplane = DataPlane(self.engine, self.tun.fd, self.sock)
+            self.dataplane = DataPlane(self.engine, self.tun.fd, self.sock,
+                                       threads=cfg.threads)
             self.dataplane.set_peers(cfg.peers)
         except BaseException:
             self.close_sync()
@@ -218,6 +219,7 @@ class Daemon:
             "version": __version__,
             "implementation": self.implementation,
             "loop": loop_name(),
+            "dataplane": self.dataplane.mode if self.dataplane is not None else None,
             "iface": cfg.iface,
             "public_ip": str(cfg.public_ip),
             "port": cfg.port,

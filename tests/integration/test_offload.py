@@ -6,6 +6,8 @@ format whatever each end does internally."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 
@@ -35,3 +37,19 @@ def test_python_reference_offload_path_talks_to_compiled(overlay2, backend):
     c = ov.status(ov.hosts[1])["counters"]
     assert c["tx_super_packets"] > 0 and c["rx_coalesced"] > 0, c
     assert c["rx_csum_bad"] == 0
+
+
+@pytest.mark.parametrize("extra", [["--threads"], ["--threads", "--no-offload"]],
+                         ids=["threads", "threads-no-offload"])
+def test_worker_threads_carry_traffic_and_stop_cleanly(overlay2, extra):
+    ov = overlay2
+    d1 = ov.start(1, extra=extra)
+    ov.start(2)
+    assert ov.status(ov.hosts[1])["dataplane"] == "threads"
+    assert ov.status(ov.hosts[2])["dataplane"] == "loop"
+    ov.transfer(1, 2, 16 * 1024 * 1024, 5405)
+    ov.transfer(2, 1, 16 * 1024 * 1024, 5406)
+    started = time.monotonic()
+    assert ov.stop(d1) == 0, d1.stderr()
+    assert time.monotonic() - started < 5
+    assert not ov.link_exists(ov.hosts[1])
