@@ -13,6 +13,7 @@ of one run crosses the same namespaces, veths and bridge:
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -128,38 +129,24 @@ class KernelVxlan(Scenario):
             kernel_vxlan.teardown_flannel_vxlan(topo.lab, host)
 
 
-class Udpoverlay(Scenario):
-    """`python -m udpoverlay run ...` on each host, cwd = repository root."""
+class TunnelDaemons(Scenario):
+    """A user-space tunnel daemon on each host, started by PID, its output in
+    logdir; subclasses say how (command) and which TUN it leaves (IFACE)."""
 
-    IFACE = "uo0"
+    IFACE = "?"
 
-    def __init__(self, backend: str, offload: bool, threads: bool = False) -> None:
-        self.backend, self.offload, self.threads = backend, offload, threads
-        self.name = (f"udpoverlay-{backend}" + ("" if offload else "-nooffload")
-                     + ("-threads" if threads else ""))
+    def __init__(self) -> None:
         self.procs: list[tuple[str, subprocess.Popen, Path]] = []
-        self._topo: Topology | None = None
 
-    def command(self, node: Node, remote: Node) -> list[str]:
-        cmd = [sys.executable, "-m", "udpoverlay", "run", "--iface", self.IFACE,
-               "--public-ip", node.underlay_ip, "--subnet", node.subnet,
-               "--network", NETWORK,
-               "--peer", f"{remote.underlay_ip}={remote.subnet}"]
-        if self.backend != "udp":
-            cmd += ["--backend", self.backend]
-        if not self.offload:
-            cmd.append("--no-offload")
-        if self.threads:
-            cmd.append("--threads")
-        return cmd
+    def command(self, node: Node, remote: Node, logdir: Path) -> list[str]:
+        raise NotImplementedError
 
     def setup(self, topo: Topology, logdir: Path) -> None:
-        self._topo = topo
         for node, host, remote in topo.pairs():
             log = logdir / f"{self.name}-{node.name}-daemon.log"
+            cmd = self.command(node, remote, logdir)
             with open(log, "w") as out:
-                proc = topo.lab.popen(host.netns, self.command(node, remote),
-                                      cwd=REPO_ROOT, stdout=out,
+                proc = topo.lab.popen(host.netns, cmd, cwd=REPO_ROOT, stdout=out,
                                       stderr=subprocess.STDOUT)
             self.procs.append((node.name, proc, log))
 
@@ -185,6 +172,86 @@ class Udpoverlay(Scenario):
                          check=False)
 
 
+class Udpoverlay(TunnelDaemons):
+    """`python -m udpoverlay run ...` on each host, cwd = repository root."""
+
+    IFACE = "uo0"
+
+    def __init__(self, backend: str, offload: bool, threads: bool = False) -> None:
+        super().__init__()
+        self.backend, self.offload, self.threads = backend, offload, threads
+        self.name = (f"udpoverlay-{backend}" + ("" if offload else "-nooffload")
+                     + ("-threads" if threads else ""))
+
+    def command(self, node: Node, remote: Node, logdir: Path | None = None) -> list[str]:
+        cmd = [sys.executable, "-m", "udpoverlay", "run", "--iface", self.IFACE,
+               "--public-ip", node.underlay_ip, "--subnet", node.subnet,
+               "--network", NETWORK,
+               "--peer", f"{remote.underlay_ip}={remote.subnet}"]
+        if self.backend != "udp":
+            cmd += ["--backend", self.backend]
+        if not self.offload:
+            cmd.append("--no-offload")
+        if self.threads:
+            cmd.append("--threads")
+        return cmd
+
+
+FASTD_PORT = 10000
+FASTD_MTU = 1471          # underlay 1500 - IP 20 - UDP 8 - fastd packet type 1
+
+
+def fastd_keypair() -> tuple[str, str]:
+    """(secret, public) from `fastd --generate-key`."""
+    proc = subprocess.run(["fastd", "--generate-key"], capture_output=True, text=True,
+                          timeout=30, check=True)
+    found = dict(line.split(":", 1) for line in proc.stdout.splitlines() if ":" in line)
+    return found["Secret"].strip(), found["Public"].strip()
+
+
+def fastd_config(node: Node, remote: Node, secret: str, remote_public: str,
+                 iface: str) -> str:
+    """fastd in TUN mode with the null method (no encryption): the same job
+    as udpoverlay's udp backend, done by an established user-space tunnel."""
+    tun_addr = node.subnet.split("/")[0]
+    up = (f"ip addr add {tun_addr}/32 dev $INTERFACE && ip link set $INTERFACE up && "
+          f"ip route replace {remote.subnet} dev $INTERFACE")
+    return "\n".join([
+        "log level warn;",
+        f'interface "{iface}";',
+        "mode tun;",
+        'method "null";',
+        f"bind {node.underlay_ip}:{FASTD_PORT};",
+        f'secret "{secret}";',
+        f"mtu {FASTD_MTU};",
+        f'on up "{up}";',
+        f'peer "{remote.name}" {{',
+        f'    key "{remote_public}";',
+        f"    remote {remote.underlay_ip}:{FASTD_PORT};",
+        "}",
+        ""])
+
+
+class FastdNull(TunnelDaemons):
+    """fastd (Debian's package), null method, TUN mode: the user-space
+    tunnel that --no-offload is compared with, measured in the same run."""
+
+    name = "fastd-null"
+    IFACE = "fd0"
+
+    def setup(self, topo: Topology, logdir: Path) -> None:
+        if shutil.which("fastd") is None:
+            raise ScenarioError("fastd is not installed (apt-get install fastd)")
+        self.keys = {node.name: fastd_keypair() for node, _, _ in topo.pairs()}
+        super().setup(topo, logdir)
+
+    def command(self, node: Node, remote: Node, logdir: Path) -> list[str]:
+        conf = logdir / f"fastd-{node.name}.conf"
+        conf.write_text(fastd_config(node, remote, self.keys[node.name][0],
+                                     self.keys[remote.name][1], self.IFACE))
+        return ["fastd", "--config", str(conf)]
+
+
 def _tail(path: Path, lines: int = 3) -> str:
     try:
         return tail_lines(path.read_text(errors="replace"), lines)
@@ -197,6 +264,8 @@ def make_scenario(name: str) -> Scenario:
         return HostRouting()
     if name == KernelVxlan.name:
         return KernelVxlan()
+    if name == FastdNull.name:
+        return FastdNull()
     for backend in ("udp", "vxlan"):
         for offload in (True, False):
             for threads in (False, True):
@@ -209,7 +278,7 @@ def make_scenario(name: str) -> Scenario:
 SCENARIOS = ("host-routing", "kernel-vxlan", "udpoverlay-udp",
              "udpoverlay-vxlan", "udpoverlay-udp-nooffload",
              "udpoverlay-vxlan-nooffload", "udpoverlay-udp-threads",
-             "udpoverlay-vxlan-threads")
+             "udpoverlay-vxlan-threads", "fastd-null")
 
 
 def clear_overlay_routes(topo: Topology) -> None:

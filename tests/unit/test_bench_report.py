@@ -250,3 +250,15 @@ def test_kernel_vxlan_runs_first():
     assert order_scenarios(["host-routing", "kernel-vxlan", "host-routing"]) == [
         "kernel-vxlan", "host-routing"]
     assert order_scenarios([]) == []
+
+
+def test_fastd_config_is_a_null_tun_tunnel_to_the_other_host():
+    from benchmarks.scenarios import NODES, fastd_config
+    h1, h2 = NODES
+    conf = fastd_config(h1, h2, "aa" * 32, "bb" * 32, "fd0")
+    assert 'method "null";' in conf and "mode tun;" in conf
+    assert f"bind {h1.underlay_ip}:10000;" in conf
+    assert f'secret "{"aa" * 32}";' in conf
+    assert f'key "{"bb" * 32}";' in conf and f"remote {h2.underlay_ip}:10000;" in conf
+    assert f"ip route replace {h2.subnet} dev $INTERFACE" in conf
+    assert conf.count("{") == conf.count("}") == 1
