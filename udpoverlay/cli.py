@@ -194,7 +194,8 @@ def _fmt_bytes(n: int) -> str:
 def format_status(doc: dict) -> str:
     lines = [
         f"udpoverlay {doc.get('version', '?')} on {doc.get('iface')} "
-        f"(fast path: {doc.get('implementation')}, backend {doc.get('backend')})",
+        f"(fast path: {doc.get('implementation')}, backend {doc.get('backend')}, "
+        f"dataplane {doc.get('dataplane') or '?'})",
         f"  public {doc.get('public_ip')}:{doc.get('port')}  subnet {doc.get('subnet')}  "
         f"network {doc.get('network')}  mtu {doc.get('mtu')}  uptime {doc.get('uptime', 0):.0f}s",
         "",
