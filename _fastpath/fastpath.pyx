@@ -153,6 +153,23 @@ def checksum(data):
     return csum(<const uint8_t *><const char *>b, len(b))
 
 
+cdef inline void fd_sink(sink_t *s, int fd) noexcept nogil:
+    """A sink that writes to fd (the TUN)."""
+    memset(s, 0, sizeof(sink_t))
+    s.fd = fd
+
+
+cdef int buffer_sink(sink_t *s) except -1:
+    """A sink that collects records in memory, for the differential tests
+    (free s.buf afterwards)."""
+    fd_sink(s, -1)
+    s.buf = <uint8_t *>malloc(C_TEST_SINK)
+    if s.buf == NULL:
+        raise MemoryError()
+    s.cap = C_TEST_SINK
+    return 0
+
+
 cdef list sink_records(sink_t *s):
     """The records a test sink collected, as bytes."""
     cdef list out = []
@@ -892,15 +909,19 @@ cdef class Engine:
     cdef void tx_one(self, uint8_t *pkt, Py_ssize_t n, sink_t *tun) noexcept nogil:
         """One TUN read (pkt: the packet, its vnet header in the 10 bytes
         before it, C_HDR - 10 bytes of headroom before that): verdict, split,
-        encapsulate, add the segments to the batch."""
+        encapsulate, add the segments to the batch. A plain packet is its own
+        single segment, in place; a super-packet's segments follow the read
+        in the arena."""
         cdef vnet_t vh
-        cdef int idx, v, nseg, i, stride = 0, last = 0, sock = -1
+        cdef int idx, v, nseg = 1, i, stride = 0, last, sock = -1
         cdef uint8_t *out
         cdef uint8_t *seg
         cdef Py_ssize_t seg_n
         cdef iovec iov[2]
         cdef table_t *t = self.table
         cdef peer_t *p
+        cdef size_t read_end = (self.txb.pos + C_HDR + <size_t>n + 7) & ~(<size_t>7)
+        self.txb.pos = read_end
         read_vnet(pkt - C_VNET, &vh)
         v = self.outbound_c(t, pkt, n, &idx)
         if self.tx_reply_len:
@@ -909,30 +930,27 @@ cdef class Engine:
             iov[1].iov_base = self.tx_reply
             iov[1].iov_len = self.tx_reply_len
             sink_write(tun, iov, 2)
-        nseg = 1
         if v == C_OK:
             if (vh.gso_type & 0x7F) == C_GSO_NONE:
                 if (vh.flags & C_F_NEEDS_CSUM) and not complete_csum(pkt, n, vh.csum_start,
                                                                      vh.csum_offset):
                     v = C_BAD_GSO
+                out = pkt - self.room
+                last = <int>n + self.room
             else:
-                out = self.txb.arena + ((self.txb.pos + C_HDR + <size_t>n + 7) & ~(<size_t>7))
+                out = self.txb.arena + read_end
                 nseg = split_c(pkt, n, vh.gso_type, vh.gso_size, out, self.room, &stride, &last)
                 if nseg < 0:
                     v = C_BAD_GSO
+                else:
+                    self.txb.pos = (read_end + <size_t>(nseg - 1) * stride + <size_t>last
+                                    + 7) & ~(<size_t>7)
         if v != C_OK:
             self.out_v[v] += 1
-            self.txb.pos += (C_HDR + <size_t>n + 7) & ~(<size_t>7)
             return
         p = &t.peers[idx]
         if self.n_tx:
             sock = flow_hash_c(pkt, n) % self.n_tx
-        if (vh.gso_type & 0x7F) == C_GSO_NONE:
-            self.count_out(t, C_OK, idx, n)
-            self.encap_c(t, pkt, idx)
-            pack_seg(&self.txb, sock, p.ip, p.port, pkt - self.room, <int>n + self.room)
-            self.txb.pos += (C_HDR + <size_t>n + 7) & ~(<size_t>7)
-            return
         if nseg > 1:
             self.c_tx_super += 1
         for i in range(nseg):
@@ -941,8 +959,18 @@ cdef class Engine:
             self.count_out(t, C_OK, idx, seg_n - self.room)
             self.encap_c(t, seg + self.room, idx)
             pack_seg(&self.txb, sock, p.ip, p.port, seg, <int>seg_n)
-        self.txb.pos = (<size_t>(out - self.txb.arena) + <size_t>(nseg - 1) * stride
-                        + <size_t>last + 7) & ~(<size_t>7)
+
+    cdef inline void tx_begin(self) noexcept nogil:
+        """Start a batch: the arena and the message slots are free again."""
+        self.txb.pos = 0
+        self.txb.n_msgs = 0
+
+    cdef inline void tx_read(self, uint8_t *at, ssize_t r, sink_t *tun) noexcept nogil:
+        """A TUN read of r bytes whose packet starts at `at`."""
+        if r < C_VNET:
+            self.out_v[C_TOO_SHORT] += 1
+        else:
+            self.tx_one(at, r - C_VNET, tun)
 
     cdef inline bint tx_room(self) noexcept nogil:
         return self.txb.n_msgs + C_MAX_SPLIT <= C_TX_MSGS
@@ -953,11 +981,9 @@ cdef class Engine:
         cdef uint8_t *at
         cdef bint empty = False
         cdef sink_t tun
-        memset(&tun, 0, sizeof(sink_t))
-        tun.fd = tun_fd
+        fd_sink(&tun, tun_fd)
         for rounds in range(C_MAX_ROUNDS):
-            self.txb.pos = 0
-            self.txb.n_msgs = 0
+            self.tx_begin()
             reads = 0
             while reads < C_BATCH and self.tx_room():
                 at = self.txb.arena + self.txb.pos + C_HDR
@@ -971,10 +997,7 @@ cdef class Engine:
                     break
                 reads += 1
                 done += 1
-                if r < C_VNET:
-                    self.out_v[C_TOO_SHORT] += 1
-                    continue
-                self.tx_one(at, r - C_VNET, &tun)
+                self.tx_read(at, r, &tun)
             self.tx_send(sock_fd)
             if empty:
                 break
@@ -1086,8 +1109,7 @@ cdef class Engine:
         cdef int done = 0, rounds, got, i, gro
         cdef cmsghdr *c
         cdef sink_t tun
-        memset(&tun, 0, sizeof(sink_t))
-        tun.fd = tun_fd
+        fd_sink(&tun, tun_fd)
         for rounds in range(C_MAX_ROUNDS):
             got = self.rx_recv(sock_fd)
             if got <= 0:
@@ -1123,18 +1145,12 @@ cdef class Engine:
         cdef int i, j, reads
         cdef txmsg_t *m
         messages = []
-        memset(&tun, 0, sizeof(sink_t))
-        tun.fd = -1
-        tun.cap = C_TEST_SINK
-        tun.buf = <uint8_t *>malloc(C_TEST_SINK)
-        if tun.buf == NULL:
-            raise MemoryError()
+        buffer_sink(&tun)
         try:
             items = [bytes(x) for x in bufs]
             i = 0
             while i < len(items):
-                self.txb.pos = 0
-                self.txb.n_msgs = 0
+                self.tx_begin()
                 reads = 0
                 while i < len(items) and reads < C_BATCH and self.tx_room():
                     b = items[i]
@@ -1143,10 +1159,7 @@ cdef class Engine:
                     r = min(len(b), C_VNET + 65535)
                     at = self.txb.arena + self.txb.pos + C_HDR
                     memcpy(at - C_VNET, <const char *>b, r)
-                    if r < C_VNET:
-                        self.out_v[C_TOO_SHORT] += 1
-                        continue
-                    self.tx_one(at, r - C_VNET, &tun)
+                    self.tx_read(at, r, &tun)
                 for j in range(self.txb.n_msgs):
                     m = &self.txb.msgs[j]
                     payload = b"".join([(<char *>m.iov[k].iov_base)[:m.iov[k].iov_len]
@@ -1169,17 +1182,12 @@ cdef class Engine:
         cdef int i, k
         cdef Py_ssize_t n
         cdef uint8_t *slot
-        memset(&tun, 0, sizeof(sink_t))
-        memset(&rep, 0, sizeof(sink_t))
-        tun.fd = rep.fd = -1
-        tun.cap = rep.cap = C_TEST_SINK
-        tun.buf = <uint8_t *>malloc(C_TEST_SINK)
-        rep.buf = <uint8_t *>malloc(C_TEST_SINK)
         writes = []
         replies = []
+        memset(&rep, 0, sizeof(sink_t))
+        buffer_sink(&tun)
         try:
-            if tun.buf == NULL or rep.buf == NULL:
-                raise MemoryError()
+            buffer_sink(&rep)
             items = [(bytes(d), s, int(g)) for d, s, g in datagrams]
             for k in range(0, len(items), C_BATCH):
                 for i, (b, src, gro) in enumerate(items[k:k + C_BATCH]):

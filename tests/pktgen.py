@@ -24,10 +24,12 @@ def a(text: str) -> bytes:
 
 
 def ipv4(src: str, dst: str, proto: int, body: bytes, *, ttl: int = 64, tos: int = 0,
-         ident: int = 0, df: bool = True, ip_opts: bytes = b"") -> bytearray:
+         ident: int = 0, df: bool = True, mf: bool = False,
+         ip_opts: bytes = b"") -> bytearray:
     ihl = 5 + len(ip_opts) // 4
+    frag = (0x4000 if df else 0) | (0x2000 if mf else 0)
     hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, tos, 4 * ihl + len(body), ident,
-                                0x4000 if df else 0, ttl, proto, 0, a(src), a(dst)) + ip_opts)
+                                frag, ttl, proto, 0, a(src), a(dst)) + ip_opts)
     off.ip_header_csum(hdr)
     return hdr + body
 

@@ -17,8 +17,9 @@ import select
 import socket
 import struct
 
-from udpoverlay._offload_py import (MAX_SPLIT, VNET_HDR_LEN, Coalescer, Packer, pack_vnet,
-                                    parse_vnet, split)
+from udpoverlay._offload_py import (MAX_SPLIT, SOL_UDP, UDP_GRO, UDP_SEGMENT, VNET_HDR_LEN,
+                                    Coalescer, Packer, checksum, pack_vnet, parse_vnet,
+                                    split)
 
 IMPLEMENTATION = "python"
 
@@ -56,7 +57,6 @@ VXLAN_HDR = 8 + 14   # VXLAN header + inner Ethernet header (RFC 7348)
 BROADCAST = b"\xff" * 6
 TX_MSGS = 1024      # UDP messages per TX batch (sendmmsg's limit)
 MAX_WAITS = 5       # waits of 20 ms for a full socket buffer, per batch
-SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
 # ICMP types that are errors: never answer those with another error (RFC 1812).
 _ICMP_ERRORS = frozenset((3, 4, 5, 11, 12))
 
@@ -72,9 +72,6 @@ def _net(cidr: str) -> tuple[int, int]:
 
 def _mask(length: int) -> int:
     return (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF if length else 0
-
-
-from udpoverlay._offload_py import checksum  # noqa: E402  (RFC 1071)
 
 
 def flow_hash(pkt) -> int:
@@ -410,14 +407,7 @@ class Engine:
             return self._tun_to_udp_vnet(tun_fd, sock_fd)
         sock = self._sock(sock_fd)
         done = 0
-        for _ in range(BATCH * MAX_ROUNDS):
-            try:
-                data = os.read(tun_fd, SLOT)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self._out[TX_ERROR] += 1
-                break
+        for data in self._tun_reads(tun_fd, SLOT):
             done += 1
             pkt = bytearray(data)
             v, idx, reply = self._outbound(pkt)
@@ -562,11 +552,11 @@ class Engine:
             writes += tw
         return messages, writes
 
-    def _tun_reads(self, tun_fd: int):
+    def _tun_reads(self, tun_fd: int, size: int):
         """TUN reads until the device is empty (at most BATCH * MAX_ROUNDS)."""
         for _ in range(BATCH * MAX_ROUNDS):
             try:
-                yield os.read(tun_fd, VNET_HDR_LEN + 65535)
+                yield os.read(tun_fd, size)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -575,7 +565,7 @@ class Engine:
 
     def _tun_to_udp_vnet(self, tun_fd: int, sock_fd: int) -> int:
         done = 0
-        for msgs, tun_writes in self._tx_batches(self._tun_reads(tun_fd)):
+        for msgs, tun_writes in self._tx_batches(self._tun_reads(tun_fd, VNET_HDR_LEN + 65535)):
             for w in tun_writes:
                 try:
                     os.write(tun_fd, w)

@@ -52,6 +52,8 @@ GSO_TCPV6 = 4
 GSO_UDP_L4 = 5
 GSO_ECN = 0x80
 _VNET = struct.Struct("=BBHHHH")
+# socket options (linux/udp.h): UDP_SEGMENT = GSO send, UDP_GRO = GRO receive
+SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
 
 MAX_GSO_SEGS = 64         # segments per UDP_SEGMENT message (kernel: UDP_MAX_SEGMENTS)
 MAX_UDP_PAYLOAD = 65507   # one UDP datagram, GSO or not

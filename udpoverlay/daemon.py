@@ -24,6 +24,7 @@ from udpoverlay import tun as tunmod
 from udpoverlay.config import RunConfig
 from udpoverlay.control import ControlServer
 from udpoverlay.dataplane import DataPlane
+from udpoverlay._offload_py import SOL_UDP, UDP_GRO, UDP_SEGMENT
 from udpoverlay.errors import ConfigError, TunSetupError
 from udpoverlay.peers import format_mac
 
@@ -48,9 +49,6 @@ def derive_vtep_mac(public_ip: str, subnet: str) -> bytes:
 SOCK_BUF = 16 * 1024 * 1024
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
-SOL_UDP = 17
-UDP_SEGMENT = 103
-UDP_GRO = 104
 
 
 def udp_gso_supported(s: socket.socket) -> bool:

@@ -31,6 +31,7 @@ import os
 import socket
 import struct
 
+from udpoverlay._offload_py import VNET_HDR_LEN
 from udpoverlay.errors import TunSetupError
 
 __all__ = ["TunDevice", "open_tun", "interface_mtu", "default_route_address",
@@ -39,7 +40,6 @@ __all__ = ["TunDevice", "open_tun", "interface_mtu", "default_route_address",
 TXQUEUELEN = 10000
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
-VNET_HDR_LEN = 10
 TUN_F = {"csum": 0x01, "tso4": 0x02, "tso6": 0x04, "tso_ecn": 0x08,
          "uso4": 0x20, "uso6": 0x40}
 # Tried in order; USO needs kernel 6.2, TSO_ECN lets CWR segments through.

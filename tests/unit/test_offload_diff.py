@@ -169,12 +169,7 @@ def flow_segments(draw):
         elif kind == "icmp":
             pkt = g.ipv4(src, "198.19.1.5", 1, b"\x08\0\xf7\xff\0\0\0\0")
         else:
-            pkt = g.ipv4(src, "198.19.1.5", 17, data(64, i), df=False)
-            pkt[6] |= 0x20          # more fragments
-            from udpoverlay._offload_py import ip_header_csum
-            hdr = pkt[:20]
-            ip_header_csum(hdr)
-            pkt[:20] = hdr
+            pkt = g.ipv4(src, "198.19.1.5", 17, data(64, i), df=False, mf=True)
         out.append(bytes(pkt))
     return out
 
