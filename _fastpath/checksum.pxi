@@ -1,4 +1,5 @@
-# Internet checksum (RFC 1071), word at a time: 32-bit loads summed into a
+# Internet checksum (RFC 1071), included by core.pyx; mirrors
+# udpoverlay/dataplane/_py/checksum.py. Word at a time: 32-bit loads summed into a
 # 64-bit accumulator (no carry can be lost below 2**32 words; gcc vectorises
 # the loop). Sums are in host byte order until csum_fold swaps them; partial
 # sums may be added together when every part starts at an even offset of the

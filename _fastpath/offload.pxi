@@ -1,58 +1,8 @@
-# Offloads (included by fastpath.pyx): split TUN super-packets into wire
+# Offloads (included by core.pyx): split TUN super-packets into wire
 # segments (TSO/USO), pack segments into UDP_SEGMENT messages, coalesce
-# received segments into GSO writes to the TUN (GRO). The rules are written
-# down in udpoverlay/_offload_py.py, the reference this mirrors byte for byte.
-
-DEF C_VNET = 10
-DEF C_F_NEEDS_CSUM = 1
-DEF C_GSO_NONE = 0
-DEF C_GSO_TCPV4 = 1
-DEF C_GSO_UDP_L4 = 5
-DEF C_MAX_GSO_SEGS = 64
-DEF C_MAX_UDP_PAYLOAD = 65507
-DEF C_MAX_SPLIT = 512
-DEF C_MAX_COALESCE = 64
-DEF C_MAX_ITEMS = 256
-DEF C_SCAN_DEPTH = 8
-DEF C_TCP_ACK = 0x10
-DEF C_TCP_PSH = 0x08
-DEF C_TCP_FIN = 0x01
-DEF C_TCP_CWR = 0x80
-
-# TX arena: a read (headroom + vnet header + 64 KB) plus its worst split
-# (64 KB of payload + MAX_SPLIT headers of 22 + 60 + 60 bytes).
-DEF C_TX_PER_READ = 22 + 10 + 65536 + 8 + 65536 + C_MAX_SPLIT * 144 + 8
-DEF C_TX_ARENA = 64 * C_TX_PER_READ     # BATCH reads always fit
-DEF C_TX_MSGS = 1024            # sendmmsg takes at most UIO_MAXIOV (1024)
-
-
-cdef struct sink_t:
-    # Where TUN writes go: the TUN fd, or (fd < 0, for the differential
-    # tests) a buffer of records, each a 4-byte length and the bytes.
-    int fd
-    uint8_t *buf
-    size_t cap
-    size_t used
-    uint64_t failed     # packets whose write failed
-
-
-cdef ssize_t sink_write(sink_t *s, const iovec *iov, int cnt) noexcept nogil:
-    cdef size_t total = 0
-    cdef uint32_t t32
-    cdef int i
-    if s.fd >= 0:
-        return writev(s.fd, iov, cnt)
-    for i in range(cnt):
-        total += iov[i].iov_len
-    if s.used + 4 + total > s.cap:
-        return -1
-    t32 = <uint32_t>total
-    memcpy(s.buf + s.used, &t32, 4)
-    s.used += 4
-    for i in range(cnt):
-        memcpy(s.buf + s.used, iov[i].iov_base, iov[i].iov_len)
-        s.used += iov[i].iov_len
-    return <ssize_t>total
+# received segments into GSO writes to the TUN (GRO). Mirrors
+# udpoverlay/dataplane/_py/offload.py, where the rules are written down, byte
+# for byte.
 
 
 cdef inline void put16_host(uint8_t *p, uint16_t v) noexcept nogil:
@@ -98,13 +48,13 @@ cdef int split_c(const uint8_t *pkt, Py_ssize_t n, int gso_type, int gso_size,
     cdef uint16_t ident, c
     cdef uint8_t proto = pkt[9]
     cdef uint8_t *s
-    if gt == C_GSO_TCPV4:
+    if gt == GSO_TCPV4:
         if proto != 6 or n < ihl + 20:
             return -1
         l4 = ((pkt[ihl + 12] >> 4) & 0x0F) * 4
         if l4 < 20 or ihl + l4 > n:
             return -1
-    elif gt == C_GSO_UDP_L4:
+    elif gt == GSO_UDP_L4:
         if proto != 17 or n < ihl + 8:
             return -1
         l4 = 8
@@ -117,7 +67,7 @@ cdef int split_c(const uint8_t *pkt, Py_ssize_t n, int gso_type, int gso_size,
     nseg = (payload + gso_size - 1) // gso_size
     if nseg < 1:
         nseg = 1
-    if nseg > C_MAX_SPLIT:
+    if nseg > MAX_SPLIT:
         return -1
     ident = (pkt[4] << 8) | pkt[5]
     seq = be32(&pkt[ihl + 4])
@@ -131,12 +81,12 @@ cdef int split_c(const uint8_t *pkt, Py_ssize_t n, int gso_type, int gso_size,
         put16(&s[2], <uint16_t>total)
         put16(&s[4], <uint16_t>(ident + i))
         ip_header_csum(s, ihl)
-        if gt == C_GSO_TCPV4:
+        if gt == GSO_TCPV4:
             put32(&s[ihl + 4], seq + <uint32_t>i * <uint32_t>gso_size)
             if i != nseg - 1:
-                s[ihl + 13] &= ~(C_TCP_FIN | C_TCP_PSH)
+                s[ihl + 13] &= ~(TCP_FIN | TCP_PSH)
             if i != 0:
-                s[ihl + 13] &= ~C_TCP_CWR
+                s[ihl + 13] &= ~TCP_CWR
             at = ihl + 16
         else:
             put16(&s[ihl + 4], <uint16_t>(8 + chunk))
@@ -145,7 +95,7 @@ cdef int split_c(const uint8_t *pkt, Py_ssize_t n, int gso_type, int gso_size,
         s[at + 1] = 0
         c = <uint16_t>(~csum_fold(pseudo_sum(s, proto, total - ihl)
                                   + csum_add(s + ihl, total - ihl, 0)) & 0xFFFF)
-        if c == 0 and gt == C_GSO_UDP_L4:
+        if c == 0 and gt == GSO_UDP_L4:
             c = 0xFFFF
         put16(&s[at], c)
         last[0] = room + total
@@ -159,7 +109,7 @@ cdef struct txmsg_t:
     uint16_t port
     int seg_size
     int nseg
-    iovec iov[C_MAX_GSO_SEGS]
+    iovec iov[MAX_GSO_SEGS]
 
 
 cdef struct txbatch_t:
@@ -172,20 +122,20 @@ cdef struct txbatch_t:
 
 cdef void pack_seg(txbatch_t *b, int sock, uint32_t ip, uint16_t port,
                    uint8_t *seg, int n) noexcept nogil:
-    """Add one wire datagram to the batch (caller keeps n_msgs < C_TX_MSGS)."""
+    """Add one wire datagram to the batch (caller keeps n_msgs < TX_MSGS)."""
     cdef int i, lo
     cdef txmsg_t *m
     if b.gso:
-        lo = b.n_msgs - C_SCAN_DEPTH
+        lo = b.n_msgs - SCAN_DEPTH
         if lo < 0:
             lo = 0
         i = b.n_msgs - 1
         while i >= lo:
             m = &b.msgs[i]
             if m.sock == sock and m.ip == ip and m.port == port:
-                if (m.nseg < C_MAX_GSO_SEGS and n <= m.seg_size
+                if (m.nseg < MAX_GSO_SEGS and n <= m.seg_size
                         and <int>m.iov[m.nseg - 1].iov_len == m.seg_size
-                        and m.seg_size * m.nseg + n <= C_MAX_UDP_PAYLOAD):
+                        and m.seg_size * m.nseg + n <= MAX_UDP_PAYLOAD):
                     m.iov[m.nseg].iov_base = seg
                     m.iov[m.nseg].iov_len = n
                     m.nseg += 1
@@ -218,7 +168,7 @@ cdef struct coitem_t:
     uint8_t *first      # borrowed from the receive slots until the flush
     int first_len
     uint8_t vnet[10]
-    iovec iov[C_MAX_COALESCE + 1]     # vnet header, first packet, later payloads
+    iovec iov[MAX_COALESCE + 1]     # vnet header, first packet, later payloads
 
 
 cdef struct coalescer_t:
@@ -227,6 +177,7 @@ cdef struct coalescer_t:
     coitem_t *items
     uint64_t merged
     uint64_t csum_bad
+    uint64_t failed     # segments whose TUN write failed, not yet counted
 
 
 cdef inline bint flow_key(const uint8_t *p, Py_ssize_t n, uint8_t *key) noexcept nogil:
@@ -248,7 +199,7 @@ cdef bint co_mergeable(coalescer_t *co, const uint8_t *p, Py_ssize_t n) noexcept
         if n < 40:
             return False
         l4 = (p[32] >> 4) * 4
-        if l4 < 20 or 20 + l4 >= n or (p[33] != C_TCP_ACK and p[33] != (C_TCP_ACK | C_TCP_PSH)):
+        if l4 < 20 or 20 + l4 >= n or (p[33] != TCP_ACK and p[33] != (TCP_ACK | TCP_PSH)):
             return False
     elif proto == 17 and co.udp:
         if n <= 28 or ((p[24] << 8) | p[25]) != n - 20:
@@ -276,19 +227,20 @@ cdef bint co_fits(coitem_t *it, const uint8_t *p, Py_ssize_t n) noexcept nogil:
         payload = <int>n - 20 - l4
     else:
         payload = <int>n - 28
-    return (payload <= it.gso and it.last == it.gso and it.nseg < C_MAX_COALESCE
+    return (payload <= it.gso and it.last == it.gso and it.nseg < MAX_COALESCE
             and it.total + payload <= 65535)
 
 
-cdef void co_add(coalescer_t *co, uint8_t *p, Py_ssize_t n, sink_t *out) noexcept nogil:
-    """Add an accepted inner packet (borrowed until the flush)."""
+cdef void co_add(coalescer_t *co, uint8_t *p, Py_ssize_t n, int tun_fd) noexcept nogil:
+    """Add an accepted inner packet (borrowed until the flush, which may
+    happen here when MAX_ITEMS items are open)."""
     cdef uint8_t key[13]
     cdef bint has_key = flow_key(p, n, key)
     cdef bint ok = has_key and co_mergeable(co, p, n)
     cdef int i, lo, hl, payload
     cdef coitem_t *it
     if has_key:
-        lo = co.n_items - C_SCAN_DEPTH
+        lo = co.n_items - SCAN_DEPTH
         if lo < 0:
             lo = 0
         i = co.n_items - 1
@@ -307,13 +259,13 @@ cdef void co_add(coalescer_t *co, uint8_t *p, Py_ssize_t n, sink_t *out) noexcep
                     if it.proto == 6:
                         it.next_seq = it.next_seq + <uint32_t>payload
                         it.last_flags = p[33]
-                        if p[33] & C_TCP_PSH:
+                        if p[33] & TCP_PSH:
                             it.open = 0
                     return
                 break
             i -= 1
-    if co.n_items >= C_MAX_ITEMS:
-        co_flush(co, out)
+    if co.n_items >= MAX_ITEMS:
+        co_flush(co, tun_fd)
     it = &co.items[co.n_items]
     co.n_items += 1
     it.has_key = has_key
@@ -334,7 +286,7 @@ cdef void co_add(coalescer_t *co, uint8_t *p, Py_ssize_t n, sink_t *out) noexcep
         if it.proto == 6:
             it.next_seq = be32(&p[24]) + <uint32_t>it.gso
             it.last_flags = p[33]
-            it.open = p[33] == C_TCP_ACK
+            it.open = p[33] == TCP_ACK
 
 
 cdef int co_render(coitem_t *it) noexcept nogil:
@@ -354,16 +306,16 @@ cdef int co_render(coitem_t *it) noexcept nogil:
         l4 = (f[32] >> 4) * 4
         f[33] = <uint8_t>it.last_flags
         at = 16
-        it.vnet[1] = C_GSO_TCPV4
+        it.vnet[1] = GSO_TCPV4
     else:
         l4 = 8
         put16(&f[24], <uint16_t>(it.total - 20))
         at = 6
-        it.vnet[1] = C_GSO_UDP_L4
+        it.vnet[1] = GSO_UDP_L4
     # NEEDS_CSUM: the field holds the folded pseudo-header sum.
     c = csum_fold(pseudo_sum(f, <uint8_t>it.proto, <uint32_t>(it.total - 20)))
     put16(&f[20 + at], c)
-    it.vnet[0] = C_F_NEEDS_CSUM
+    it.vnet[0] = F_NEEDS_CSUM
     put16_host(&it.vnet[2], <uint16_t>(20 + l4))
     put16_host(&it.vnet[4], <uint16_t>it.gso)
     put16_host(&it.vnet[6], 20)
@@ -371,11 +323,12 @@ cdef int co_render(coitem_t *it) noexcept nogil:
     return it.nseg + 1
 
 
-cdef void co_flush(coalescer_t *co, sink_t *out) noexcept nogil:
-    """Write every item, in the order they were opened, and start afresh."""
+cdef void co_flush(coalescer_t *co, int tun_fd) noexcept nogil:
+    """Write every item to the TUN, in the order they were opened, and start
+    afresh; co.failed counts the segments of failed writes."""
     cdef int i, cnt
     for i in range(co.n_items):
         cnt = co_render(&co.items[i])
-        if sink_write(out, co.items[i].iov, cnt) < 0:
-            out.failed += co.items[i].nseg
+        if writev(tun_fd, co.items[i].iov, cnt) < 0:
+            co.failed += co.items[i].nseg
     co.n_items = 0

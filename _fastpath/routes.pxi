@@ -1,10 +1,11 @@
-# The peer/route table (included by fastpath.pyx).
+# The peer/route table (included by core.pyx). Mirrors
+# udpoverlay/dataplane/_py/routes.py.
 #
 # One table is immutable once published: set_peers() builds a new one and
 # swaps the pointer. Per-peer counters live in pstats_t blocks that a new
 # table adopts from the old one by pointer, so an increment made through the
 # old table while a worker thread still holds it is never lost. A retired
-# table is freed only when no worker can still hold it (see Engine.reclaim).
+# table is freed only when no worker can still hold it (see Core.reclaim).
 
 cdef struct pstats_t:
     uint64_t tx_packets
@@ -94,3 +95,96 @@ cdef void free_table(table_t *t) noexcept nogil:
         free(t.routes)
         free(t.by_ip)
         free(t)
+
+
+cdef table_t *build_table(list specs, table_t *old) except NULL:
+    """A new table from [(ip, port, net, length, mac or None)] (the facade
+    validated them). Peers also in `old` (same ip, port, net, length) adopt
+    its counters, and its learned MAC if the spec names none. `old` stays
+    usable: only the ownership of adopted counters moves."""
+    cdef int n = len(specs)
+    cdef int i, k, g, last_len
+    cdef uint32_t last_net
+    cdef peer_t *p
+    cdef peer_t *q
+    cdef table_t *t = <table_t *>calloc(1, sizeof(table_t))
+    if t == NULL:
+        raise MemoryError()
+    t.peers = <peer_t *>calloc(n if n else 1, sizeof(peer_t))
+    t.routes = <route_t *>calloc(n if n else 1, sizeof(route_t))
+    t.by_ip = <route_t *>calloc(n if n else 1, sizeof(route_t))
+    if t.peers == NULL or t.routes == NULL or t.by_ip == NULL:
+        free_table(t)
+        raise MemoryError()
+    t.n_peers = n
+    prev = {}
+    adopted = []
+    for i in range(old.n_peers):
+        q = &old.peers[i]
+        prev.setdefault((q.ip, q.port, q.net, q.length), i)
+    for i, (ip, port, net, length, mac) in enumerate(specs):
+        p = &t.peers[i]
+        p.ip = ip
+        p.port = port
+        p.net = net
+        p.length = length
+        p.mask = mask_of(length)
+        p.has_mac = 0
+        if mac is not None:
+            if len(mac) != 6:
+                free_table(t)
+                raise ValueError("vtep mac must be 6 bytes")
+            memcpy(p.mac, <const char *>mac, 6)
+            p.has_mac = 1
+        j = prev.pop((ip, port, net, length), None)
+        if j is not None:
+            q = &old.peers[<int>j]
+            if not p.has_mac and q.has_mac:
+                # A MAC learned by ARP survives a swap that does not name one.
+                memcpy(p.mac, q.mac, 6)
+                p.has_mac = 1
+            # Counters are adopted, not copied: increments made through the
+            # old table by a worker still holding it are kept. Ownership
+            # moves below, once nothing can fail any more.
+            p.st = q.st
+            adopted.append((i, j))
+        else:
+            p.st = <pstats_t *>calloc(1, sizeof(pstats_t))
+            p.own_st = 1
+            if p.st == NULL:
+                free_table(t)
+                raise MemoryError()
+    # Routes grouped by prefix length (longest first), sorted by net; the
+    # first peer wins on a duplicate, as in the reference.
+    k = 0
+    g = -1
+    last_len = -1
+    last_net = 0
+    for neg_len, net, i in sorted((-s[3], s[2], i) for i, s in enumerate(specs)):
+        if -neg_len != last_len:
+            g += 1
+            t.groups[g].mask = mask_of(-neg_len)
+            t.groups[g].start = k
+            last_len = -neg_len
+        elif k > t.groups[g].start and net == last_net:
+            continue
+        t.routes[k].net = net
+        t.routes[k].peer = i
+        last_net = net
+        k += 1
+        t.groups[g].end = k
+    t.n_groups = g + 1
+    k = 0
+    last_net = 0
+    for ip, i in sorted((s[0], i) for i, s in enumerate(specs)):
+        if k > 0 and ip == last_net:
+            continue
+        t.by_ip[k].net = ip
+        t.by_ip[k].peer = i
+        last_net = ip
+        k += 1
+    t.n_by_ip = k
+    for i, j in adopted:
+        t.peers[<int>i].own_st = 1
+        old.peers[<int>j].own_st = 0
+    return t

@@ -28,13 +28,18 @@ import sys
 import time
 from pathlib import Path
 
-from udpoverlay.netlab import Lab
-
 from benchmarks import measure, report
 from benchmarks.report import BASELINE
-from benchmarks.scenarios import (REPO_ROOT, SCENARIOS, Scenario, Topology,
-                                  bring_up, clear_overlay_routes,
-                                  make_scenario)
+from benchmarks.scenarios import (
+    REPO_ROOT,
+    SCENARIOS,
+    Scenario,
+    Topology,
+    bring_up,
+    clear_overlay_routes,
+    make_scenario,
+)
+from udpoverlay.lab.netns import Lab
 
 SETTLE = 0.5  # seconds between measurements, to let queues drain
 REQUIRED_TOOLS = ("ip", "ping", "ss", "iperf3")

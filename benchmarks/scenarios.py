@@ -20,10 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from udpoverlay import kernel_vxlan
-from udpoverlay.netlab import Host, Lab
-
 from benchmarks.measure import Endpoints, tail_lines
+from udpoverlay.lab import kernel_vxlan
+from udpoverlay.lab.netns import Host, Lab
 
 NETWORK = "198.19.0.0/16"
 READY_TIMEOUT = 10.0

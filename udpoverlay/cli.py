@@ -14,8 +14,16 @@ import logging
 import sys
 
 from udpoverlay import __version__
-from udpoverlay.config import DEFAULT_IFACE
-from udpoverlay.errors import ConfigError, TunSetupError
+from udpoverlay.errors import ConfigError, ControlError, TunSetupError
+from udpoverlay.options import (
+    BACKENDS,
+    DEFAULT_IFACE,
+    DEFAULT_LEASE_TTL,
+    DEFAULT_PORTS,
+    DEFAULT_PREFIX,
+    DEFAULT_SUBNET_FILE,
+    DEFAULT_VNI,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -25,8 +33,8 @@ SUBCOMMANDS = ("run", "status", "demo")
 
 def _implementation() -> str:
     try:
-        from udpoverlay import fastpath
-        return fastpath.IMPLEMENTATION
+        from udpoverlay import dataplane
+        return dataplane.IMPLEMENTATION
     except Exception as exc:  # noqa: BLE001 - version must always print
         return f"unavailable: {exc}"
 
@@ -53,8 +61,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--underlay-iface", metavar="IFACE",
                    help="take the public IP from this interface")
     p.add_argument("--port", type=str, default=None,
-                   help="UDP port, the same on every host (default 8285 for udp, "
-                        "8472 for vxlan, as flannel)")
+                   help=f"UDP port, the same on every host (default {DEFAULT_PORTS['udp']} for "
+                        f"udp, {DEFAULT_PORTS['vxlan']} for vxlan, as flannel)")
     p.add_argument("--iface", default=DEFAULT_IFACE,
                    help=f"TUN device name (default {DEFAULT_IFACE})")
     p.add_argument("--subnet", metavar="CIDR",
@@ -66,11 +74,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                         "(repeat for each peer)")
     p.add_argument("--mtu", type=str, default=None,
                    help="TUN MTU (default: underlay interface MTU - 28 for udp, - 50 for vxlan)")
-    p.add_argument("--backend", default="udp", choices=("udp", "vxlan"),
+    p.add_argument("--backend", default="udp", choices=BACKENDS,
                    help="encapsulation: udp (raw IPv4 in UDP, flannel's udp backend) or "
                         "vxlan (RFC 7348, interoperates with flannel's kernel vxlan hosts)")
-    p.add_argument("--vni", default=1,
-                   help="vxlan: VXLAN network identifier (default 1, as flannel)")
+    p.add_argument("--vni", default=DEFAULT_VNI,
+                   help=f"vxlan: VXLAN network identifier (default {DEFAULT_VNI}, as flannel)")
     p.add_argument("--vtep-mac", metavar="MAC", default=None,
                    help="vxlan: our VTEP MAC (default: a locally administered MAC "
                         "derived from --public-ip and --subnet, stable across restarts)")
@@ -90,15 +98,15 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
                              "--subnet/--network/--peer)")
     g.add_argument("--etcd-endpoints", metavar="URL[,URL...]", default=None,
                    help="take the network config, our subnet lease and the peers from etcd")
-    g.add_argument("--etcd-prefix", default="/coreos.com/network",
-                   help="etcd key prefix (default /coreos.com/network)")
+    g.add_argument("--etcd-prefix", default=DEFAULT_PREFIX,
+                   help=f"etcd key prefix (default {DEFAULT_PREFIX})")
     g.add_argument("--etcd-cafile", default=None, help="CA to verify etcd's certificate")
     g.add_argument("--etcd-certfile", default=None, help="client certificate for etcd")
     g.add_argument("--etcd-keyfile", default=None, help="client key for etcd")
-    g.add_argument("--subnet-file", default="/run/flannel/subnet.env",
-                   help="subnet file to write (default /run/flannel/subnet.env)")
-    g.add_argument("--lease-ttl", default=86400,
-                   help="subnet lease TTL in seconds (default 86400, as flannel)")
+    g.add_argument("--subnet-file", default=DEFAULT_SUBNET_FILE,
+                   help=f"subnet file to write (default {DEFAULT_SUBNET_FILE})")
+    g.add_argument("--lease-ttl", default=DEFAULT_LEASE_TTL,
+                   help=f"subnet lease TTL in seconds (default {DEFAULT_LEASE_TTL}, as flannel)")
     g.add_argument("--ip-masq", action="store_true",
                    help="write FLANNEL_IPMASQ=true in the subnet file (default false)")
 
@@ -135,7 +143,7 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def _cmd_run(args) -> int:
-    from udpoverlay.config import build_config
+    from udpoverlay.options import build_config
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s udpoverlay %(levelname)s %(message)s",
                         stream=sys.stderr)
@@ -162,16 +170,17 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_run_cluster(args) -> int:
-    from udpoverlay import cluster
+    from udpoverlay.cluster import node as cluster
     from udpoverlay.errors import LeaseStoreError
+    from udpoverlay.options import build_cluster_options
     try:
-        opts = cluster.build_cluster_options(
+        opts = build_cluster_options(
             endpoints=args.etcd_endpoints, prefix=args.etcd_prefix,
             ca_file=args.etcd_cafile, cert_file=args.etcd_certfile,
             key_file=args.etcd_keyfile, subnet_file=args.subnet_file,
             lease_ttl=args.lease_ttl, ip_masq=args.ip_masq, public_ip=args.public_ip,
             underlay_iface=args.underlay_iface, iface=args.iface, mtu=args.mtu,
-            vtep_mac=getattr(args, "vtep_mac", None), subnet=args.subnet,
+            vtep_mac=args.vtep_mac, subnet=args.subnet,
             network=args.network, peers=args.peer, offload=not args.no_offload,
             threads=args.threads)
         return cluster.run(opts)
@@ -183,63 +192,9 @@ def _cmd_run_cluster(args) -> int:
         return 0
 
 
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def format_status(doc: dict) -> str:
-    lines = [
-        f"udpoverlay {doc.get('version', '?')} on {doc.get('iface')} "
-        f"(fast path: {doc.get('implementation')}, backend {doc.get('backend')}, "
-        f"dataplane {doc.get('dataplane') or '?'})",
-        f"  public {doc.get('public_ip')}:{doc.get('port')}  subnet {doc.get('subnet')}  "
-        f"network {doc.get('network')}  mtu {doc.get('mtu')}  uptime {doc.get('uptime', 0):.0f}s",
-        "",
-        f"  {'SUBNET':<20} {'PEER':<22} {'TX PKTS':>10} {'TX BYTES':>11} "
-        f"{'RX PKTS':>10} {'RX BYTES':>11}",
-    ]
-    for p in doc.get("peers", []):
-        lines.append(f"  {p['subnet']:<20} {p['public_ip'] + ':' + str(p['port']):<22} "
-                     f"{p['tx_packets']:>10} {_fmt_bytes(p['tx_bytes']):>11} "
-                     f"{p['rx_packets']:>10} {_fmt_bytes(p['rx_bytes']):>11}")
-    if not doc.get("peers"):
-        lines.append("  (no peers)")
-    off = doc.get("offload") or {}
-    if off.get("enabled"):
-        lines.insert(2, f"  offload: tun {','.join(off.get('tun') or []) or 'none'}; "
-                        f"udp gso {'on' if off.get('udp_gso') else 'off'}, "
-                        f"gro {'on' if off.get('udp_gro') else 'off'}")
-    elif off:
-        lines.insert(2, "  offload: off")
-    counters = doc.get("counters", {})
-    lines.append("")
-    lines.append("  counters:")
-    plain = {k: v for k, v in counters.items() if "drop" not in k}
-    drops = {k: v for k, v in counters.items() if "drop" in k and v}
-    for k in sorted(plain):
-        lines.append(f"    {k:<28} {plain[k]}")
-    lines.append("  drops:" + ("" if drops else " none"))
-    for k in sorted(drops):
-        lines.append(f"    {k:<28} {drops[k]}")
-    cl = doc.get("cluster")
-    if cl:
-        lease = cl.get("lease") or {}
-        lines += ["", f"  cluster: store {cl.get('store')}, lease {lease.get('subnet')} "
-                      f"expires in {lease.get('expires_in')}s (etcd lease {lease.get('etcd_lease')})"]
-        for p in cl.get("peers", []):
-            lines.append(f"    {p['subnet']:<20} {p['public_ip']:<16} lease age {p['age']}s"
-                         f"  expires in {p['expires_in']}s")
-        for s in cl.get("skipped", []):
-            lines.append(f"    skipped {s['subnet']}: {s['reason']}")
-    return "\n".join(lines)
-
-
 def _cmd_status(args) -> int:
-    from udpoverlay.control import ControlError, query_status
+    from udpoverlay.control import query_status
+    from udpoverlay.status import format_status
     try:
         doc = query_status(args.iface, timeout=args.timeout)
     except ControlError as exc:
@@ -252,7 +207,11 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from udpoverlay import demo
+    try:
+        from udpoverlay.lab import demo
+    except ImportError:
+        return _fail("the demo is part of the source checkout (udpoverlay/lab is not "
+                     "installed): run `./dev demo` there", 1)
     return demo.main()
 
 

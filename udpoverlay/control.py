@@ -12,11 +12,9 @@ import asyncio
 import json
 import socket
 
-__all__ = ["socket_name", "ControlServer", "query_status", "ControlError"]
+from udpoverlay.errors import ControlError
 
-
-class ControlError(RuntimeError):
-    """No daemon answered (or it answered garbage)."""
+__all__ = ["socket_name", "ControlServer", "query_status"]
 
 
 def socket_name(iface: str) -> str:

@@ -1,175 +1,126 @@
-"""The daemon: wiring, signals and ordered shutdown.
+"""The daemon: the host devices and the data plane wired together, with an
+ordered start and shutdown.
 
-Order of start: validate config -> detect public IP and MTU -> UDP socket ->
-TUN (configured by netlink) -> engine with the peers -> control socket ->
-readers on the loop. Shutdown (SIGINT/SIGTERM) undoes it in reverse: stop
-readers, close the control server, close the TUN fd (the device and its
-routes disappear), close the socket.
+  setup()   sync, before the event loop (pyroute2's sync netlink must not run
+            inside it): MTU -> underlay UDP socket(s) -> TUN (configured by
+            netlink) -> data-plane engine with the peers.
+  serve()   on the loop: control socket, data-plane readers (or worker
+            threads), the vxlan ARP resolver; returns when stop() is called
+            (SIGINT/SIGTERM call it).
+  close()   undoes setup in reverse, idempotent: the TUN fd first (the device
+            and its routes go with it), then the engine and the sockets.
 
-Netlink (pyroute2, sync) runs before the loop starts: see tun.py.
+Cluster mode (cluster/node.py) builds the same Daemon from a lease and stops
+it through stop() when the membership fails.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import ipaddress
 import logging
 import os
 import signal
 import socket
 import time
 
-from udpoverlay import __version__
-from udpoverlay import tun as tunmod
-from udpoverlay.config import RunConfig
+from udpoverlay import __version__, dataplane
 from udpoverlay.control import ControlServer
-from udpoverlay.dataplane import DataPlane
-from udpoverlay._offload_py import SOL_UDP, UDP_GRO, UDP_SEGMENT
 from udpoverlay.errors import ConfigError, TunSetupError
-from udpoverlay.peers import format_mac
+from udpoverlay.host import interfaces, sockets
+from udpoverlay.host import tun as tunmod
+from udpoverlay.options import Options
+from udpoverlay.peer import derive_vtep_mac, format_mac
 
-__all__ = ["run", "prepare", "Daemon", "open_socket", "UDP_OVERHEAD"]
+__all__ = ["Daemon", "run", "run_loop", "loop_name", "prepare", "OVERHEAD"]
 
-log = logging.getLogger("udpoverlay")
+log = logging.getLogger(__name__)
 
-VXLAN_TX_SOCKETS = 8       # source ports for per-flow entropy (RFC 7348 section 5)
 UDP_OVERHEAD = 28          # outer IPv4 (20) + UDP (8): flannel's udp backend
 # + VXLAN header (8) + inner Ethernet (14): flannel's vxlan backend, MTU - 50
 OVERHEAD = {"udp": UDP_OVERHEAD, "vxlan": UDP_OVERHEAD + 22}
 
 
-def derive_vtep_mac(public_ip: str, subnet: str) -> bytes:
-    """A locally administered unicast MAC, the same on every start of the same
-    host (kernel peers keep our MAC in permanent neighbour/fdb entries)."""
-    digest = bytearray(hashlib.sha256(f"udpoverlay-vtep {public_ip} {subnet}".encode()).digest()[:6])
-    digest[0] = (digest[0] & 0xFC) | 0x02
-    return bytes(digest)
-# Forced past net.core.[rw]mem_max (we run as root): a GRO datagram holds up
-# to 64 KB, and a burst of them must not overflow the queue.
-SOCK_BUF = 16 * 1024 * 1024
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
-SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
-
-
-def udp_gso_supported(s: socket.socket) -> bool:
-    """The kernel knows UDP_SEGMENT (Linux 4.18+). Whether the route's
-    device can checksum it shows only when sending: the fast path turns GSO
-    off on EIO and says so in status."""
-    try:
-        s.getsockopt(SOL_UDP, UDP_SEGMENT)
-    except OSError:
-        return False
-    return True
-
-
-def enable_udp_gro(s: socket.socket) -> bool:
-    """Receive runs of same-size datagrams as one (Linux 5.0+)."""
-    try:
-        s.setsockopt(SOL_UDP, UDP_GRO, 1)
-    except OSError:
-        return False
-    return True
-
-
-def open_socket(ip: str, port: int) -> socket.socket:
-    """The underlay UDP socket: bound to (ip, port), big buffers, non-blocking."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF),
-                             (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-            try:
-                s.setsockopt(socket.SOL_SOCKET, force, SOCK_BUF)
-            except OSError:
-                s.setsockopt(socket.SOL_SOCKET, plain, SOCK_BUF)
-        try:
-            s.bind((ip, port))
-        except OSError as exc:
-            raise TunSetupError(f"cannot bind UDP {ip}:{port}: {exc.strerror or exc}") from None
-        s.setblocking(False)
-    except BaseException:
-        s.close()
-        raise
-    return s
-
-
-def detect_public_ip(underlay_iface: str | None) -> str:
-    """As flannel: the address of --underlay-iface, else of the interface
-    holding the default route."""
-    if underlay_iface:
-        return tunmod.interface_address(underlay_iface)
-    return tunmod.default_route_address()
-
-
-def prepare(cfg: RunConfig) -> RunConfig:
+def prepare(opts: Options) -> Options:
     """Fill in what the user left out (public IP) and re-validate."""
-    if cfg.public_ip is None:
-        cfg = cfg.with_public_ip(detect_public_ip(cfg.underlay_iface))
-    return cfg
+    if opts.public_ip is None:
+        opts = opts.with_public_ip(interfaces.detect_public_ip(opts.underlay_iface))
+    return opts
 
 
 class Daemon:
     """Holds every resource the daemon created, for status and shutdown."""
 
-    def __init__(self, cfg: RunConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, opts: Options) -> None:
+        if opts.public_ip is None or opts.subnet is None or opts.network is None:
+            raise ConfigError("the daemon needs a public IP, a subnet and a network")
+        self.opts = opts
+        self.subnet: ipaddress.IPv4Network = opts.subnet
+        self.network: ipaddress.IPv4Network = opts.network
         self.started = time.monotonic()
-        self.sock: socket.socket | None = None
-        self.tun: tunmod.TunDevice | None = None
-        self.engine = None
-        self.dataplane: DataPlane | None = None
-        self.control: ControlServer | None = None
         self.mtu = 0
-        self.implementation = "?"
         self.vtep_mac = b""
-        self._arp_task: asyncio.Task | None = None
-        self.tx_socks: list[socket.socket] = []
         self.udp_gro = False
+        self.sock: socket.socket | None = None
+        self.tx_socks: list[socket.socket] = []
+        self.tun: tunmod.TunDevice | None = None
+        self.engine: dataplane.Engine | None = None
+        self.runner: dataplane.Runner | None = None
+        self.control: ControlServer | None = None
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested = False
+
+    # -- host seams: the unit tests replace these to run without root -----
+    def interface_mtu(self, ip: str) -> int:
+        return interfaces.interface_mtu(ip)
+
+    def open_tun(self, name: str, subnet: str, network: str, mtu: int,
+                 offload: bool) -> tunmod.TunDevice:
+        return tunmod.open_tun(name, subnet, network, mtu, offload=offload)
 
     # -- set-up (sync, before the loop) -----------------------------------
     def setup(self) -> None:
-        from udpoverlay import fastpath
-        cfg = self.cfg
-        pub = str(cfg.public_ip)
-        if cfg.mtu is not None:
-            self.mtu = cfg.mtu
-        else:
-            self.mtu = tunmod.interface_mtu(pub) - OVERHEAD[cfg.backend]
-        self.vtep_mac = cfg.vtep_mac or derive_vtep_mac(pub, str(cfg.subnet))
+        o = self.opts
+        pub = str(o.public_ip)
+        self.mtu = o.mtu if o.mtu is not None else self.interface_mtu(pub) - OVERHEAD[o.backend]
+        self.vtep_mac = o.vtep_mac or derive_vtep_mac(pub, str(self.subnet))
         try:
-            self.sock = open_socket(pub, cfg.port)
-            self.tun = tunmod.open_tun(cfg.iface, str(cfg.subnet), str(cfg.network), self.mtu,
-                                       offload=cfg.offload)
-            self.engine = fastpath.Engine(
-                mode=fastpath.MODE_VXLAN if cfg.backend == "vxlan" else fastpath.MODE_UDP,
-                tun_addr=str(cfg.subnet.network_address),
-                local_subnet=str(cfg.subnet), network=str(cfg.network),
-                vni=cfg.vni, vtep_mac=self.vtep_mac, local_port=cfg.port)
-            self.implementation = fastpath.IMPLEMENTATION
-            if cfg.backend == "vxlan":
+            self.sock = sockets.open_socket(pub, o.port)
+            self.tun = self.open_tun(o.iface, str(self.subnet), str(self.network), self.mtu,
+                                     o.offload)
+            self.engine = dataplane.Engine(o.backend, self.subnet.network_address, self.subnet,
+                                           self.network, vni=o.vni, vtep_mac=self.vtep_mac,
+                                           port=o.port)
+            if o.backend == "vxlan":
                 # Each flow leaves from one of several sockets on ephemeral
                 # ports, so underlay ECMP/RSS spreads flows and keeps order.
-                for _ in range(VXLAN_TX_SOCKETS):
-                    self.tx_socks.append(open_socket(pub, 0))
+                self.tx_socks = sockets.open_tx_sockets(pub)
                 self.engine.set_tx_fds([s.fileno() for s in self.tx_socks])
-            if cfg.offload:
-                self.udp_gro = enable_udp_gro(self.sock)
-                self.engine.set_offload(True, udp_gso=udp_gso_supported(self.sock),
+            if o.offload:
+                self.udp_gro = sockets.enable_udp_gro(self.sock)
+                self.engine.set_offload(True, udp_gso=sockets.udp_gso_supported(self.sock),
                                         tun_uso="uso4" in self.tun.offloads)
-            self.dataplane = DataPlane(self.engine, self.tun.fd, self.sock,
-                                       threads=cfg.threads)
-            self.dataplane.set_peers(cfg.peers)
+            self.runner = dataplane.Runner(self.engine, self.tun.fd, self.sock.fileno(),
+                                           threads=o.threads)
+            self.engine.set_peers(o.peers)
         except BaseException:
-            self.close_sync()
+            self.close()
             raise
+        self._log_setup()
+
+    def _log_setup(self) -> None:
+        o = self.opts
+        assert self.tun is not None and self.engine is not None
         log.info("udpoverlay %s (fast path: %s) backend=%s", __version__,
-                 self.implementation, cfg.backend)
+                 self.engine.implementation, o.backend)
         log.info("underlay: udp %s:%d; tun %s: address %s/32 mtu %d, route %s",
-                 pub, cfg.port, self.tun.name, cfg.subnet.network_address,
-                 self.mtu, cfg.network)
-        log.info("local subnet %s", cfg.subnet)
-        if cfg.backend == "vxlan":
-            log.info("vxlan: vni %d, our VTEP %s at %s", cfg.vni,
-                     format_mac(self.vtep_mac), cfg.subnet.network_address)
+                 o.public_ip, o.port, self.tun.name, self.subnet.network_address,
+                 self.mtu, self.network)
+        log.info("local subnet %s", self.subnet)
+        if o.backend == "vxlan":
+            log.info("vxlan: vni %d, our VTEP %s at %s", o.vni,
+                     format_mac(self.vtep_mac), self.subnet.network_address)
         off = self.offload_status()
         if not off["enabled"]:
             log.info("offloads: off (--no-offload): one packet per TUN read and write")
@@ -177,22 +128,20 @@ class Daemon:
             log.info("offloads: tun %s; udp gso %s, gro %s",
                      ",".join(off["tun"]) or "none (kernel refused TUNSETOFFLOAD)",
                      "on" if off["udp_gso"] else "off", "on" if off["udp_gro"] else "off")
-        if not cfg.peers:
+        if not o.peers:
             log.info("no peers configured")
-        for p in cfg.peers:
+        for p in o.peers:
             log.info("peer %s:%d -> %s", p.public_ip, p.port, p.subnet)
 
-    def close_sync(self) -> None:
-        if self.dataplane is not None:
-            self.dataplane.stop()
+    def close(self) -> None:
+        """Release everything setup() made, in reverse; idempotent."""
+        if self.runner is not None:
+            self.runner.stop()
         if self.tun is not None:
             self.tun.close()      # the device and its routes go with the fd
             self.tun = None
-        if self.engine is not None and hasattr(self.engine, "close"):
-            try:
-                self.engine.close()
-            except Exception:  # noqa: BLE001
-                pass
+        if self.engine is not None:
+            self.engine.close()
         if self.sock is not None:
             self.sock.close()
             self.sock = None
@@ -204,75 +153,90 @@ class Daemon:
     def offload_status(self) -> dict:
         """What the kernel accepted: TUN offload flags, UDP GSO (live: the
         fast path turns it off if the kernel refuses a send), UDP GRO."""
-        on = bool(self.cfg.offload and self.tun is not None and self.tun.vnet_hdr)
+        on = bool(self.opts.offload and self.tun is not None and self.tun.vnet_hdr)
+        eng = self.engine
         return {"enabled": on,
-                "tun": list(self.tun.offloads) if on else [],
-                "udp_gso": bool(on and self.engine is not None and self.engine.udp_gso),
+                "tun": list(self.tun.offloads) if on and self.tun is not None else [],
+                "udp_gso": bool(on and eng is not None and eng.udp_gso),
                 "udp_gro": bool(on and self.udp_gro),
-                "tun_uso": bool(on and self.engine is not None and self.engine.tun_uso)}
+                "tun_uso": bool(on and eng is not None and eng.tun_uso)}
 
     def status(self) -> dict:
-        cfg = self.cfg
-        doc = {
+        o = self.opts
+        vxlan = o.backend == "vxlan"
+        doc: dict = {
             "version": __version__,
-            "implementation": self.implementation,
+            "implementation": self.engine.implementation if self.engine else "?",
             "loop": loop_name(),
-            "dataplane": self.dataplane.mode if self.dataplane is not None else None,
-            "iface": cfg.iface,
-            "public_ip": str(cfg.public_ip),
-            "port": cfg.port,
-            "subnet": str(cfg.subnet),
-            "network": str(cfg.network),
+            "dataplane": self.runner.mode if self.runner is not None else None,
+            "iface": o.iface,
+            "public_ip": str(o.public_ip),
+            "port": o.port,
+            "subnet": str(o.subnet),
+            "network": str(o.network),
             "mtu": self.mtu,
-            "backend": cfg.backend,
-            "vni": cfg.vni if cfg.backend == "vxlan" else None,
-            "vtep_mac": format_mac(self.vtep_mac) if cfg.backend == "vxlan" else None,
+            "backend": o.backend,
+            "vni": o.vni if vxlan else None,
+            "vtep_mac": format_mac(self.vtep_mac) if vxlan else None,
             "uptime": round(time.monotonic() - self.started, 3),
             "offload": self.offload_status(),
         }
-        if self.dataplane is not None:
-            dp = self.dataplane.status()
-            doc["peers"] = dp["peers"]
-            doc["routes"] = [{"subnet": p["subnet"],
-                              "via": f"{p['public_ip']}:{p['port']}"} for p in dp["peers"]]
-            doc["counters"] = dp["counters"]
+        if self.engine is not None:
+            peers = self.engine.peer_status()
+            doc["peers"] = peers
+            doc["routes"] = [{"subnet": p["subnet"], "via": f"{p['public_ip']}:{p['port']}"}
+                             for p in peers]
+            doc["counters"] = self.engine.counters()
         return doc
 
     # -- the loop -------------------------------------------------------
+    def stop(self) -> None:
+        """Make serve() return (from the loop's thread or any other)."""
+        self._stop_requested = True
+        if self._stop is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
     async def serve(self) -> int:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
+        """Run the data plane until stop() (SIGINT/SIGTERM call it); 0."""
+        assert self.engine is not None and self.runner is not None and self.sock is not None
+        loop = self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        if self._stop_requested:
+            self._stop.set()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, self.stop)
+        arp: asyncio.Task | None = None
         try:
-            self.control = ControlServer(self.cfg.iface, self.status)
+            self.control = ControlServer(self.opts.iface, self.status)
             try:
                 await self.control.start()
             except OSError as exc:
-                raise TunSetupError(f"cannot open control socket for {self.cfg.iface}: {exc}") from None
-            self.dataplane.start(loop)
-            if self.cfg.backend == "vxlan":
-                self._arp_task = asyncio.create_task(self.dataplane.resolve_macs())
-            log.info("running; control socket @udpoverlay.%s", self.cfg.iface)
-            await stop.wait()
+                raise TunSetupError(f"cannot open control socket for {self.opts.iface}: "
+                                    f"{exc}") from None
+            self.runner.start(loop)
+            if self.opts.backend == "vxlan":
+                arp = asyncio.create_task(dataplane.arp.resolve_macs(self.engine, self.sock))
+            log.info("running; control socket @udpoverlay.%s", self.opts.iface)
+            await self._stop.wait()
             log.info("shutting down")
         finally:
-            if self._arp_task is not None:
-                self._arp_task.cancel()
-            if self.dataplane is not None:
-                self.dataplane.stop()
+            if arp is not None:
+                arp.cancel()
+                await asyncio.gather(arp, return_exceptions=True)
+            self.runner.stop()
             if self.control is not None:
                 await self.control.close()
-            self.close_sync()
+            self.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         log.info("stopped")
         return 0
 
 
-def _run_loop(coro) -> int:
-    """uvloop when installed, unless UDPOVERLAY_LOOP=asyncio asks for the
-    stock loop. uvloop.run(), never a uvloop policy: pyroute2 breaks under one."""
+def run_loop(coro) -> int:
+    """Run coro on uvloop when installed, unless UDPOVERLAY_LOOP=asyncio asks
+    for the stock loop. uvloop.run(), never a uvloop policy: pyroute2 breaks
+    under one."""
     choice = os.environ.get("UDPOVERLAY_LOOP", "").strip().lower()
     if choice not in ("", "uvloop", "asyncio"):
         raise ConfigError(f"UDPOVERLAY_LOOP={choice!r}: choose uvloop or asyncio")
@@ -296,23 +260,21 @@ def loop_name() -> str:
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def run(cfg: RunConfig) -> int:
-    """Run the daemon in the foreground until SIGINT/SIGTERM; exit code.
-
-    ConfigError / TunSetupError propagate to the CLI."""
-    # Until the loop installs its handlers, SIGTERM unwinds like Ctrl-C, so
-    # set-up is undone (and the exit is clean) even during start-up.
+def interrupt_on_sigterm() -> None:
+    """Until the loop installs its handlers, SIGTERM unwinds like Ctrl-C, so
+    set-up is undone (and the exit is clean) even during start-up."""
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, _interrupt)
-    cfg = prepare(cfg)
-    if cfg.public_ip is None:  # pragma: no cover - prepare guarantees it
-        raise ConfigError("no public IP")
-    daemon = Daemon(cfg)
+
+
+def run(opts: Options) -> int:
+    """Static mode: run the daemon in the foreground until SIGINT/SIGTERM;
+    the exit code. ConfigError / TunSetupError propagate to the CLI."""
+    interrupt_on_sigterm()
+    daemon = Daemon(prepare(opts))
     daemon.setup()
     try:
-        return _run_loop(daemon.serve())
+        return run_loop(daemon.serve())
     finally:
-        daemon.close_sync()
+        daemon.close()

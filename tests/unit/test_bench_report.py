@@ -10,7 +10,7 @@ import pytest
 from benchmarks import measure, report
 from benchmarks.run import order_scenarios, parse_args
 from benchmarks.stats import median, percentile
-from tests.requirements import require
+from tests.support.requirements import require
 
 # Trimmed from real iperf3 3.12 --json output.
 UDP_DOC = {"end": {

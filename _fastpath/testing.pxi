@@ -1,0 +1,180 @@
+# TEST-ONLY entry points (included last by core.pyx). Mirrors
+# udpoverlay/dataplane/_py/testing.py. Nothing in udpoverlay calls these:
+# they expose the per-packet logic and the offload pipeline without the
+# syscalls around them, for the differential tests. They reach the module
+# as `testing`, e.g. dataplane.twin("cython").testing.outbound(core, pkt).
+#
+# The pipelines write to real fds (a memfd stands in for the TUN, a
+# SEQPACKET socket pair for the wire socket's replies) through the very code
+# the loops use, so the production path carries no test branch.
+
+import os as _os
+import socket as _socket
+import types as _types
+
+
+def _outbound(Core core, packet):
+    """TUN -> wire for one packet: (verdict, peer index, payload, reply to TUN)."""
+    cdef bytes data = bytes(packet)
+    cdef Py_ssize_t n = min(len(data), SLOT)
+    cdef int idx, v
+    cdef Py_ssize_t h = 0
+    cdef uint8_t *pkt
+    cdef table_t *t = core.cfg.table
+    if core.closed:
+        raise RuntimeError("core closed")
+    pkt = core.tx.slots + VXLAN_HDR
+    if n:
+        memcpy(pkt, <const char *>data, n)
+    v = outbound_c(&core.cfg, &core.tx, t, pkt, n, &idx)
+    count_out(&core.tx, t, v, idx, n)
+    if v == OK:
+        h = encap_c(&core.cfg, t, pkt, idx)
+    payload = (<char *>(pkt - h))[:n + h] if v == OK else b""
+    reply = (<char *>core.tx.reply)[:core.tx.reply_len] if core.tx.reply_len else b""
+    return v, idx, payload, reply
+
+
+def _inbound(Core core, datagram, uint32_t src):
+    """Wire -> TUN for one datagram from address src:
+    (verdict, peer index, packet for TUN, reply datagram to the sender)."""
+    cdef bytes data = bytes(datagram)
+    cdef Py_ssize_t n = len(data)
+    cdef int idx
+    cdef table_t *t = core.cfg.table
+    cdef int v = inbound_c(&core.cfg, &core.rx, t, <const uint8_t *><const char *>data, n,
+                           src, &idx)
+    count_in(&core.rx, t, v, idx, n - core.rx.inner_off)
+    reply = (<char *>core.rx.reply)[:core.rx.reply_len] if core.rx.reply_len else b""
+    return v, idx, data[core.rx.inner_off:] if v == OK else b"", reply
+
+
+def _tun_records(int fd):
+    """The TUN writes a memfd collected: each a vnet header and an IPv4
+    packet whose total length says where it ends."""
+    _os.lseek(fd, 0, 0)
+    chunks = []
+    while True:
+        b = _os.read(fd, 1 << 20)
+        if not b:
+            break
+        chunks.append(b)
+    buf = b"".join(chunks)
+    out = []
+    at = 0
+    while at < len(buf):
+        end = at + VNET_HDR_LEN + ((buf[at + 12] << 8) | buf[at + 13])
+        out.append(buf[at:end])
+        at = end
+    return out
+
+
+def _outbound_batch(Core core, bufs):
+    """TUN reads (vnet header + packet each) through the TX pipeline, in
+    batches as the I/O loop cuts them: ([(sock, ip, port, gso_size, payload,
+    n_segments)], [TUN writes])."""
+    cdef uint8_t *at
+    cdef bytes b
+    cdef Py_ssize_t r
+    cdef int i, j, k, reads, tun
+    cdef txmsg_t *m
+    if not core.cfg.vnet_hdr or core.closed:
+        raise RuntimeError("outbound_batch needs set_offload(True)")
+    messages = []
+    items = [bytes(x) for x in bufs]
+    tun = _os.memfd_create("udpoverlay-test-tun")
+    try:
+        i = 0
+        while i < len(items):
+            tx_begin(&core.tx)
+            reads = 0
+            while i < len(items) and reads < BATCH and tx_room(&core.tx):
+                b = items[i]
+                i += 1
+                reads += 1
+                r = min(len(b), VNET_HDR_LEN + 65535)
+                at = core.tx.b.arena + core.tx.b.pos + VXLAN_HDR
+                memcpy(at - VNET_HDR_LEN, <const char *>b, r)
+                tx_read(&core.cfg, &core.tx, at, r, tun)
+            for j in range(core.tx.b.n_msgs):
+                m = &core.tx.b.msgs[j]
+                payload = b"".join([(<char *>m.iov[k].iov_base)[:m.iov[k].iov_len]
+                                    for k in range(m.nseg)])
+                messages.append((m.sock, m.ip, m.port, m.seg_size if m.nseg > 1 else 0,
+                                 payload, m.nseg))
+        return messages, _tun_records(tun)
+    finally:
+        _os.close(tun)
+
+
+def _inbound_batch(Core core, datagrams):
+    """Received datagrams [(data, src, gro_size)] through the RX pipeline,
+    BATCH at a time as recvmmsg gives them: ([TUN writes], [(reply, src)])."""
+    cdef bytes b
+    cdef int i, k, tun
+    cdef Py_ssize_t n
+    cdef uint8_t *slot
+    cdef sockaddr_in nowhere        # the pair ignores addresses
+    if not core.cfg.vnet_hdr or core.closed:
+        raise RuntimeError("inbound_batch needs set_offload(True)")
+    memset(&nowhere, 0, sizeof(nowhere))
+    replies = []
+    items = [(bytes(d), s, int(g)) for d, s, g in datagrams]
+    wire_side, peer_side = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    tun = _os.memfd_create("udpoverlay-test-tun")
+    try:
+        peer_side.setblocking(False)
+        for k in range(0, len(items), BATCH):
+            for i, (b, src, gro) in enumerate(items[k:k + BATCH]):
+                n = min(len(b), SLOT)
+                slot = core.rx.slots + <size_t>i * STRIDE
+                memcpy(slot, <const char *>b, n)
+                rx_datagram(&core.cfg, &core.rx, slot, n, <uint32_t>src, gro, tun,
+                            wire_side.fileno(), &nowhere)
+                while True:
+                    try:
+                        replies.append((peer_side.recv(65536), src))
+                    except BlockingIOError:
+                        break
+            co_flush(&core.rx.co, tun)
+        core.rx.verdicts[TX_ERROR] += core.rx.co.failed
+        core.rx.co.failed = 0
+        return _tun_records(tun), replies
+    finally:
+        _os.close(tun)
+        wire_side.close()
+        peer_side.close()
+
+
+def _flow_hash(pkt):
+    """flow_hash_c of a packet (valid IPv4 header)."""
+    cdef bytes b = bytes(pkt)
+    return flow_hash_c(<const uint8_t *><const char *>b, len(b))
+
+
+def _checksum(data):
+    """RFC 1071 Internet checksum of data (odd length padded with zero)."""
+    cdef bytes b = bytes(data)
+    return csum(<const uint8_t *><const char *>b, len(b))
+
+
+# The enums of wire.pxd as the extension compiled them, for the test that
+# they equal udpoverlay/dataplane/wire.py.
+_WIRE = dict(
+    MODE_UDP=MODE_UDP, MODE_VXLAN=MODE_VXLAN, OK=OK, TOO_SHORT=TOO_SHORT, NOT_IPV4=NOT_IPV4,
+    BAD_HEADER=BAD_HEADER, NO_ROUTE=NO_ROUTE, TTL_EXPIRED=TTL_EXPIRED,
+    UNKNOWN_PEER=UNKNOWN_PEER, SPOOFED_SRC=SPOOFED_SRC, NOT_LOCAL=NOT_LOCAL, TX_ERROR=TX_ERROR,
+    BAD_VXLAN=BAD_VXLAN, BAD_VNI=BAD_VNI, WRONG_MAC=WRONG_MAC, UNRESOLVED=UNRESOLVED, ARP=ARP,
+    BAD_GSO=BAD_GSO, N_VERDICTS=N_VERDICTS, BATCH=BATCH, MAX_ROUNDS=MAX_ROUNDS, SLOT=SLOT,
+    TX_MSGS=TX_MSGS, MAX_WAITS=MAX_WAITS, WAIT_MS=WAIT_MS, MAX_TX_FDS=MAX_TX_FDS,
+    VXLAN_HDR=VXLAN_HDR, ARP_LEN=ARP_LEN, ICMP_TTL=ICMP_TTL, VNET_HDR_LEN=VNET_HDR_LEN,
+    F_NEEDS_CSUM=F_NEEDS_CSUM, GSO_NONE=GSO_NONE, GSO_TCPV4=GSO_TCPV4, GSO_UDP=GSO_UDP,
+    GSO_TCPV6=GSO_TCPV6, GSO_UDP_L4=GSO_UDP_L4, GSO_ECN=GSO_ECN, SOL_UDP=SOL_UDP,
+    UDP_SEGMENT=UDP_SEGMENT, UDP_GRO=UDP_GRO, MAX_GSO_SEGS=MAX_GSO_SEGS,
+    MAX_UDP_PAYLOAD=MAX_UDP_PAYLOAD, MAX_SPLIT=MAX_SPLIT, MAX_COALESCE=MAX_COALESCE,
+    MAX_ITEMS=MAX_ITEMS, SCAN_DEPTH=SCAN_DEPTH, TCP_ACK=TCP_ACK, TCP_PSH=TCP_PSH,
+    TCP_FIN=TCP_FIN, TCP_CWR=TCP_CWR)
+
+testing = _types.SimpleNamespace(
+    outbound=_outbound, inbound=_inbound, outbound_batch=_outbound_batch,
+    inbound_batch=_inbound_batch, flow_hash=_flow_hash, checksum=_checksum, WIRE=_WIRE)

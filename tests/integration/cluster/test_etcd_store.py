@@ -1,0 +1,332 @@
+"""The etcd store and the meaning layer against a real etcd (started per module/test).
+
+etcd listens on 127.0.0.1 only; public IPs are 198.18.0.x and the overlay
+is 198.19.0.0/16. Every wait is bounded; every etcd is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import itertools
+import json
+import logging
+import random
+
+import grpc
+import pytest
+from aetcd import exceptions as aetcd_errors
+
+from tests.support.asyncutil import Recorder, run, wait_until
+from tests.support.etcdserver import EtcdServer, free_port, make_tls_files, require_etcd
+from udpoverlay.cluster.codec import config_key, subnet_key
+from udpoverlay.cluster.membership import ClusterMembership
+from udpoverlay.cluster.store.etcd import EtcdStore, map_error, parse_endpoint
+from udpoverlay.errors import ConfigError, LeaseStoreError, StoreCompacted, StoreDisconnected
+
+N = ipaddress.IPv4Network
+# What an operator writes for flannel: etcdctl put /coreos.com/network/config '<this>'.
+UDP_CONFIG = '{"Network": "198.19.0.0/16", "Backend": {"Type": "udp"}}'
+VXLAN_CONFIG = '{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}'
+_prefixes = itertools.count(1)
+
+
+def ip(n: int) -> str:
+    return f"198.18.0.{n}"
+
+
+def new_prefix() -> str:
+    return f"/udpoverlay-test/{next(_prefixes)}/network"
+
+
+class Cluster:
+    """Members on one etcd; closes every store and run() task on exit."""
+
+    def __init__(self, server: EtcdServer, prefix: str | None = None) -> None:
+        self.server, self.prefix = server, prefix or new_prefix()
+        self.stores: list[EtcdStore] = []
+        self.tasks: list[asyncio.Task] = []
+
+    def store(self, **kw) -> EtcdStore:
+        kw.setdefault("timeout", 2.0)
+        store = EtcdStore([self.server.endpoint], **kw)
+        self.stores.append(store)
+        return store
+
+    async def write_config(self, text: str = UDP_CONFIG) -> None:
+        await asyncio.to_thread(self.server.etcdctl, "put", config_key(self.prefix), text)
+
+    def member(self, n: int, store: EtcdStore | None = None, **kw) -> ClusterMembership:
+        kw.setdefault("retry_initial", 0.05)
+        kw.setdefault("retry_max", 0.3)
+        kw.setdefault("rng", random.Random(n))
+        return ClusterMembership(store or self.store(), prefix=self.prefix, public_ip=ip(n), **kw)
+
+    async def start(self, m: ClusterMembership) -> Recorder:
+        rec = Recorder()
+        self.tasks.append(asyncio.create_task(m.run(rec)))
+        await wait_until(lambda: rec.calls or self.tasks[-1].done(), 5, "first apply_peers")
+        if self.tasks[-1].done():
+            self.tasks[-1].result()
+        return rec
+
+    async def raw(self, subnet: N) -> str:
+        out = await asyncio.to_thread(self.server.etcdctl, "get", subnet_key(self.prefix, subnet),
+                                      "--print-value-only")
+        return out.rstrip("\n")
+
+    async def delete(self, subnet: N) -> None:
+        await asyncio.to_thread(self.server.etcdctl, "del", subnet_key(self.prefix, subnet))
+
+    async def __aenter__(self) -> "Cluster":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for store in self.stores:
+            with contextlib.suppress(Exception):
+                await store.close()
+
+
+async def peers_become(rec: Recorder, subnets, timeout: float = 2.0) -> None:
+    want = sorted(str(s) for s in subnets)
+    await wait_until(lambda: rec.subnets() == want, timeout, f"peers {want}, have {rec.subnets()}")
+
+
+def test_three_members_distinct_subnets_in_flannels_bytes(shared_etcd):
+    async def main():
+        async with Cluster(shared_etcd) as c:
+            await c.write_config()
+            members = [c.member(n) for n in (1, 2, 3)]
+            leases = await asyncio.gather(*(m.acquire() for m in members))
+            assert len({lease.subnet for lease in leases}) == 3
+            for n, lease in zip((1, 2, 3), leases):
+                assert await c.raw(lease.subnet) == \
+                    f'{{"PublicIP":"198.18.0.{n}","PublicIPv6":null}}'
+            out = await asyncio.to_thread(shared_etcd.etcdctl, "get", "-w", "json",
+                                          subnet_key(c.prefix, leases[0].subnet))
+            lease_id = json.loads(out)["kvs"][0]["lease"]
+            ttl = await asyncio.to_thread(shared_etcd.etcdctl, "lease", "timetolive",
+                                          f"{lease_id:x}")
+            assert "granted with TTL(86400s)" in ttl
+
+        async with Cluster(shared_etcd) as c:
+            await c.write_config(VXLAN_CONFIG)
+            lease = await c.member(4, backend_data={"VtepMAC": "02:00:c6:12:00:04"}).acquire()
+            assert await c.raw(lease.subnet) == (
+                '{"PublicIP":"198.18.0.4","PublicIPv6":null,"BackendType":"vxlan",'
+                '"BackendData":{"VNI":1,"VtepMAC":"02:00:c6:12:00:04"}}')
+    run(main(), 20)
+
+
+def test_two_members_racing_never_share_a_subnet(shared_etcd, caplog):
+    async def main():
+        for round_ in range(20):
+            async with Cluster(shared_etcd) as c:
+                await c.store().put(config_key(c.prefix), UDP_CONFIG.encode(), None)
+                # Same wish and same dice: both go for one subnet at the same moment.
+                a = c.member(1, rng=random.Random(round_), previous_subnet=N("198.19.9.0/24"))
+                b = c.member(2, rng=random.Random(round_), previous_subnet=N("198.19.9.0/24"))
+                await asyncio.gather(a.load_config(), b.load_config())
+                la, lb = await asyncio.gather(a.acquire(), b.acquire())
+                assert la.subnet != lb.subnet, f"round {round_}: both got {la.subnet}"
+                listing = await c.stores[0].list_prefix(f"{c.prefix}/subnets/")
+                assert len(listing.kvs) == 2
+    with caplog.at_level(logging.INFO, "udpoverlay.cluster"):
+        run(main(), 40)
+    assert "lost a race for a subnet" in caplog.text   # the guard was really exercised
+
+
+def test_watch_sees_a_new_member_and_a_manual_delete(shared_etcd):
+    async def main():
+        async with Cluster(shared_etcd) as c:
+            await c.write_config()
+            members = [c.member(n) for n in (1, 2, 3)]
+            recs = [await c.start(m) for m in members]
+            subnets = [m.lease.subnet for m in members]
+            for i, rec in enumerate(recs):
+                await peers_become(rec, subnets[:i] + subnets[i + 1:])
+            fourth = await c.member(4).acquire()
+            for i, rec in enumerate(recs):
+                await peers_become(rec, subnets[:i] + subnets[i + 1:] + [fourth.subnet], 2.0)
+            await c.delete(fourth.subnet)
+            for i, rec in enumerate(recs):
+                await peers_become(rec, subnets[:i] + subnets[i + 1:], 2.0)
+    run(main(), 30)
+
+
+def test_etcd_restart_keeps_peers_then_catches_up(etcd_server):
+    async def main():
+        async with Cluster(etcd_server) as c:
+            await c.write_config()
+            a, b = c.member(1), c.member(2)
+            rec = await c.start(a)
+            await b.acquire()
+            await peers_become(rec, [b.lease.subnet])
+            calls = len(rec.calls)
+            await asyncio.to_thread(etcd_server.stop)
+            await wait_until(lambda: a.status()["store"].startswith("disconnected"), 5)
+            await asyncio.sleep(0.5)
+            assert len(rec.calls) == calls and rec.subnets() == [str(b.lease.subnet)]
+            await asyncio.to_thread(etcd_server.start)
+            third = await c.member(3).acquire()        # changes after the restart
+            await c.delete(b.lease.subnet)
+            await peers_become(rec, [third.subnet], 5.0)
+            await wait_until(lambda: a.status()["store"] == "connected", 5)
+            assert await c.raw(a.lease.subnet) == '{"PublicIP":"198.18.0.1","PublicIPv6":null}'
+    run(main(), 40)
+
+
+def test_restarted_member_gets_the_same_subnet(shared_etcd):
+    async def main():
+        async with Cluster(shared_etcd) as c:
+            await c.write_config()
+            first = await c.member(1).acquire()
+            await c.stores[-1].close()               # the process "exits"; its lease stays
+            again = await c.member(1).acquire()      # same public IP -> reuse
+            assert again.subnet == first.subnet
+            # Lease gone (e.g. expired while down): the subnet.env's subnet is reused if free.
+            await c.delete(first.subnet)
+            third = await c.member(1, previous_subnet=first.subnet).acquire()
+            assert third.subnet == first.subnet
+            other = await c.member(2, previous_subnet=first.subnet).acquire()
+            assert other.subnet != first.subnet
+    run(main(), 20)
+
+
+class GatedStore(EtcdStore):
+    """An EtcdStore whose watches wait for a gate: a watcher that fell behind."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.gate = asyncio.Event()
+
+    async def watch_prefix(self, prefix, start_revision):
+        await self.gate.wait()
+        async for batch in super().watch_prefix(prefix, start_revision):
+            yield batch
+
+
+def test_compaction_store_error_and_relist(shared_etcd, caplog):
+    async def main():
+        async with Cluster(shared_etcd) as c:
+            await c.write_config()
+            store = c.store()
+            old = (await store.list_prefix(c.prefix)).revision
+            await store.put(f"{c.prefix}/subnets/junk", b"x", None)
+            await store.delete(f"{c.prefix}/subnets/junk")
+            await asyncio.to_thread(shared_etcd.compact)    # at old + 2
+            with pytest.raises(StoreCompacted):
+                async for _ in store.watch_prefix(c.prefix, old + 1):
+                    break
+
+            b = c.member(2)
+            await b.acquire()
+            gated = GatedStore([shared_etcd.endpoint], timeout=2.0)
+            c.stores.append(gated)
+            a = c.member(1, store=gated)
+            rec = await c.start(a)                       # listed: sees b; watch is held
+            await peers_become(rec, [b.lease.subnet])
+            third = await c.member(3).acquire()
+            await c.delete(b.lease.subnet)
+            await asyncio.to_thread(shared_etcd.compact)  # a's watch revision is now gone
+            gated.gate.set()
+            await peers_become(rec, [third.subnet], 3.0)  # re-listed and diffed
+            fourth = await c.member(4).acquire()          # and the new watch works
+            await peers_become(rec, [third.subnet, fourth.subnet], 2.0)
+    with caplog.at_level(logging.WARNING, "udpoverlay.cluster"):
+        run(main(), 30)
+    assert "fell behind compaction" in caplog.text
+
+
+def test_tls_like_flannels_etcd_flags(tmp_path):
+    require_etcd(tls=True)
+    tls = make_tls_files(tmp_path / "tls")
+    server = EtcdServer(tmp_path / "etcd", tls=tls)
+    files = dict(ca_file=str(tls.ca), cert_file=str(tls.client_cert), key_file=str(tls.client_key))
+
+    async def main():
+        async with Cluster(server) as c:
+            await c.write_config()
+            a, b = c.member(1, store=c.store(**files)), c.member(2, store=c.store(**files))
+            rec = await c.start(a)
+            await b.acquire()
+            await peers_become(rec, [b.lease.subnet])
+            with pytest.raises(StoreDisconnected):         # no client certificate
+                await c.store(ca_file=str(tls.ca)).get(config_key(c.prefix))
+
+    try:
+        server.start()
+        run(main(), 20)
+    finally:
+        server.stop()
+    with pytest.raises(ConfigError, match="not https"):
+        EtcdStore([f"http://127.0.0.1:{server.client_port}"], **files)
+    with pytest.raises(ConfigError, match="both a certificate file and a key file"):
+        EtcdStore([server.endpoint], ca_file=str(tls.ca), cert_file=str(tls.client_cert))
+    with pytest.raises(ConfigError, match="cannot read"):
+        EtcdStore([server.endpoint], ca_file=str(tmp_path / "missing.crt"))
+
+
+def test_endpoint_failover_and_unreachable_store(shared_etcd):
+    async def main():
+        dead = f"http://127.0.0.1:{free_port()}"
+        async with Cluster(shared_etcd) as c:
+            await c.write_config()
+            store = EtcdStore([dead, shared_etcd.endpoint], timeout=2.0)
+            c.stores.append(store)
+            kv = await store.get(config_key(c.prefix))
+            assert kv.value == UDP_CONFIG.encode() and str(store.endpoint) == shared_etcd.endpoint
+            lonely = EtcdStore([dead], timeout=2.0)
+            c.stores.append(lonely)
+            with pytest.raises(StoreDisconnected) as err:
+                await lonely.list_prefix(c.prefix)
+            assert err.value.retryable and dead in str(err.value)
+    run(main(), 20)
+    for bad in ("ftp://127.0.0.1:2379", "http://127.0.0.1:notaport", "http://127.0.0.1:2379/x"):
+        with pytest.raises(ConfigError):
+            EtcdStore([bad])
+
+
+def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+
+def _wrapped(error_type: type, cause: BaseException) -> BaseException:
+    try:
+        raise error_type(str(cause)) from cause
+    except error_type as e:
+        return e
+
+
+@pytest.mark.parametrize("exc, kind, retryable", [
+    (aetcd_errors.ConnectionFailedError("refused"), StoreDisconnected, True),
+    (aetcd_errors.ConnectionTimeoutError("deadline"), StoreDisconnected, True),
+    (asyncio.TimeoutError(), StoreDisconnected, True),
+    (aetcd_errors.RevisionCompactedError(7), StoreCompacted, True),
+    (aetcd_errors.UnauthenticatedError("bad token"), LeaseStoreError, False),
+    (_wrapped(aetcd_errors.ClientError, _rpc_error(grpc.StatusCode.PERMISSION_DENIED,
+                                                   "etcdserver: permission denied")),
+     LeaseStoreError, False),
+    (_rpc_error(grpc.StatusCode.UNAVAILABLE, "gone"), StoreDisconnected, True),
+    (aetcd_errors.InternalError("raft"), LeaseStoreError, True),
+    (RuntimeError("surprise\nsecond line"), LeaseStoreError, True),
+])
+def test_every_failure_becomes_a_lease_store_error(exc, kind, retryable):
+    error = map_error("get", "http://127.0.0.1:2379", exc)
+    assert type(error) is kind and error.retryable is retryable
+    assert str(error).startswith("etcd get via http://127.0.0.1:2379: ") and "\n" not in str(error)
+    if kind is StoreCompacted:
+        assert error.compact_revision == 7
+
+
+def test_parse_endpoint():
+    assert str(parse_endpoint("127.0.0.1:2379")) == "http://127.0.0.1:2379"
+    assert str(parse_endpoint("https://127.0.0.1")) == "https://127.0.0.1:2379"
+    with pytest.raises(ConfigError):
+        EtcdStore([])
+    with pytest.raises(ConfigError, match="username and a password"):
+        EtcdStore(["http://127.0.0.1:2379"], username="root")

@@ -1,0 +1,505 @@
+"""ClusterMembership (the meaning layer) over the in-memory store.
+
+Every case runs the real acquire/renew/watch logic; only the store is fake.
+Addresses: public IPs in 198.18.0.0/24, the overlay in 198.19.0.0/16.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import random
+
+import pytest
+
+from tests.support.asyncutil import LOOPS, FakeClock, Recorder, run, use_loop, wait_until
+from udpoverlay.cluster.allocate import pick_free
+from udpoverlay.cluster.codec import encode_lease_value, subnet_key, vxlan_backend_data
+from udpoverlay.cluster.membership import ClusterMembership
+from udpoverlay.cluster.network import parse_network_config
+from udpoverlay.cluster.store.memory import MemoryStore
+from udpoverlay.errors import ConfigError, LeaseLostError, LeaseStoreError
+
+N = ipaddress.IPv4Network
+PREFIX = "/coreos.com/network"
+UDP_CONFIG = '{"Network":"198.19.0.0/16","Backend":{"Type":"udp"}}'
+VXLAN_CONFIG = '{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}'
+
+
+@pytest.fixture(autouse=True, params=LOOPS)
+def event_loop_kind(request):
+    """Every case on stock asyncio and on uvloop (what the daemon runs)."""
+    previous = use_loop(request.param)
+    yield request.param
+    use_loop(previous)
+
+
+def ip(n: int) -> str:
+    return f"198.18.0.{n}"
+
+
+def key(subnet: str) -> str:
+    return subnet_key(PREFIX, N(subnet))
+
+
+async def new_store(config: str | None = UDP_CONFIG, **kw) -> MemoryStore:
+    store = MemoryStore(**kw)
+    if config is not None:
+        await store.put(f"{PREFIX}/config", config.encode(), None)
+    return store
+
+
+def member(store: MemoryStore, n: int, seed: int | None = None, **kw) -> ClusterMembership:
+    kw.setdefault("retry_initial", 0.01)
+    kw.setdefault("retry_max", 0.05)
+    return ClusterMembership(store, public_ip=ip(n), rng=random.Random(n if seed is None else seed),
+                             clock=kw.pop("clock", store.clock), **kw)
+
+
+async def put_lease(store: MemoryStore, subnet: str, value: str, ttl: int | None = 3600) -> None:
+    await store.put(key(subnet), value.encode(), ttl)
+
+
+class Running:
+    """A member's run() task plus its recorder; cancelled on exit."""
+
+    def __init__(self, m: ClusterMembership, **run_kw) -> None:
+        self.m, self.rec, self.run_kw = m, Recorder(), run_kw
+        self.task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "Running":
+        self.task = asyncio.create_task(self.m.run(self.rec, **self.run_kw))
+        await wait_until(lambda: self.rec.calls or self.task.done(), what="first apply")
+        if self.task.done():
+            self.task.result()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+    async def peers_become(self, subnets: list[str], timeout: float = 2.0) -> None:
+        await wait_until(lambda: self.rec.subnets() == sorted(subnets), timeout,
+                         f"peers {subnets}, have {self.rec.subnets()}")
+
+
+# -- load_config -------------------------------------------------------------------
+
+def test_load_config_waits_for_missing_invalid_and_unreachable(caplog):
+    async def main():
+        store = await new_store(config=None)
+        m = member(store, 1)
+        task = asyncio.create_task(m.load_config())
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        await store.put(f"{PREFIX}/config", b'{"Network": "198.19.0.0/29"}', None)  # invalid
+        await asyncio.sleep(0.05)
+        store.disconnect("etcd down")
+        await wait_until(lambda: m.status()["store"].startswith("disconnected"))
+        assert not task.done()
+        store.reconnect()
+        await store.put(f"{PREFIX}/config", UDP_CONFIG.encode(), None)
+        config = await asyncio.wait_for(task, 2)
+        assert config.network == N("198.19.0.0/16") and m.status()["store"] == "connected"
+    with caplog.at_level(logging.WARNING, "udpoverlay.cluster"):
+        run(main())
+    text = caplog.text
+    assert "no network config" in text and "minimum useful prefix" in text and "etcd down" in text
+
+
+# -- acquire ------------------------------------------------------------------------
+
+def test_acquire_random_subnet_writes_flannel_value():
+    async def main():
+        store = await new_store()
+        m = member(store, 1)
+        lease = await m.acquire()
+        assert m.config.contains_subnet(lease.subnet)
+        kv = await store.get(key(str(lease.subnet)))
+        assert kv.value == b'{"PublicIP":"198.18.0.1","PublicIPv6":null}'
+        assert kv.lease_id and kv.ttl == pytest.approx(86400)
+        assert lease.raw == kv.value.decode()
+        assert lease.expires == pytest.approx(store.clock() + 86400)
+    run(main())
+
+
+def test_acquire_reuses_lease_with_our_public_ip():
+    async def main():
+        store = await new_store()
+        await put_lease(store, "198.19.7.0/24", '{"PublicIP":"198.18.0.1","BackendType":"old"}')
+        before = (await store.get(key("198.19.7.0/24"))).mod_revision
+        m = member(store, 1, previous_subnet=N("198.19.9.0/24"))
+        lease = await m.acquire()
+        assert lease.subnet == N("198.19.7.0/24")
+        kv = await store.get(key("198.19.7.0/24"))
+        assert kv.value == b'{"PublicIP":"198.18.0.1","PublicIPv6":null}'
+        assert kv.mod_revision > before
+        assert await store.get(key("198.19.9.0/24")) is None
+    run(main())
+
+
+def test_acquire_deletes_our_lease_outside_the_range():
+    async def main():
+        store = await new_store('{"Network":"198.19.0.0/16","SubnetMin":"198.19.10.0"}')
+        await put_lease(store, "198.19.3.0/24", encode_lease_value(ip(1)))
+        lease = await member(store, 1).acquire()
+        assert lease.subnet.network_address >= ipaddress.IPv4Address("198.19.10.0")
+        assert await store.get(key("198.19.3.0/24")) is None
+    run(main())
+
+
+def test_acquire_previous_subnet_if_free_else_random():
+    async def main():
+        store = await new_store()
+        lease = await member(store, 1, previous_subnet=N("198.19.42.0/24")).acquire()
+        assert lease.subnet == N("198.19.42.0/24")
+        lease2 = await member(store, 2, previous_subnet=N("198.19.42.0/24")).acquire()
+        assert lease2.subnet != lease.subnet
+        # Out of range (the first subnet is never allocated) -> ignored.
+        lease3 = await member(store, 3, previous_subnet=N("198.19.0.0/24")).acquire()
+        assert lease3.subnet not in (N("198.19.0.0/24"), lease.subnet, lease2.subnet)
+    run(main())
+
+
+def test_acquire_skips_subnets_with_unreadable_values():
+    async def main():
+        # /28 network: subnets are /30 and only 198.19.0.4, .8, .12 are allocatable.
+        store = await new_store('{"Network":"198.19.0.0/28"}')
+        await put_lease(store, "198.19.0.4/30", "garbage")
+        await put_lease(store, "198.19.0.8/30", encode_lease_value(ip(2)))
+        lease = await member(store, 1).acquire()
+        assert lease.subnet == N("198.19.0.12/30")
+    run(main())
+
+
+def test_acquire_out_of_subnets():
+    async def main():
+        store = await new_store('{"Network":"198.19.0.0/28"}')
+        for n, subnet in enumerate(["198.19.0.4/30", "198.19.0.8/30", "198.19.0.12/30"], 2):
+            await put_lease(store, subnet, encode_lease_value(ip(n)))
+        with pytest.raises(LeaseStoreError, match="out of subnets") as err:
+            await member(store, 1).acquire()
+        assert not err.value.retryable
+    run(main())
+
+
+def test_acquire_backend_mismatch_is_a_config_error():
+    async def main():
+        store = await new_store(VXLAN_CONFIG)
+        with pytest.raises(ConfigError, match="udp backend but the network config says vxlan"):
+            await member(store, 1, backend_type="udp").acquire()
+        with pytest.raises(ConfigError, match="VtepMAC"):
+            await member(store, 1).acquire()
+    run(main())
+
+
+def test_two_members_racing_for_the_same_subnet():
+    async def main():
+        store = await new_store()
+        # Same previous subnet and same random choices: they must collide, one must retry.
+        a = member(store, 1, seed=7, previous_subnet=N("198.19.5.0/24"))
+        b = member(store, 2, seed=7, previous_subnet=N("198.19.5.0/24"))
+        la, lb = await asyncio.gather(a.acquire(), b.acquire())
+        assert la.subnet != lb.subnet and store.create_conflicts >= 1
+        listing = await store.list_prefix(f"{PREFIX}/subnets/")
+        assert len(listing.kvs) == 2
+    run(main())
+
+
+def test_many_members_racing_get_distinct_subnets():
+    async def main():
+        store = await new_store('{"Network":"198.19.0.0/24","SubnetLen":28}')  # 15 subnets
+        members = [member(store, n) for n in range(1, 13)]
+        leases = await asyncio.gather(*(m.acquire() for m in members))
+        assert len({lease.subnet for lease in leases}) == 12
+    run(main())
+
+
+def test_pick_free_avoids_odd_sized_leases():
+    config = parse_network_config('{"Network":"198.19.0.0/22"}')   # /24s: .1, .2, .3
+    rng = random.Random(0)
+    assert {pick_free(config, [N("198.19.2.0/23")], rng) for _ in range(20)} == {N("198.19.1.0/24")}
+    with pytest.raises(LeaseStoreError, match="out of subnets"):
+        pick_free(config, [N("198.19.0.0/22")], rng)
+
+
+# -- run: watch ---------------------------------------------------------------------
+
+def test_watch_add_renew_remove():
+    async def main():
+        store = await new_store()
+        a = member(store, 1)
+        async with Running(a) as ra:
+            assert ra.rec.last == []
+            b = member(store, 2, previous_subnet=N("198.19.2.0/24"))
+            await b.acquire()
+            await ra.peers_become(["198.19.2.0/24"])
+            peer = ra.rec.last[0]
+            assert (str(peer.public_ip), peer.port, peer.source) == (ip(2), 8285, "etcd")
+            assert peer.vtep_mac is None and peer.since is not None
+            calls = len(ra.rec.calls)
+            # flannel-style renewal (same value re-put): nothing to apply, `since` kept.
+            await put_lease(store, "198.19.2.0/24", encode_lease_value(ip(2)))
+            await asyncio.sleep(0.05)
+            assert len(ra.rec.calls) == calls
+            # The peer moves to another public IP: a changed route.
+            await put_lease(store, "198.19.2.0/24", encode_lease_value(ip(22)))
+            await wait_until(lambda: str(ra.rec.last[0].public_ip) == ip(22))
+            await put_lease(store, "198.19.2.0/24", "garbage")       # unreadable: no peer
+            await ra.peers_become([])
+            await put_lease(store, "198.19.2.0/24", encode_lease_value(ip(2)))
+            await ra.peers_become(["198.19.2.0/24"])
+            await store.delete(key("198.19.2.0/24"))
+            await ra.peers_become([])
+    run(main())
+
+
+def test_peer_lease_expiry_removes_it():
+    async def main():
+        clock = FakeClock()
+        store = await new_store(clock=clock)
+        async with Running(member(store, 1)) as ra:
+            await member(store, 2, lease_ttl=100).acquire()   # never renewed
+            await wait_until(lambda: len(ra.rec.last) == 1)
+            assert ra.m.status()["peers"][0]["expires_in"] == pytest.approx(100)
+            clock.advance(101)
+            assert store.expire_due() == 1
+            await ra.peers_become([])
+            assert ra.m.lease is not None   # ours (24 h) still there
+    run(main())
+
+
+def test_compacted_watch_relists_and_diffs():
+    async def main():
+        store = await new_store()
+        await member(store, 2, previous_subnet=N("198.19.2.0/24")).acquire()
+        async with Running(member(store, 1)) as ra:
+            await ra.peers_become(["198.19.2.0/24"])
+            store.hold_events(True)           # a watcher that fell behind ...
+            await member(store, 3, previous_subnet=N("198.19.3.0/24")).acquire()
+            await store.delete(key("198.19.2.0/24"))
+            store.compact()                   # ... and its revision was compacted away
+            store.hold_events(False)
+            await ra.peers_become(["198.19.3.0/24"])
+            assert all(sorted(str(p.subnet) for p in c) in ([], ["198.19.2.0/24"],
+                                                            ["198.19.3.0/24"])
+                       for c in ra.rec.calls)
+            assert ra.m.status()["store"] == "connected"
+    run(main())
+
+
+def test_disconnect_keeps_last_peers_and_catches_up():
+    async def main():
+        store = await new_store()
+        await member(store, 2, previous_subnet=N("198.19.2.0/24")).acquire()
+        async with Running(member(store, 1, retry_initial=0.2, retry_max=0.2)) as ra:
+            await ra.peers_become(["198.19.2.0/24"])
+            calls = len(ra.rec.calls)
+            store.disconnect("connection refused")
+            await wait_until(lambda: ra.m.status()["store"].startswith("disconnected"))
+            assert "connection refused" in ra.m.status()["store"]
+            await asyncio.sleep(0.1)
+            assert len(ra.rec.calls) == calls     # nothing withdrawn while down
+            assert [p["subnet"] for p in ra.m.status()["peers"]] == ["198.19.2.0/24"]
+            store.reconnect()
+            # Changes the member missed: it must see them after re-listing.
+            await store.delete(key("198.19.2.0/24"))
+            await member(store, 4, previous_subnet=N("198.19.4.0/24")).acquire()
+            await ra.peers_become(["198.19.4.0/24"])
+            assert ra.m.status()["store"] == "connected"
+    run(main())
+
+
+def test_incompatible_and_unusable_leases_skipped_once(caplog):
+    async def main():
+        store = await new_store()
+        vx = encode_lease_value(ip(3), "vxlan", vxlan_backend_data(1, "02:00:00:00:00:03"))
+        await put_lease(store, "198.19.3.0/24", vx)
+        await put_lease(store, "198.19.4.0/24", "{not json")
+        await put_lease(store, "198.19.5.0/24", encode_lease_value(ip(1)))  # our IP, stale
+        await put_lease(store, "198.19.6.0/24", '{"PublicIP":"198.18.0.6","BackendType":"udp"}')
+        a = member(store, 1, previous_subnet=N("198.19.9.0/24"))
+        await a.acquire()     # reuses 198.19.5.0 (our public IP)
+        await put_lease(store, "198.19.8.0/24", encode_lease_value(ip(8)))
+        async with Running(a) as ra:
+            await ra.peers_become(["198.19.6.0/24", "198.19.8.0/24"])
+            await put_lease(store, "198.19.7.0/24", encode_lease_value(ip(7)))
+            await ra.peers_become(["198.19.6.0/24", "198.19.7.0/24", "198.19.8.0/24"])
+            skipped = {s["subnet"]: s["reason"] for s in ra.m.status()["skipped"]}
+            assert skipped == {"198.19.3.0/24": "backend vxlan (this node runs udp)"}
+    with caplog.at_level(logging.INFO, "udpoverlay.cluster"):
+        run(main())
+    assert caplog.text.count("skipping lease 198.19.3.0/24") == 1
+    assert caplog.text.count("ignoring /coreos.com/network/subnets/198.19.4.0-24") == 1
+
+
+def test_vxlan_member_peers_and_value():
+    async def main():
+        store = await new_store('{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan","VNI":4}}')
+        a = member(store, 1, backend_data={"VtepMAC": "02:00:00:00:00:01"})
+        lease = await a.acquire()
+        kv = await store.get(key(str(lease.subnet)))
+        assert kv.value == (b'{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"vxlan",'
+                            b'"BackendData":{"VNI":4,"VtepMAC":"02:00:00:00:00:01"}}')
+        await put_lease(store, "198.19.2.0/24", encode_lease_value(ip(2)))   # udp: skipped
+        await put_lease(store, "198.19.3.0/24", encode_lease_value(
+            ip(3), "vxlan", vxlan_backend_data(4, "02:00:00:00:00:03")))
+        await put_lease(store, "198.19.4.0/24", encode_lease_value(
+            ip(4), "vxlan", vxlan_backend_data(5, "02:00:00:00:00:04")))        # other VNI
+        await put_lease(store, "198.19.5.0/24", encode_lease_value(ip(5), "vxlan", {"VNI": 4}))
+        async with Running(a) as ra:
+            await ra.peers_become(["198.19.3.0/24"])
+            peer = ra.rec.last[0]
+            assert peer.vtep_mac == bytes.fromhex("020000000003") and peer.port == 8472
+            reasons = {s["subnet"]: s["reason"] for s in ra.m.status()["skipped"]}
+            assert reasons == {"198.19.2.0/24": "backend udp (this node runs vxlan)",
+                               "198.19.4.0/24": "VNI 5 (this network uses 4)",
+                               "198.19.5.0/24": "no VtepMAC in BackendData"}
+    run(main())
+
+
+def test_port_comes_from_the_config():
+    async def main():
+        store = await new_store('{"Network":"198.19.0.0/16","Backend":{"Type":"udp","Port":9999}}')
+        await put_lease(store, "198.19.2.0/24", encode_lease_value(ip(2)))
+        async with Running(member(store, 1)) as ra:
+            await ra.peers_become(["198.19.2.0/24"])
+            assert ra.rec.last[0].port == 9999
+    run(main())
+
+
+def test_apply_peers_failure_is_retried():
+    async def main():
+        store = await new_store()
+        await put_lease(store, "198.19.2.0/24", encode_lease_value(ip(2)))
+        seen = []
+
+        def flaky(peers):
+            seen.append(peers)
+            if len(seen) == 1:
+                raise RuntimeError("netlink said no")
+        task = asyncio.create_task(member(store, 1).run(flaky))
+        try:
+            await wait_until(lambda: len(seen) >= 2, what="a retried apply")
+            assert [str(p.subnet) for p in seen[1]] == ["198.19.2.0/24"]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    run(main())
+
+
+# -- run: our own lease ------------------------------------------------------------
+
+def test_renewal_keeps_a_short_lease_alive():
+    async def main():
+        store = await new_store()
+        a = member(store, 1, lease_ttl=1, renew_margin=3600)   # margin clamps to TTL/2
+        async with Running(a):
+            await asyncio.sleep(1.25)   # unrenewed, the lease would have expired at 1.0 s
+            store.expire_due()
+            assert await store.get(key(str(a.lease.subnet))) is not None
+            assert 0 < a.status()["lease"]["expires_in"] <= 1
+    run(main())
+
+
+def test_own_key_deleted_is_reacquired_same_subnet():
+    async def main():
+        store = await new_store()
+        a = member(store, 1)
+        async with Running(a) as ra:
+            subnet = a.lease.subnet
+            await store.delete(key(str(subnet)))
+            await wait_until(lambda: store.value(key(str(subnet))) is not None, what="re-create")
+            assert store.value(key(str(subnet))) == b'{"PublicIP":"198.18.0.1","PublicIPv6":null}'
+            assert a.lease.subnet == subnet and not ra.task.done()
+    run(main())
+
+
+def test_own_etcd_lease_revoked_is_reacquired():
+    async def main():
+        store = await new_store()
+        a = member(store, 1, lease_ttl=1)
+        async with Running(a) as ra:
+            subnet, old_id = a.lease.subnet, a.status()["lease"]["etcd_lease"]
+            store.hold_events(True)    # only the renewal can notice
+            store.revoke(int(old_id, 16))
+            await wait_until(lambda: a.status()["lease"]["etcd_lease"] != old_id, 10)
+            store.hold_events(False)
+            await wait_until(lambda: store.value(key(str(subnet))) is not None)
+            assert a.lease.subnet == subnet and not ra.task.done()
+    run(main())
+
+
+def test_own_key_deleted_on_lost_exit_raises():
+    async def main():
+        store = await new_store()
+        a = member(store, 1, on_lost="exit")
+        task = asyncio.create_task(a.run(Recorder()))
+        await wait_until(lambda: a.lease is not None and a.feed.applied is not None)
+        await store.delete(key(str(a.lease.subnet)))
+        with pytest.raises(LeaseLostError, match="on_lost=exit"):
+            await asyncio.wait_for(task, 2)
+    run(main())
+
+
+def test_own_subnet_taken_over_raises_without_callback():
+    async def main():
+        store = await new_store()
+        a = member(store, 1)
+        task = asyncio.create_task(a.run(Recorder()))
+        await wait_until(lambda: a.feed.applied is not None)
+        subnet = str(a.lease.subnet)
+        store.hold_events(True)
+        await store.delete(key(subnet))
+        await put_lease(store, subnet, encode_lease_value(ip(9)))
+        store.hold_events(False)
+        with pytest.raises(LeaseLostError, match="leased by another host"):
+            await asyncio.wait_for(task, 2)
+    run(main())
+
+
+def test_own_subnet_taken_over_moves_with_callback():
+    async def main():
+        store = await new_store()
+        a = member(store, 1)
+        moved = []
+        async with Running(a, on_lease_changed=moved.append) as ra:
+            subnet = str(a.lease.subnet)
+            store.hold_events(True)
+            await store.delete(key(subnet))
+            await put_lease(store, subnet, encode_lease_value(ip(9)))
+            store.hold_events(False)
+            await wait_until(lambda: moved, what="on_lease_changed")
+            assert str(moved[0].subnet) != subnet and a.lease == moved[0]
+            await ra.peers_become([subnet])    # the usurper is now a peer
+    run(main())
+
+
+def test_status_is_json():
+    async def main():
+        store = await new_store()
+        await put_lease(store, "198.19.2.0/24", encode_lease_value(ip(2)))
+        a = member(store, 1)
+        assert a.status()["lease"] is None
+        async with Running(a) as ra:
+            await ra.peers_become(["198.19.2.0/24"])
+            status = json.loads(json.dumps(a.status()))
+            assert status["lease"]["subnet"] == str(a.lease.subnet)
+            assert status["lease"]["expires_in"] == pytest.approx(86400, abs=1)
+            assert status["network"] == "198.19.0.0/16" and status["store"] == "connected"
+            (peer,) = status["peers"]
+            assert peer["public_ip"] == ip(2) and peer["port"] == 8285 and peer["age"] >= 0
+            assert peer["expires_in"] == pytest.approx(3600, abs=1)
+    run(main())
+
+
+def test_constructor_validates():
+    store = MemoryStore()
+    with pytest.raises(ConfigError):
+        ClusterMembership(store, public_ip=ip(1), on_lost="panic")
+    with pytest.raises(ConfigError):
+        ClusterMembership(store, public_ip=ip(1), backend_type="host-gw")
+    with pytest.raises(ConfigError):
+        ClusterMembership(store, public_ip=ip(1), lease_ttl=0)

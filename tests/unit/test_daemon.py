@@ -1,0 +1,158 @@
+"""The daemon's wiring without root: the host seams (TUN, interface MTU) are
+replaced by a socketpair and a number, everything else is real: the UDP
+socket on loopback, the data-plane engine of the switch's twin, the runner
+on the event loop, the control socket, stop() and close().
+
+Loopback only: our socket on 127.0.0.1, the "peer" on 127.0.0.2; overlay
+addresses from 198.19.0.0/16."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+
+import pytest
+
+from tests.support import pktgen as g
+from tests.support.asyncutil import run, wait_until
+from udpoverlay import dataplane
+from udpoverlay.control import query_status
+from udpoverlay.daemon import Daemon
+from udpoverlay.errors import ConfigError, ControlError
+from udpoverlay.options import Options, build_config
+
+
+class FakeTun:
+    """A TUN stand-in: one end of a datagram socketpair (one packet per
+    read/write, like a TUN without a vnet header)."""
+
+    def __init__(self, name: str, sock: socket.socket) -> None:
+        self.name = name
+        self._sock = sock
+        self.fd = sock.fileno()
+        self.vnet_hdr = False
+        self.offloads: tuple[str, ...] = ()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            self.fd = -1
+
+
+class LoopbackDaemon(Daemon):
+    """Daemon whose TUN is a socketpair; kernel_side is the other end."""
+
+    kernel_side: socket.socket
+
+    def interface_mtu(self, ip: str) -> int:
+        return 1500
+
+    def open_tun(self, name, subnet, network, mtu, offload):
+        ours, self.kernel_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ours.setblocking(False)              # as open_tun leaves the TUN fd
+        self.kernel_side.settimeout(5)
+        return FakeTun(name, ours)
+
+
+@pytest.fixture
+def peer_sock():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.2", 0))
+    s.settimeout(5)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _opts(peer_port: int) -> Options:
+    iface = "uotest" + secrets.token_hex(4)
+    return build_config(public_ip="127.0.0.1", port=_free_port(), iface=iface,
+                        subnet="198.19.1.0/24", network="198.19.0.0/16",
+                        peers=[f"127.0.0.2:{peer_port}=198.19.2.0/24"], offload=False)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_daemon_needs_subnet_network_and_public_ip():
+    with pytest.raises(ConfigError):
+        Daemon(Options())
+
+
+def test_serve_forwards_both_ways_reports_status_and_stops(loop, peer_sock):
+    opts = _opts(peer_sock.getsockname()[1])
+    d = LoopbackDaemon(opts)
+    d.setup()
+    assert d.mtu == 1500 - 28
+
+    async def main():
+        served = asyncio.create_task(d.serve())
+        doc = await wait_until(lambda: asyncio.to_thread(_status, opts.iface), 5,
+                               "control socket")
+        # TUN -> wire: the packet leaves to the peer, TTL decremented
+        out = g.ipv4("198.19.1.1", "198.19.2.5", 17, b"\0\1\0\2\0\x0cxxxx", ttl=64)
+        d.kernel_side.send(out)
+        got, src = await asyncio.to_thread(peer_sock.recvfrom, 65536)
+        # wire -> TUN: a packet from the peer's subnet comes out of the TUN
+        back = g.ipv4("198.19.2.5", "198.19.1.1", 17, b"\0\2\0\1\0\x0cyyyy", ttl=63)
+        peer_sock.sendto(back, ("127.0.0.1", opts.port))
+        into_tun = await asyncio.to_thread(d.kernel_side.recv, 65536)
+        after = await asyncio.to_thread(_status, opts.iface)
+        d.stop()
+        code = await asyncio.wait_for(served, 5)
+        return doc, got, src, into_tun, after, code
+
+    doc, got, src, into_tun, after, code = run(main())
+    assert src == ("127.0.0.1", opts.port)
+    assert got[8] == 63 and got[12:] == out_tail(got)
+    assert into_tun[8] == 63 and into_tun[12:16] == bytes([198, 19, 2, 5])
+    assert doc["implementation"] == dataplane.IMPLEMENTATION and doc["dataplane"] == "loop"
+    assert doc["iface"] == opts.iface and doc["mtu"] == 1472 and doc["backend"] == "udp"
+    assert [p["subnet"] for p in doc["peers"]] == ["198.19.2.0/24"]
+    assert doc["routes"] == [{"subnet": "198.19.2.0/24",
+                              "via": f"127.0.0.2:{peer_sock.getsockname()[1]}"}]
+    assert after["counters"]["tx_packets"] == 1 and after["counters"]["rx_packets"] == 1
+    assert after["peers"][0]["tx_packets"] == 1 and after["peers"][0]["rx_packets"] == 1
+    assert code == 0
+    # everything released: TUN closed, socket closed, control socket gone
+    assert d.tun is None and d.sock is None
+    with pytest.raises(ControlError):
+        query_status(opts.iface, 1.0)
+    d.close()                                     # idempotent
+
+
+def out_tail(pkt: bytes) -> bytes:
+    """The forwarded packet from byte 12 on: addresses and payload unchanged."""
+    return bytes([198, 19, 1, 1, 198, 19, 2, 5]) + pkt[20:]
+
+
+def test_stop_before_serve_returns_at_once(loop, peer_sock):
+    d = LoopbackDaemon(_opts(peer_sock.getsockname()[1]))
+    d.setup()
+    d.stop()
+    assert run(d.serve(), timeout=5) == 0
+    assert d.tun is None
+
+
+def test_failed_setup_releases_what_it_made(peer_sock):
+    class Broken(LoopbackDaemon):
+        def open_tun(self, *a, **kw):
+            raise OSError("no TUN here")
+
+    d = Broken(_opts(peer_sock.getsockname()[1]))
+    with pytest.raises(OSError, match="no TUN here"):
+        d.setup()
+    assert d.sock is None and d.tun is None and d.engine is None
+
+
+def _status(iface: str):
+    try:
+        return query_status(iface, 1.0)
+    except ControlError:
+        return None

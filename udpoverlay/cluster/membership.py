@@ -1,0 +1,294 @@
+"""Cluster membership over a lease store: flannel's subnet manager, for us.
+
+Why it looks like this (design notes):
+- Same algorithm and layout as flannel's etcd subnet manager, so udpoverlay
+  and flannel nodes can share one etcd. Getting the lease is acquire.py
+  (the LeaseAcquisition half of this class); turning the other leases into
+  peers is feed.py; this module runs the lease: renew, watch, take it back.
+- Renewal keeps the etcd lease alive (keepalive) at expiry minus the
+  margin; the margin is clamped to half the TTL so short test TTLs work.
+- The peer view is list-then-watch: a snapshot at revision R, then events
+  from R + 1. After a disconnect, a server restart or a compacted revision
+  we re-list and diff (table.LeaseTable), so no route is lost or left
+  stale. While the store is down nothing is withdrawn: the data plane keeps
+  the last applied peers and traffic keeps flowing.
+- apply_peers always gets the full desired list (never a delta), only when
+  it changes, from one task (feed.PeerFeed). Leases of another backend
+  type, or unusable ones, are skipped with one log line per lease value
+  (policy.PeerView).
+- If our own key disappears (deleted, expired, taken over) we re-create
+  the same subnet if it is still free (on_lost='reacquire') or stop with
+  LeaseLostError (on_lost='exit', flannel's behaviour).
+- Time is a parameter (clock); sleeping uses the event loop. Every store
+  call is bounded by op_timeout; every retry loop backs off with jitter.
+
+Use: config = await m.load_config(); (set up the device; for vxlan set
+m.backend_data = {"VtepMAC": mac}); lease = await m.acquire(); write
+subnet.env; then await m.run(apply_peers) until shutdown (cancel it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import time
+from dataclasses import replace
+from typing import Any, Callable
+
+from udpoverlay.cluster.acquire import LeaseAcquisition
+from udpoverlay.cluster.codec import (
+    ADDED,
+    REMOVED,
+    Lease,
+    LeaseEvent,
+    WatchResult,
+    parse_subnet_key,
+    subnets_prefix,
+)
+from udpoverlay.cluster.feed import ApplyPeers, PeerFeed, call_back
+from udpoverlay.cluster.network import NetworkConfig
+from udpoverlay.cluster.store.base import DELETE, KeyValue, LeaseStore
+from udpoverlay.errors import ConfigError, LeaseLostError, LeaseStoreError, StoreCompacted, StoreDisconnected
+from udpoverlay.options import BACKENDS, DEFAULT_PREFIX
+
+__all__ = ["ClusterMembership"]
+
+log = logging.getLogger(__name__)
+
+ON_LOST = ("reacquire", "exit")
+
+
+class ClusterMembership(LeaseAcquisition):
+    """This node's subnet lease and its view of the other nodes' leases.
+
+    backend_type None means "whatever the network config says"; for vxlan,
+    backend_data must hold VtepMAC (VNI defaults to the config's). Both may
+    be set after load_config() and before acquire().
+    """
+
+    def __init__(self, store: LeaseStore, *, prefix: str = DEFAULT_PREFIX,
+                 public_ip: ipaddress.IPv4Address | str, backend_type: str | None = None,
+                 backend_data: dict | None = None,
+                 previous_subnet: ipaddress.IPv4Network | None = None,
+                 lease_ttl: int = 86400, renew_margin: float = 3600,
+                 on_lost: str = "reacquire", clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None, retry_initial: float = 0.2,
+                 retry_max: float = 10.0, op_timeout: float = 15.0) -> None:
+        if on_lost not in ON_LOST:
+            raise ConfigError(f"on_lost must be one of {', '.join(ON_LOST)}, got {on_lost!r}")
+        if backend_type is not None and backend_type not in BACKENDS:
+            raise ConfigError(f"backend_type must be one of {', '.join(BACKENDS)}")
+        if int(lease_ttl) < 1 or renew_margin < 0:
+            raise ConfigError("lease_ttl must be >= 1 s and renew_margin >= 0")
+        self.store = store
+        self.prefix = prefix
+        self.public_ip = ipaddress.IPv4Address(public_ip)
+        self.backend_type = backend_type
+        self.backend_data = backend_data
+        self.previous_subnet = None if previous_subnet is None else \
+            ipaddress.IPv4Network(previous_subnet)
+        self.lease_ttl = int(lease_ttl)
+        self.renew_margin = renew_margin
+        self.on_lost = on_lost
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.retry_initial, self.retry_max, self.op_timeout = retry_initial, retry_max, op_timeout
+        self.config: NetworkConfig | None = None
+        self.lease: Lease | None = None
+        self._lease_id = 0
+        self._granted_ttl: float | None = None
+        self._own_revision = 0
+        self._generation = 0
+        self.feed = PeerFeed(self._publish_context, clock, retry_max)
+        self._store_state = "disconnected: not contacted yet"
+        self._on_lease_changed: Callable[[Lease], Any] | None = None
+        self._lost_lock = asyncio.Lock()
+        self._rewake = asyncio.Event()
+
+    # -- running -----------------------------------------------------------
+    async def run(self, apply_peers: ApplyPeers,
+                  on_lease_changed: Callable[[Lease], Any] | None = None) -> None:
+        """Renew our lease and keep apply_peers fed with the full peer list,
+        until cancelled. Raises LeaseLostError when the lease is lost and
+        cannot be re-created (on_lost='exit', or the subnet was taken and no
+        on_lease_changed callback accepts a new one)."""
+        if self.lease is None:
+            await self.acquire()
+        self.feed.apply, self._on_lease_changed = apply_peers, on_lease_changed
+        tasks = [asyncio.create_task(self._watch_loop(), name="udpoverlay-lease-watch"),
+                 asyncio.create_task(self._renew_loop(), name="udpoverlay-lease-renew")]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            retry = self.feed.cancel()
+            await asyncio.gather(*tasks, *([retry] if retry else []), return_exceptions=True)
+
+    def _renew_delay(self) -> float | None:
+        if self.lease is None or self.lease.expires is None or not self._granted_ttl:
+            return None
+        margin = min(self.renew_margin, self._granted_ttl / 2)
+        return max(0.0, self.lease.expires - margin - self.clock())
+
+    async def _renew_loop(self) -> None:
+        backoff = self._backoff()
+        while True:
+            delay = self._renew_delay()
+            if delay is None or delay > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._rewake.wait(), delay)
+                if self._rewake.is_set():
+                    self._rewake.clear()
+                    continue  # the lease changed: recompute the deadline
+            generation, lease_id = self._generation, self._lease_id
+            try:
+                ttl = await self._bounded(self.store.refresh(lease_id))
+            except LeaseStoreError as e:
+                self._set_disconnected(e)
+                delay = backoff.next()
+                log.warning("renewing subnet lease failed (%s); retrying in %.1fs", e, delay)
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            if ttl is None:
+                await self._lost("its etcd lease expired or was revoked", generation)
+            elif generation == self._generation and self.lease is not None:
+                self._granted_ttl = ttl
+                self.lease = replace(self.lease, expires=self.clock() + ttl)
+                log.debug("renewed subnet lease %s for %ss", self.lease.subnet, ttl)
+
+    async def _watch_loop(self) -> None:
+        prefix = subnets_prefix(self.prefix)
+        backoff = self._backoff()
+        while True:
+            try:
+                listing = await self._bounded(self.store.list_prefix(prefix))
+                self._set_connected()
+                backoff.reset()
+                await self._absorb_listing(listing.kvs, listing.revision)
+                batches = self.store.watch_prefix(prefix, listing.revision + 1)
+                async with contextlib.aclosing(batches):
+                    async for batch in batches:
+                        self._set_connected()
+                        await self._absorb_events(batch)
+                raise StoreDisconnected("lease watch ended")
+            except StoreCompacted as e:
+                log.warning("lease watch fell behind compaction (%s); re-listing", e)
+                await asyncio.sleep(backoff.next())
+            except LeaseLostError:
+                raise
+            except LeaseStoreError as e:
+                self._set_disconnected(e)
+                delay = backoff.next()
+                log.warning("lease watch failed (%s); keeping %d known peers, retrying in "
+                            "%.1fs", e, len(self.feed.peers), delay)
+                await asyncio.sleep(delay)
+
+    def _is_own(self, subnet: ipaddress.IPv4Network) -> bool:
+        return self.lease is not None and subnet == self.lease.subnet
+
+    async def _absorb_listing(self, kvs: tuple[KeyValue, ...], revision: int) -> None:
+        leases, own = [], None
+        for kv in kvs:
+            subnet = parse_subnet_key(kv.key)
+            if subnet is None:
+                continue
+            if self._is_own(subnet):
+                own = kv
+            elif (lease := self.feed.decode(subnet, kv)) is not None:
+                leases.append(lease)
+        self.feed.table.apply(WatchResult(revision, snapshot=tuple(leases)))
+        self.feed.keep_bad_only({kv.key for kv in kvs})
+        if revision >= self._own_revision:
+            await self._check_own(own, "our lease key is missing from the store")
+        await self.feed.publish()
+
+    async def _absorb_events(self, batch: list) -> None:
+        events = []
+        for event in batch:
+            subnet = parse_subnet_key(event.kv.key)
+            if subnet is None:
+                continue
+            if self._is_own(subnet):
+                if event.revision > self._own_revision:
+                    await self._check_own(None if event.kind == DELETE else event.kv,
+                                          "our lease key was deleted")
+                continue
+            if event.kind == DELETE:
+                self.feed.forget_bad(event.kv.key)
+                events.append(LeaseEvent(REMOVED, subnet))
+            elif (lease := self.feed.decode(subnet, event.kv)) is not None:
+                events.append(LeaseEvent(ADDED, subnet, lease))
+            else:
+                events.append(LeaseEvent(REMOVED, subnet))  # unreadable now: not a peer
+        if batch:
+            self.feed.table.apply(WatchResult(batch[-1].revision, events=tuple(events)))
+        await self.feed.publish()
+
+    async def _check_own(self, kv: KeyValue | None, missing: str) -> None:
+        """Our key as the store shows it now: still ours, or lost."""
+        generation = self._generation
+        if kv is None:
+            await self._lost(missing, generation)
+            return
+        assert self.lease is not None
+        lease = self.feed.decode(self.lease.subnet, kv)
+        if lease is None or lease.public_ip != self.public_ip:
+            owner = lease.public_ip if lease else "an unreadable value"
+            await self._lost(f"our subnet key now belongs to {owner}", generation)
+        elif kv.ttl is not None:
+            self.lease = replace(self.lease, expires=self.clock() + kv.ttl)
+
+    async def _lost(self, reason: str, generation: int) -> None:
+        async with self._lost_lock:
+            if generation != self._generation or self.lease is None:
+                return  # already replaced by the other loop
+            old = self.lease
+            if self.on_lost == "exit":
+                raise LeaseLostError(f"subnet lease {old.subnet} lost: {reason} (on_lost=exit)")
+            log.error("subnet lease %s lost (%s); re-acquiring it", old.subnet, reason)
+            try:
+                lease = await self._acquire_loop(old.subnet,
+                                                 allow_other=self._on_lease_changed is not None)
+            except LeaseLostError:
+                raise
+            except (LeaseStoreError, ConfigError) as e:
+                raise LeaseLostError(f"subnet lease {old.subnet} lost ({reason}) and not "
+                                     f"re-acquired: {e}") from e
+        if lease.subnet != old.subnet:
+            log.warning("our subnet changed from %s to %s", old.subnet, lease.subnet)
+            assert self._on_lease_changed is not None
+            await call_back(self._on_lease_changed, lease)
+        await self.feed.publish()
+
+    # -- peers and status ---------------------------------------------------
+    def _publish_context(self) -> tuple:
+        assert self.config is not None
+        return (self.config, self._backend(), self.public_ip,
+                self.lease.subnet if self.lease else None)
+
+    def status(self) -> dict:
+        """JSON-serialisable snapshot for `udpoverlay status`."""
+        now = self.clock()
+        lease = None
+        if self.lease is not None:
+            expires = self.lease.expires
+            lease = {"subnet": str(self.lease.subnet), "public_ip": str(self.lease.public_ip),
+                     "backend_type": self._backend() if self.config else None,
+                     "expires_in": None if expires is None else round(expires - now, 1),
+                     "etcd_lease": f"{self._lease_id:x}"}
+        feed = self.feed.status(now)
+        return {
+            "lease": lease,
+            "network": str(self.config.network) if self.config else None,
+            "store": self._store_state,
+            "revision": feed["revision"],
+            "peers": feed["peers"],
+            "skipped": feed["skipped"],
+        }

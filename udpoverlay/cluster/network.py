@@ -1,0 +1,189 @@
+"""flannel's network config (`<prefix>/config` in etcd), parsed and checked.
+
+Why a copy of flannel's rules: udpoverlay nodes share the etcd store with
+flannel nodes, so they must read the same JSON the same way and derive the
+same defaults, or two nodes would disagree about the subnet range. The rules
+are flannel's ParseConfig + CheckNetworkConfig (pkg/subnet/config.go):
+
+- No `Backend` -> backend type "udp". EnableIPv4 defaults to true.
+- SubnetLen unset: Network /22 or shorter -> 24; longer -> prefix + 2;
+  longer than /28 is rejected. SubnetLen set: <= 30 and >= prefix + 2.
+- SubnetMin unset -> Network + one subnet (the first subnet is skipped);
+  SubnetMax unset -> the last subnet. Both must lie in Network and sit on a
+  SubnetLen boundary.
+- Backend.Port: udp 8285, vxlan 8472 (the kernel's default) when unset or 0.
+  Backend.VNI: 1 when unset.
+
+Beyond flannel: IPv6-only configs and backends other than udp/vxlan are
+rejected with a clear ConfigError (udpoverlay is IPv4, udp/vxlan only), and
+SubnetMin > SubnetMax is rejected up front instead of failing at allocation.
+Every error is one line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from udpoverlay.cluster import gojson
+from udpoverlay.errors import ConfigError
+from udpoverlay.options import BACKENDS, DEFAULT_PORTS, DEFAULT_VNI, check_vni
+
+__all__ = ["NetworkConfig", "parse_network_config"]
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The cluster-wide overlay settings, with flannel's defaults filled in."""
+
+    network: ipaddress.IPv4Network
+    subnet_len: int
+    subnet_min: ipaddress.IPv4Address
+    subnet_max: ipaddress.IPv4Address
+    backend_type: str = "udp"
+    backend_port: int = DEFAULT_PORTS["udp"]
+    vni: int = DEFAULT_VNI
+    enable_ipv6: bool = False
+    ipv6_network: ipaddress.IPv6Network | None = None
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> "NetworkConfig":
+        return parse_network_config(text)
+
+    @property
+    def subnet_size(self) -> int:
+        return 1 << (32 - self.subnet_len)
+
+    def contains_subnet(self, subnet: ipaddress.IPv4Network) -> bool:
+        """flannel's isSubnetConfigCompat: right length, between min and max."""
+        return (subnet.prefixlen == self.subnet_len
+                and self.subnet_min <= subnet.network_address <= self.subnet_max)
+
+    def subnets(self) -> Iterator[ipaddress.IPv4Network]:
+        """Every allocatable subnet, SubnetMin .. SubnetMax in order."""
+        first, last = int(self.subnet_min), int(self.subnet_max)
+        for addr in range(first, last + 1, self.subnet_size):
+            yield ipaddress.IPv4Network((addr, self.subnet_len))
+
+    def subnet_count(self) -> int:
+        return (int(self.subnet_max) - int(self.subnet_min)) // self.subnet_size + 1
+
+
+def _get(obj: gojson.GoObject, name: str, ok: Callable[[Any], bool], want: str,
+         where: str = "") -> Any:
+    """The field's value (None if unset/null), or ConfigError if not `want`."""
+    value = obj.field(name)
+    if value is not None and not ok(value):
+        raise ConfigError(f"{where}{name} must be {want}, got {value!r}")
+    return value
+
+
+def _uint(obj: gojson.GoObject, name: str, where: str = "") -> int | None:
+    return _get(obj, name, lambda v: type(v) is int and v >= 0, "a non-negative integer", where)
+
+
+def _bool(obj: gojson.GoObject, name: str, default: bool) -> bool:
+    value = _get(obj, name, lambda v: isinstance(v, bool), "true or false")
+    return default if value is None else value
+
+
+def _cidr(obj: gojson.GoObject, name: str, version: int) -> Any:
+    """Go's net.ParseCIDR: needs a '/', masks host bits."""
+    value = _get(obj, name, lambda v: isinstance(v, str) and "/" in v,
+                 'a CIDR string like "10.244.0.0/16"')
+    if value is None:
+        return None
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ConfigError(f"{name} is not a valid CIDR: {value!r}") from None
+    if net.version != version:
+        raise ConfigError(f"{name} must be an IPv{version} network, got {value!r}")
+    return net
+
+
+def _ip4(obj: gojson.GoObject, name: str) -> ipaddress.IPv4Address | None:
+    value = obj.field(name)
+    addr = gojson.ip4(value)
+    if value is not None and addr is None:
+        raise ConfigError(f"{name} must be an IPv4 address string, got {value!r}")
+    return None if addr is None or int(addr) == 0 else addr  # Go's zero value means "unset"
+
+
+def _subnet_len(network: ipaddress.IPv4Network, given: int | None) -> int:
+    if given:  # 0 means unset, as in Go
+        if given > 30:
+            raise ConfigError(f"SubnetLen must be at most 30, got {given}")
+        if given < network.prefixlen + 2:
+            raise ConfigError(f"SubnetLen {given} too short: Network {network} must hold at "
+                              f"least four subnets (SubnetLen >= {network.prefixlen + 2})")
+        return given
+    if network.prefixlen > 28:
+        raise ConfigError(f"Network {network} is too small: the minimum useful prefix is /28")
+    return 24 if network.prefixlen <= 22 else network.prefixlen + 2
+
+
+def _bound(network: ipaddress.IPv4Network, subnet_len: int, name: str,
+           given: ipaddress.IPv4Address | None,
+           default: ipaddress.IPv4Address) -> ipaddress.IPv4Address:
+    if given is None:
+        return default
+    if given not in network:
+        raise ConfigError(f"{name} {given} is not in the range of Network {network}")
+    if int(given) % (1 << (32 - subnet_len)):
+        raise ConfigError(f"{name} {given} is not on a SubnetLen (/{subnet_len}) boundary")
+    return given
+
+
+def _backend(obj: gojson.GoObject) -> tuple[str, int, int]:
+    backend = obj.field("Backend")
+    if backend is None:
+        return "udp", DEFAULT_PORTS["udp"], DEFAULT_VNI
+    if not isinstance(backend, gojson.GoObject):
+        raise ConfigError(f"Backend must be a JSON object, got {backend!r}")
+    kind = backend.field("Type")
+    if not kind:
+        raise ConfigError("Backend.Type is missing (e.g. \"udp\" or \"vxlan\")")
+    if kind not in BACKENDS:
+        raise ConfigError(f"Backend.Type {kind!r} is not supported by udpoverlay "
+                          f"(supported: {', '.join(BACKENDS)})")
+    port = _uint(backend, "Port", "Backend.") or DEFAULT_PORTS[kind]
+    if port > 65535:
+        raise ConfigError(f"Backend.Port must be 1..65535, got {port}")
+    vni = _uint(backend, "VNI", "Backend.")
+    vni = DEFAULT_VNI if vni is None else check_vni(vni, "Backend.VNI")
+    return kind, port, vni
+
+
+def parse_network_config(text: str | bytes) -> NetworkConfig:
+    """Parse `<prefix>/config` JSON; ConfigError with a one-line reason."""
+    try:
+        obj = gojson.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"network config is not valid JSON: {e}") from None
+    if not isinstance(obj, gojson.GoObject):
+        raise ConfigError("network config must be a JSON object")
+    enable_ipv4 = _bool(obj, "EnableIPv4", True)
+    enable_ipv6 = _bool(obj, "EnableIPv6", False)
+    if not enable_ipv4:
+        raise ConfigError("EnableIPv4 is false: IPv6-only networks are not supported "
+                          "(udpoverlay is IPv4 only)")
+    ipv6_network = _cidr(obj, "IPv6Network", 6)
+    network = _cidr(obj, "Network", 4)
+    if network is None or network.prefixlen == 0:
+        raise ConfigError("Network is missing: define e.g. \"Network\": \"10.244.0.0/16\"")
+    if enable_ipv6 and ipv6_network is None:
+        raise ConfigError("EnableIPv6 is true but IPv6Network is missing")
+    subnet_len = _subnet_len(network, _uint(obj, "SubnetLen"))
+    size = 1 << (32 - subnet_len)
+    subnet_min = _bound(network, subnet_len, "SubnetMin", _ip4(obj, "SubnetMin"),
+                        network.network_address + size)
+    subnet_max = _bound(network, subnet_len, "SubnetMax", _ip4(obj, "SubnetMax"),
+                        ipaddress.IPv4Address(int(network.broadcast_address) + 1 - size))
+    if subnet_min > subnet_max:
+        raise ConfigError(f"SubnetMin {subnet_min} is above SubnetMax {subnet_max}")
+    kind, port, vni = _backend(obj)
+    return NetworkConfig(network=network, subnet_len=subnet_len, subnet_min=subnet_min,
+                         subnet_max=subnet_max, backend_type=kind, backend_port=port, vni=vni,
+                         enable_ipv6=enable_ipv6, ipv6_network=ipv6_network)

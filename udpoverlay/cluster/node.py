@@ -1,0 +1,108 @@
+"""Cluster mode: the daemon with its subnet and peers from etcd (flannel's layout).
+
+Start sequence (one event loop, uvloop when available):
+  store + membership -> load_config (waits while missing/invalid/etcd down)
+  -> acquire our lease -> Options.for_lease (subnet, network, backend,
+  port, VNI come from etcd) -> Daemon.setup() in a worker thread (pyroute2's
+  sync netlink must not run inside the running loop) -> subnet.env ->
+  membership.run(dataplane.set_peers) as a task next to Daemon.serve().
+Shutdown: serve() returns on SIGINT/SIGTERM; the membership task is
+cancelled and the store closed. While etcd is down the membership keeps the
+last applied peers, so traffic keeps flowing.
+
+For vxlan the lease must carry our VTEP MAC before the subnet is known, so
+the default MAC is derived from the public IP and the etcd prefix (stable
+across restarts, like the lease itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from udpoverlay.cluster.membership import ClusterMembership
+from udpoverlay.cluster.subnetenv import previous_subnet, write_subnet_env
+from udpoverlay.daemon import Daemon, run_loop
+from udpoverlay.host.interfaces import detect_public_ip
+from udpoverlay.options import Options
+from udpoverlay.peer import derive_vtep_mac, format_mac
+
+__all__ = ["ClusterDaemon", "run"]
+
+log = logging.getLogger(__name__)
+
+
+class ClusterDaemon(Daemon):
+    """The daemon plus its cluster membership (shown under "cluster" in status)."""
+
+    membership: ClusterMembership | None = None
+
+    def status(self) -> dict:
+        doc = super().status()
+        if self.membership is not None:
+            doc["cluster"] = self.membership.status()
+        return doc
+
+
+async def _main(opts: Options) -> int:
+    from udpoverlay.cluster.store.etcd import EtcdStore
+
+    public_ip = str(opts.public_ip) if opts.public_ip else \
+        await asyncio.to_thread(detect_public_ip, opts.underlay_iface)
+    store = EtcdStore(list(opts.endpoints), ca_file=opts.ca_file,
+                      cert_file=opts.cert_file, key_file=opts.key_file)
+    daemon: ClusterDaemon | None = None
+    task: asyncio.Task | None = None
+    try:
+        membership = ClusterMembership(
+            store, prefix=opts.prefix, public_ip=public_ip,
+            previous_subnet=previous_subnet(opts.subnet_file),
+            lease_ttl=opts.lease_ttl, retry_max=2.0)
+        config = await membership.load_config()
+        vtep_mac = None
+        if config.backend_type == "vxlan":
+            vtep_mac = opts.vtep_mac or derive_vtep_mac(public_ip, opts.prefix)
+            membership.backend_data = {"VtepMAC": format_mac(vtep_mac)}
+        lease = await membership.acquire()
+        daemon = ClusterDaemon(opts.for_lease(
+            public_ip=public_ip, subnet=str(lease.subnet), network=str(config.network),
+            backend=config.backend_type, port=config.backend_port, vni=config.vni,
+            vtep_mac=vtep_mac))
+        daemon.membership = membership
+        await asyncio.to_thread(daemon.setup)
+        write_subnet_env(opts.subnet_file, config.network, lease.subnet, daemon.mtu,
+                         ipmasq=opts.ip_masq)
+        log.info("wrote %s", opts.subnet_file)
+        failure: list[BaseException] = []
+        running = daemon
+
+        async def follow() -> None:
+            assert running.engine is not None
+            try:
+                await membership.run(running.engine.set_peers)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - stop the daemon cleanly
+                log.error("cluster membership stopped: %s", exc)
+                failure.append(exc)
+                running.stop()
+
+        task = asyncio.create_task(follow(), name="udpoverlay-cluster")
+        code = await daemon.serve()
+        return 1 if failure else code
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        try:
+            await asyncio.wait_for(store.close(), 5)
+        except Exception:  # noqa: BLE001 - shutting down anyway
+            pass
+        if daemon is not None:
+            daemon.close()
+
+
+def run(opts: Options) -> int:
+    """Run the daemon in etcd mode until SIGINT/SIGTERM; exit code.
+    ConfigError / TunSetupError / LeaseStoreError propagate to the CLI."""
+    return run_loop(_main(opts))

@@ -1,0 +1,170 @@
+"""The reference twin of the data plane's core: pure Python, the readable
+statement of what the compiled twin (udpoverlay.dataplane._c, built from
+_fastpath/) must do byte for byte. Assembled here from its parts, which
+mirror the compiled twin's file for file:
+
+    checksum.py   RFC 1071 checksums             (_fastpath/checksum.pxi)
+    routes.py     the peer/route table           (_fastpath/routes.pxi)
+    frames.py     IPv4 check, flow hash, VXLAN header, ARP body (frames.pxi)
+    offload.py    TSO/USO split, GSO packing, GRO coalescing (offload.pxi)
+    outgoing.py   TUN -> wire                    (_fastpath/outgoing.pxi)
+    incoming.py   wire -> TUN                    (_fastpath/incoming.pxi)
+    testing.py    test-only entry points         (_fastpath/testing.pxi)
+
+The differential tests (tests/differential) prove the twins identical; a
+change to one lands in the other in the same commit. The core never raises
+or logs per packet: each packet gets a verdict, which is counted. Buffers
+passed in are borrowed for the call only.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+
+from udpoverlay.dataplane._py import testing
+from udpoverlay.dataplane._py.frames import BROADCAST, arp_body, vxlan_hdr
+from udpoverlay.dataplane._py.incoming import Incoming
+from udpoverlay.dataplane._py.offload import Coalescer
+from udpoverlay.dataplane._py.outgoing import Outgoing
+from udpoverlay.dataplane._py.routes import Table, mask
+from udpoverlay.dataplane.wire import MAX_TX_FDS, N_VERDICTS
+
+__all__ = ["IMPLEMENTATION", "Core", "testing"]
+
+IMPLEMENTATION = "python"
+
+
+class Core(Outgoing, Incoming):
+    """Route table + per-packet logic + batched I/O (reference twin).
+
+    Core(mode, tun_addr, local_net, local_len, vni, vtep_mac, local_port):
+    ints and bytes only; the facade (dataplane.engine.Engine) validated
+    them."""
+
+    def __init__(self, mode: int, tun_addr: int, local_net: int, local_len: int,
+                 vni: int, vtep_mac: bytes, local_port: int) -> None:
+        self.mode = mode
+        self.tun_addr = tun_addr
+        self.local_net = local_net
+        self._local_mask = mask(local_len)
+        self.vni = vni
+        self.vtep_mac = bytes(vtep_mac)
+        self.local_port = local_port
+        self._t = Table()
+        # TX counters: packets, bytes, icmp_sent, super_packets; per verdict
+        self._tx_c = [0, 0, 0, 0]
+        self._tx_v = [0] * N_VERDICTS
+        # RX counters: packets, bytes; per verdict (merges: the coalescer's)
+        self._rx_c = [0, 0]
+        self._rx_v = [0] * N_VERDICTS
+        self._socks: dict[int, socket.socket] = {}
+        self._tx_fds: list[int] = []
+        self.vnet_hdr = False
+        self.tun_uso = False
+        self._gso = False
+        self._co = Coalescer(udp=False)
+        self._closed = False
+
+    # -- devices ------------------------------------------------------------
+    def set_tx_fds(self, fds) -> None:
+        """vxlan: send through these sockets, chosen per inner flow by
+        flow_hash; empty = the main socket only."""
+        self._tx_fds = list(fds)[:MAX_TX_FDS]
+
+    def set_offload(self, vnet_hdr: bool, udp_gso: bool, tun_uso: bool) -> None:
+        """Declare what the devices were set up with, before any I/O."""
+        self.vnet_hdr = bool(vnet_hdr)
+        self._gso = bool(vnet_hdr and udp_gso)
+        self.tun_uso = bool(vnet_hdr and tun_uso)
+        self._co.udp = self.tun_uso
+
+    @property
+    def udp_gso(self) -> bool:
+        """UDP_SEGMENT in use (turned off for good if the kernel refuses it)."""
+        return self._gso
+
+    def _sock(self, fd: int) -> socket.socket:
+        """A socket object for fd (a dup: closing it leaves fd open)."""
+        s = self._socks.get(fd)
+        if s is None:
+            s = self._socks[fd] = socket.socket(fileno=os.dup(fd))
+            s.setblocking(False)
+        return s
+
+    # -- the table -------------------------------------------------------------
+    def set_peers(self, specs) -> None:
+        """Replace the table with [(ip, port, net, length, mac or None)] in
+        one assignment; counters of kept peers stay."""
+        self._t = Table(specs, self._t)
+
+    def lookup(self, addr: int) -> int:
+        """Longest-prefix match: peer index or -1."""
+        return self._t.lookup(addr)
+
+    def counts(self) -> tuple:
+        """(scalars in wire.SCALAR_COUNTERS order, TX verdict counts, RX
+        verdict counts): a raw snapshot the facade names."""
+        tx, rx = self._tx_c, self._rx_c
+        return ((tx[0], tx[1], rx[0], rx[1], tx[2], tx[3], self._co.merged, self._co.csum_bad),
+                tuple(self._tx_v), tuple(self._rx_v))
+
+    def peer_stats(self) -> list[tuple]:
+        """Per peer, in table order: (tx_packets, tx_bytes, rx_packets,
+        rx_bytes, VTEP MAC or None)."""
+        return [(*p[5], p[4]) for p in self._t.peers]
+
+    def arp_request(self, idx: int) -> bytes:
+        """VXLAN datagram asking peer idx for the MAC of its VTEP address."""
+        if not 0 <= idx < len(self._t.peers):
+            raise IndexError(idx)
+        return (vxlan_hdr(self.vni, self.vtep_mac, BROADCAST, b"\x08\x06")
+                + arp_body(self.vtep_mac, self.tun_addr, 1, None, self._t.peers[idx][2]))
+
+    # -- worker threads ----------------------------------------------------------
+    # The reference keeps the GIL (no parallelism), but runs the same thread
+    # bodies; tables are garbage collected, so retiring one is free.
+    threaded = False
+    _stopping = False
+
+    def set_threaded(self, on: bool) -> None:
+        """Declare that run_tx/run_rx threads are about to run (True) or have
+        been joined (False); route tables are then freed only when safe."""
+        self.threaded = bool(on)
+        self._stopping = False
+
+    def reclaim(self) -> int:
+        """Free retired tables no worker can still hold; how many are left."""
+        return 0
+
+    def stop_workers(self) -> None:
+        """Make run_tx/run_rx return (within 100 ms; at once if the stop fd
+        they poll becomes readable)."""
+        self._stopping = True
+
+    def run_tx(self, tun_fd: int, sock_fd: int, stop_fd: int) -> None:
+        """Worker thread body: TUN -> wire until stop_workers()."""
+        self._worker(tun_fd, stop_fd, lambda: self.tun_to_udp(tun_fd, sock_fd))
+
+    def run_rx(self, sock_fd: int, tun_fd: int, stop_fd: int) -> None:
+        """Worker thread body: wire -> TUN until stop_workers()."""
+        self._worker(sock_fd, stop_fd, lambda: self.udp_to_tun(sock_fd, tun_fd))
+
+    def _worker(self, in_fd: int, stop_fd: int, drain) -> None:
+        while not self._stopping and not self._closed:
+            ready, _, _ = select.select([in_fd, stop_fd], [], [], 0.1)
+            if self._stopping or stop_fd in ready:
+                return
+            if in_fd in ready:
+                drain()
+
+    def close(self) -> None:
+        """Close the dup'ed sockets; idempotent. I/O calls afterwards do
+        nothing; counters and peers stay readable."""
+        if self.threaded:
+            return      # workers still declared running: as the compiled twin
+        self._closed = True
+        for s in self._socks.values():
+            s.close()
+        self._socks.clear()

@@ -1,0 +1,203 @@
+"""Reference twin, incoming: wire -> TUN. Mirrors _fastpath/incoming.pxi.
+
+Receive a batch, accept each datagram only from a known peer and only for
+our subnet (source inside the peer's subnet: no spoofing), answer ARP for
+our VTEP (vxlan) and write the inner packets to the TUN. With offloads a
+received datagram may hold several GRO segments: each is checked alone,
+accepted ones are coalesced into GSO writes (offload.py).
+
+Incoming is a mixin of Core (dataplane/_py/__init__.py): it uses the
+core's configuration and table, and owns the _rx_* counters.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+
+from udpoverlay.dataplane._py.frames import BROADCAST, arp_body, check_ipv4, vxlan_hdr
+from udpoverlay.dataplane._py.routes import mask
+from udpoverlay.dataplane.wire import (
+    ARP,
+    ARP_LEN,
+    BAD_HEADER,
+    BAD_VNI,
+    BAD_VXLAN,
+    BATCH,
+    MAX_ROUNDS,
+    MODE_UDP,
+    NOT_IPV4,
+    NOT_LOCAL,
+    OK,
+    SLOT,
+    SOL_UDP,
+    SPOOFED_SRC,
+    TOO_SHORT,
+    TTL_EXPIRED,
+    TX_ERROR,
+    UDP_GRO,
+    UNKNOWN_PEER,
+    VXLAN_HDR,
+    WRONG_MAC,
+)
+
+# _rx_c fields
+PACKETS, BYTES = range(2)
+_CMSG_SPACE = socket.CMSG_SPACE(4)
+
+
+def _addr_int(addr: tuple) -> int:
+    return int.from_bytes(socket.inet_aton(addr[0]), "big")
+
+
+class Incoming:
+    # -- per datagram ---------------------------------------------------------------
+    def _arp(self, d, idx: int):
+        """Answer ARP requests for our VTEP address; learn the peer's MAC from
+        its own ARP (sender = its VTEP address only: no poisoning others)."""
+        if len(d) < VXLAN_HDR + ARP_LEN:
+            return TOO_SHORT, b""
+        if d[8:14] != self.vtep_mac and d[8:14] != BROADCAST:
+            return WRONG_MAC, b""
+        a = d[VXLAN_HDR:VXLAN_HDR + ARP_LEN]
+        if a[0:6] != b"\0\x01\x08\x00\x06\x04":
+            return BAD_HEADER, b""
+        sha, spa = bytes(a[8:14]), int.from_bytes(a[14:18], "big")
+        p = self._t.peers[idx]
+        if spa == p[2] and not sha[0] & 1 and p[4] is None:
+            p[4] = sha
+        if a[6] == 0 and a[7] == 1 and int.from_bytes(a[24:28], "big") == self.tun_addr:
+            return ARP, (vxlan_hdr(self.vni, self.vtep_mac, sha, b"\x08\x06")
+                         + arp_body(self.vtep_mac, self.tun_addr, 2, sha, spa))
+        return ARP, b""
+
+    def _inbound(self, d, src_ip: int):
+        """(verdict, peer, offset of the inner packet, reply datagram)."""
+        idx = self._t.by_ip.get(src_ip, -1)
+        if idx < 0:
+            return UNKNOWN_PEER, -1, 0, b""
+        if self.mode == MODE_UDP:
+            return self._inner(d, idx), idx, 0, b""
+        if len(d) < VXLAN_HDR:
+            return TOO_SHORT, idx, 0, b""
+        if not d[0] & 0x08:
+            return BAD_VXLAN, idx, 0, b""
+        if int.from_bytes(d[4:7], "big") != self.vni:
+            return BAD_VNI, idx, 0, b""
+        if d[20:22] == b"\x08\x06":
+            v, reply = self._arp(d, idx)
+            return v, idx, 0, reply
+        if d[20:22] != b"\x08\x00":
+            return NOT_IPV4, idx, 0, b""
+        if d[8:14] != self.vtep_mac:
+            return WRONG_MAC, idx, 0, b""
+        return self._inner(memoryview(d)[VXLAN_HDR:], idx), idx, VXLAN_HDR, b""
+
+    def _inner(self, dgram, idx: int) -> int:
+        """Verdict for the inner packet from peer idx."""
+        v = check_ipv4(dgram)
+        if v != OK:
+            return v
+        p = self._t.peers[idx]
+        if (int.from_bytes(dgram[12:16], "big") & mask(p[3])) != p[2]:
+            return SPOOFED_SRC
+        if (int.from_bytes(dgram[16:20], "big") & self._local_mask) != self.local_net:
+            return NOT_LOCAL
+        if dgram[8] == 0:
+            return TTL_EXPIRED
+        return OK
+
+    def _count_in(self, v: int, idx: int, n: int) -> None:
+        if v == OK:
+            st = self._t.peers[idx][5]
+            st[2] += 1
+            st[3] += n
+            self._rx_c[PACKETS] += 1
+            self._rx_c[BYTES] += n
+        else:
+            self._rx_v[v] += 1
+
+    # -- receiving -------------------------------------------------------------------
+    def _recv_batch(self, sock) -> list:
+        """Up to BATCH datagrams as (data, addr, UDP_GRO segment size or 0),
+        as one recvmmsg gives them: it stops at an empty socket or an error."""
+        got = []
+        while len(got) < BATCH:
+            try:
+                data, anc, _flags, addr = sock.recvmsg(SLOT, _CMSG_SPACE if self.vnet_hdr else 0)
+            except OSError:
+                break
+            gro = 0
+            for level, kind, cdata in anc:
+                if level == SOL_UDP and kind == UDP_GRO and len(cdata) >= 4:
+                    gro = struct.unpack("=i", cdata[:4])[0]
+            got.append((data, addr, gro))
+        return got
+
+    def _reply(self, sock, data: bytes, addr: tuple) -> None:
+        try:
+            sock.sendto(data, addr)
+        except OSError:
+            self._rx_v[TX_ERROR] += 1
+
+    # -- the loops -------------------------------------------------------------------
+    def udp_to_tun(self, sock_fd: int, tun_fd: int) -> int:
+        """Drain the socket (at most MAX_ROUNDS batches); the number of datagrams."""
+        if self._closed:
+            return 0
+        sock = self._sock(sock_fd)
+        done = 0
+        for _ in range(MAX_ROUNDS):
+            got = self._recv_batch(sock)
+            if self.vnet_hdr:
+                self._rx_batch_vnet(got, sock, tun_fd)
+            else:
+                self._rx_batch_plain(got, sock, tun_fd)
+            done += len(got)
+            if len(got) < BATCH:
+                break
+        return done
+
+    def _rx_batch_plain(self, got: list, sock, tun_fd: int) -> None:
+        for data, addr, _gro in got:
+            v, idx, off, reply = self._inbound(data, _addr_int(addr))
+            self._count_in(v, idx, len(data) - off)
+            if reply:
+                self._reply(sock, reply, addr)
+            if v == OK:
+                try:
+                    os.write(tun_fd, data[off:])
+                except OSError:
+                    self._rx_v[TX_ERROR] += 1
+
+    def _rx_batch_vnet(self, got: list, sock, tun_fd: int) -> None:
+        if not got:
+            return
+        for data, addr, gro in got:
+            self._rx_datagram(data, _addr_int(addr), gro,
+                              lambda r, addr=addr: self._reply(sock, r, addr))
+        for w, nseg in self._co.take():
+            try:
+                os.write(tun_fd, w)
+            except OSError:
+                self._rx_v[TX_ERROR] += nseg
+
+    def _rx_datagram(self, data: bytes, src: int, gro: int, reply) -> None:
+        """One received datagram (GRO: several segments of `gro` bytes):
+        check each segment, answer ARP through reply(), hand accepted
+        packets to the coalescer."""
+        n = len(data)
+        step = gro if 0 < gro < n else n
+        off = 0
+        while True:
+            seg = data[off:off + step]
+            v, idx, ioff, r = self._inbound(seg, src)
+            self._count_in(v, idx, len(seg) - ioff)
+            if r:
+                reply(r)
+            if v == OK:
+                self._co.add(seg[ioff:])
+            off += step
+            if off >= n:
+                break

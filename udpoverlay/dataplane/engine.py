@@ -1,0 +1,150 @@
+"""Engine: the thin Python facade over a twin's Core, shared by both twins.
+
+Everything that speaks Python objects happens here, once per call from the
+control plane, never per packet: Peer and ipaddress values become ints when
+the peer table is set, raw counter snapshots get their names, and per-peer
+statistics are joined back to the Peer they belong to by table index. The
+cores (dataplane/_py, the reference, and the compiled _c) only see ints and
+bytes, so both stay free of parsing and naming code.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from types import ModuleType
+from typing import Iterable
+
+from udpoverlay.dataplane import wire
+from udpoverlay.peer import Peer, format_mac
+
+__all__ = ["Engine"]
+
+_PEER_STATS = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes")
+
+
+def _net(value) -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network(value, strict=True)
+
+
+class Engine:
+    """One data plane: a core of the chosen twin plus the peers it routes to.
+
+    backend: "udp" (flannel's IP-in-UDP) or "vxlan"; tun_addr: our overlay
+    address (the local subnet's network address); subnet: the local subnet
+    (packets from the wire must be for it); network: the whole overlay
+    (validated only); port: the underlay UDP port; twin: a core module from
+    dataplane.twin(), by default the switch's choice."""
+
+    def __init__(self, backend: str, tun_addr, subnet, network, vni: int = 1,
+                 vtep_mac: bytes = b"\x02\0\0\0\0\x01", port: int = 8285,
+                 twin: ModuleType | None = None) -> None:
+        if backend not in wire.MODES:
+            raise ValueError(f"unknown backend {backend!r}")
+        if len(vtep_mac) != 6:
+            raise ValueError("vtep mac must be 6 bytes")
+        if not 0 <= vni < 1 << 24:
+            raise ValueError(f"bad VNI {vni}: 24 bits")
+        if twin is None:
+            from udpoverlay.dataplane import DEFAULT
+            twin = DEFAULT
+        local = _net(subnet)
+        _net(network)
+        self.backend = backend
+        self.implementation: str = twin.IMPLEMENTATION
+        self.core = twin.Core(wire.MODES[backend], int(ipaddress.IPv4Address(tun_addr)),
+                              int(local.network_address), local.prefixlen, int(vni),
+                              bytes(vtep_mac), int(port))
+        self._peers: tuple[Peer, ...] = ()
+        self._index: dict[Peer, int] = {}
+        self._shown: list[tuple] = []     # per peer: (public_ip, port, subnet) as status shows them
+
+    # -- devices ------------------------------------------------------------
+    def set_tx_fds(self, fds: Iterable[int]) -> None:
+        """vxlan: send through these sockets (bound to different source
+        ports), chosen per inner flow; empty = the main socket only."""
+        self.core.set_tx_fds([int(fd) for fd in fds][:wire.MAX_TX_FDS])
+
+    def set_offload(self, vnet_hdr: bool, udp_gso: bool = False, tun_uso: bool = False) -> None:
+        """Declare what the devices were set up with (before any I/O): the
+        TUN carries a virtio_net_hdr, the socket takes UDP_SEGMENT, the TUN
+        takes UDP GSO writes."""
+        self.core.set_offload(bool(vnet_hdr), bool(udp_gso), bool(tun_uso))
+
+    @property
+    def vnet_hdr(self) -> bool:
+        return bool(self.core.vnet_hdr)
+
+    @property
+    def udp_gso(self) -> bool:
+        """UDP_SEGMENT in use (turned off for good if the kernel refuses it)."""
+        return bool(self.core.udp_gso)
+
+    @property
+    def tun_uso(self) -> bool:
+        return bool(self.core.tun_uso)
+
+    # -- peers ----------------------------------------------------------------
+    def set_peers(self, peers: Iterable[Peer]) -> None:
+        """Replace the peer table in one swap; counters of kept peers stay,
+        and a learned VTEP MAC survives a swap that names none."""
+        peers = tuple(peers)
+        specs, shown = [], []
+        for p in peers:
+            ip, net = ipaddress.IPv4Address(p.public_ip), _net(p.subnet)
+            if p.vtep_mac is not None and len(p.vtep_mac) != 6:
+                raise ValueError("vtep mac must be 6 bytes")
+            specs.append((int(ip), int(p.port), int(net.network_address), net.prefixlen,
+                          bytes(p.vtep_mac) if p.vtep_mac else None))
+            shown.append((str(ip), int(p.port), str(net)))
+        self.core.set_peers(specs)
+        index: dict[Peer, int] = {}
+        for i, p in enumerate(peers):
+            index.setdefault(p, i)
+        self._peers, self._index, self._shown = peers, index, shown
+
+    @property
+    def peers(self) -> tuple[Peer, ...]:
+        """The peers, in table order."""
+        return self._peers
+
+    def peer_status(self) -> list[dict]:
+        """Per peer: where it is, its counters, its VTEP MAC (configured or
+        learned, as the core holds it) and where the control plane got it."""
+        out = []
+        for p, shown, st in zip(self._peers, self._shown, self.core.peer_stats()):
+            d = dict(zip(("public_ip", "port", "subnet"), shown))
+            d.update(zip(_PEER_STATS, st))
+            d["vtep_mac"] = format_mac(st[4])
+            d["source"] = p.source
+            out.append(d)
+        return out
+
+    def unresolved(self) -> list[Peer]:
+        """vxlan: the peers whose VTEP MAC is not known yet."""
+        if self.backend != "vxlan":
+            return []
+        return [p for p, st in zip(self._peers, self.core.peer_stats()) if st[4] is None]
+
+    def arp_request(self, peer: Peer) -> bytes:
+        """The VXLAN datagram asking `peer` for its VTEP's MAC (KeyError if
+        the peer is not in the table)."""
+        return self.core.arp_request(self._index[peer])
+
+    # -- counters -------------------------------------------------------------
+    def counters(self) -> dict:
+        """Named counters: totals, then tx_drop_*/rx_drop_* per verdict, rx_arp."""
+        scalars, out_v, in_v = self.core.counts()
+        c = dict(zip(wire.SCALAR_COUNTERS, scalars))
+        for i in range(1, wire.N_VERDICTS):
+            if i == wire.ARP:
+                continue
+            c["tx_drop_" + wire.VERDICT_NAMES[i]] = out_v[i]
+            c["rx_drop_" + wire.VERDICT_NAMES[i]] = in_v[i]
+        c["rx_arp"] = in_v[wire.ARP]
+        return c
+
+    def close(self) -> None:
+        """Release the core's resources; idempotent (both cores' close() is).
+        Stop the Runner first: a core whose workers may still run keeps its
+        buffers."""
+        self.core.close()

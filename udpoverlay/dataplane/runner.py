@@ -1,0 +1,100 @@
+"""Runner: drives an Engine's two directions, TUN -> wire and wire -> TUN,
+in one of two ways. No Python object is made per packet here.
+
+- loop: when the TUN or the socket is readable, the event loop calls into
+  the core once per wakeup (Core.tun_to_udp / Core.udp_to_tun, registered
+  directly), which drains a batch with the GIL released.
+- threads: one worker thread per direction runs the core's nogil loop
+  (Core.run_tx / Core.run_rx: poll, drain, repeat), so the directions use
+  two cores and no Python runs per wakeup. Per-flow order holds: each
+  direction stays on one thread. Stopping writes to a pipe both workers poll.
+
+The route table has one owner: the event-loop thread calls
+Engine.set_peers(), and the core swaps the whole table in one step (with
+workers running, the old one is freed once neither worker can still hold
+it: the reclaim timer here frees it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+
+__all__ = ["Runner"]
+
+log = logging.getLogger(__name__)
+RECLAIM_EVERY = 1.0       # seconds: free retired route tables (threads mode)
+
+
+class Runner:
+    """Runs engine.core on the TUN fd and the underlay socket fd: on the
+    event loop (threads=False) or on two worker threads. stop() is
+    idempotent and joins the workers."""
+
+    def __init__(self, engine, tun_fd: int, sock_fd: int, threads: bool = False) -> None:
+        self.engine = engine
+        self.core = engine.core
+        self.tun_fd = tun_fd
+        self.sock_fd = sock_fd
+        self.threads = threads
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._workers: list[threading.Thread] = []
+        self._stop_pipe: tuple[int, int] | None = None
+        self._reclaim: asyncio.TimerHandle | None = None
+
+    @property
+    def mode(self) -> str:
+        return "threads" if self.threads else "loop"
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        if not self.threads:
+            loop.add_reader(self.tun_fd, self.core.tun_to_udp, self.tun_fd, self.sock_fd)
+            loop.add_reader(self.sock_fd, self.core.udp_to_tun, self.sock_fd, self.tun_fd)
+            return
+        self._stop_pipe = os.pipe()
+        self.core.set_threaded(True)
+        stop_fd = self._stop_pipe[0]
+        for name, body, args in (("udpoverlay-tx", self.core.run_tx,
+                                  (self.tun_fd, self.sock_fd, stop_fd)),
+                                 ("udpoverlay-rx", self.core.run_rx,
+                                  (self.sock_fd, self.tun_fd, stop_fd))):
+            t = threading.Thread(target=body, args=args, name=name, daemon=True)
+            t.start()
+            self._workers.append(t)
+        self._schedule_reclaim()
+
+    def _schedule_reclaim(self) -> None:
+        if self._loop is not None and self._workers:
+            self.core.reclaim()
+            self._reclaim = self._loop.call_later(RECLAIM_EVERY, self._schedule_reclaim)
+
+    def stop(self) -> None:
+        if self._loop is not None and not self.threads:
+            for fd in (self.tun_fd, self.sock_fd):
+                try:
+                    self._loop.remove_reader(fd)
+                except Exception:  # noqa: BLE001 - loop closing / fd gone
+                    pass
+        if self._reclaim is not None:
+            self._reclaim.cancel()
+            self._reclaim = None
+        if self._workers:
+            self.core.stop_workers()
+            if self._stop_pipe is not None:
+                os.write(self._stop_pipe[1], b"x")
+            for t in self._workers:
+                t.join(timeout=5)
+            alive = [t.name for t in self._workers if t.is_alive()]
+            if alive:   # cannot happen short of a kernel hang: say so, go on
+                log.error("worker threads did not stop: %s", ", ".join(alive))
+            else:
+                self.core.set_threaded(False)
+            self._workers = []
+        if self._stop_pipe is not None:
+            for fd in self._stop_pipe:
+                os.close(fd)
+            self._stop_pipe = None
+        self._loop = None

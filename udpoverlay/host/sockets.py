@@ -1,0 +1,81 @@
+"""The underlay UDP sockets: the main socket bound to (public IP, port),
+and for vxlan a few extra send-only sockets on ephemeral ports.
+
+Why extra sockets: RFC 7348 section 5 asks for source-port entropy per
+inner flow, so underlay ECMP/RSS spreads flows while each flow keeps one
+path (and its order). The fast path picks the socket by a hash of the
+inner flow.
+
+Buffers are forced past net.core.[rw]mem_max (we run as root): a GRO
+datagram holds up to 64 KB, and a burst of them must not overflow the queue.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from udpoverlay.dataplane.wire import SOL_UDP, UDP_GRO, UDP_SEGMENT
+from udpoverlay.errors import TunSetupError
+
+__all__ = ["open_socket", "open_tx_sockets", "udp_gso_supported", "enable_udp_gro",
+           "SOCK_BUF", "VXLAN_TX_SOCKETS"]
+
+SOCK_BUF = 16 * 1024 * 1024
+VXLAN_TX_SOCKETS = 8       # source ports for per-flow entropy (RFC 7348 section 5)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+
+
+def open_socket(ip: str, port: int) -> socket.socket:
+    """A UDP socket bound to (ip, port), big buffers, non-blocking;
+    TunSetupError if the address cannot be bound."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF),
+                             (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+            try:
+                s.setsockopt(socket.SOL_SOCKET, force, SOCK_BUF)
+            except OSError:
+                s.setsockopt(socket.SOL_SOCKET, plain, SOCK_BUF)
+        try:
+            s.bind((ip, port))
+        except OSError as exc:
+            raise TunSetupError(f"cannot bind UDP {ip}:{port}: {exc.strerror or exc}") from None
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def open_tx_sockets(ip: str, n: int = VXLAN_TX_SOCKETS) -> list[socket.socket]:
+    """n send sockets on ephemeral ports of ip (closed again on failure)."""
+    out: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            out.append(open_socket(ip, 0))
+    except BaseException:
+        for s in out:
+            s.close()
+        raise
+    return out
+
+
+def udp_gso_supported(s: socket.socket) -> bool:
+    """The kernel knows UDP_SEGMENT (Linux 4.18+). Whether the route's
+    device can checksum it shows only when sending: the fast path turns GSO
+    off on EIO and says so in status."""
+    try:
+        s.getsockopt(SOL_UDP, UDP_SEGMENT)
+    except OSError:
+        return False
+    return True
+
+
+def enable_udp_gro(s: socket.socket) -> bool:
+    """Receive runs of same-size datagrams as one (Linux 5.0+)."""
+    try:
+        s.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True

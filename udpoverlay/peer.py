@@ -1,0 +1,75 @@
+"""Peer: one remote host of the overlay, as the control plane hands it to the
+data plane. Lease stores (static flags, etcd) produce lists of these; the
+daemon pushes the whole list into the fast path, which swaps its route table
+in one step (see dataplane.Engine.set_peers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+
+__all__ = ["Peer", "format_mac", "parse_mac", "derive_vtep_mac"]
+
+
+def parse_mac(text: str) -> bytes:
+    """'c6:d2:32:6f:8f:44' -> 6 bytes; ValueError with the reason otherwise."""
+    parts = text.strip().replace("-", ":").split(":")
+    if len(parts) != 6 or not all(len(p) in (1, 2) for p in parts):
+        raise ValueError(f"bad MAC address {text!r}")
+    try:
+        mac = bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raise ValueError(f"bad MAC address {text!r}") from None
+    if mac[0] & 1:
+        raise ValueError(f"MAC address {text!r} is multicast")
+    return mac
+
+
+def format_mac(mac: bytes | None) -> str | None:
+    return None if mac is None else ":".join(f"{b:02x}" for b in mac)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A remote host: where to send (public_ip, port) packets for `subnet`.
+
+    vtep_mac is the remote VTEP's MAC for the vxlan backend (None: unknown,
+    to be learned by ARP). `since` is when the control plane first saw this
+    peer's current lease (clock seconds), for status only.
+    """
+
+    public_ip: ipaddress.IPv4Address
+    port: int
+    subnet: ipaddress.IPv4Network
+    vtep_mac: bytes | None = None
+    source: str = "static"
+    since: float | None = None
+    expires: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"bad port {self.port}")
+        if self.vtep_mac is not None and len(self.vtep_mac) != 6:
+            raise ValueError("vtep_mac must be 6 bytes")
+
+    @property
+    def vtep_ip(self) -> ipaddress.IPv4Address:
+        """What flannel puts on the remote flannel.1 / flannel0: the subnet's
+        network address."""
+        return self.subnet.network_address
+
+    def key(self) -> tuple:
+        """Identity for diffs: a changed key is a different route."""
+        return (str(self.public_ip), self.port, str(self.subnet), self.vtep_mac)
+
+
+def derive_vtep_mac(*parts: str) -> bytes:
+    """A locally administered unicast MAC derived from `parts` (e.g. public
+    IP and subnet): the same on every start of the same host, since kernel
+    peers keep our MAC in permanent neighbour/fdb entries."""
+    seed = "udpoverlay-vtep " + " ".join(parts)
+    digest = bytearray(hashlib.sha256(seed.encode()).digest()[:6])
+    digest[0] = (digest[0] & 0xFC) | 0x02
+    return bytes(digest)
