@@ -32,7 +32,7 @@ Design notes:
   written in place, without a copy.
 """
 
-from libc.stdlib cimport malloc, calloc, free
+from libc.stdlib cimport malloc, calloc, free, qsort
 from libc.string cimport memcmp, memcpy, memset
 from libc.errno cimport errno, EAGAIN, EINTR, EIO, EINVAL
 
@@ -69,6 +69,9 @@ include "outgoing.pxi"
 include "incoming.pxi"
 
 IMPLEMENTATION = "cython"
+
+import struct as _struct
+_SPEC = _struct.Struct("=IIHBB6s")     # wire.PEER_SPEC_FORMAT
 
 
 cdef inline void quiesce(cfg_t *c, bint is_rx) noexcept nogil:
@@ -188,9 +191,25 @@ cdef class Core:
     # -- the table ------------------------------------------------------------
     def set_peers(self, specs):
         """Replace the table with [(ip, port, net, length, mac or None)] in
-        one pointer swap; counters of kept peers stay."""
+        one pointer swap; counters of kept peers stay. A spec's MAC is
+        configured (never learned over); None: learned by ARP."""
+        recs = []
+        for ip, port, net, length, mac in specs:
+            if mac is not None and len(mac) != 6:
+                raise ValueError("vtep mac must be 6 bytes")
+            if not 0 <= length <= 32:
+                raise ValueError(f"bad prefix length {length}")
+            recs.append(_SPEC.pack(ip, net, port, length, mac is not None, mac or bytes(6)))
+        self.set_peers_packed(b"".join(recs))
+
+    def set_peers_packed(self, const uint8_t[::1] buf):
+        """set_peers() from packed records (wire.PEER_SPEC_FORMAT), the
+        facade's cheap form."""
         cdef table_t *old = self.cfg.table
-        self.cfg.table = build_table(list(specs), old)   # the swap
+        if buf.shape[0] % PEER_SPEC_LEN:
+            raise ValueError("peer table: not a whole number of records")
+        self.cfg.table = build_table(&buf[0] if buf.shape[0] else NULL,
+                                     <int>(buf.shape[0] // PEER_SPEC_LEN), old)   # the swap
         self.retire(old)
 
     cdef void retire(self, table_t *t):
@@ -224,7 +243,7 @@ cdef class Core:
         verdict counts): a raw snapshot the facade names."""
         return ((self.tx.packets, self.tx.bytes, self.rx.packets, self.rx.bytes,
                  self.tx.icmp_sent, self.tx.super_packets, self.rx.co.merged,
-                 self.rx.co.csum_bad),
+                 self.rx.co.csum_bad, self.rx.csum_partial, self.rx.mac_changed),
                 tuple(self.tx.verdicts), tuple(self.rx.verdicts))
 
     def peer_stats(self):

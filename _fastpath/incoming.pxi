@@ -14,6 +14,8 @@ cdef struct rx_t:
     # counters, written by the RX side only
     uint64_t packets, bytes
     uint64_t verdicts[N_VERDICTS]
+    uint64_t csum_partial        # partial inner checksums finished
+    uint64_t mac_changed         # learned VTEP MACs replaced
     # scratch
     uint8_t *slots
     iovec iov[BATCH]
@@ -34,12 +36,31 @@ cdef void rx_free(rx_t *rx) noexcept nogil:
 
 
 # -- per datagram ----------------------------------------------------------------------
+cdef inline void learn_c(rx_t *rx, peer_t *p, const uint8_t *mac) noexcept nogil:
+    """Take mac as peer p's VTEP MAC unless configured or multicast; a
+    different known one is replaced and counted (learned MACs keep being
+    re-validated: a forged or stale one cannot stick). A TX thread may read
+    a half-written MAC for a frame or two during a change: that frame is
+    dropped by the peer, as one sent to the old MAC would be."""
+    if p.mac_fixed or (mac[0] & 1):
+        return
+    if p.has_mac:
+        if memcmp(p.mac, mac, 6) == 0:
+            return
+        rx.mac_changed += 1
+        memcpy(p.mac, mac, 6)
+        return
+    memcpy(p.mac, mac, 6)
+    uo_barrier()        # the TX side tests has_mac, then reads mac
+    p.has_mac = 1
+
+
 cdef int arp_c(const cfg_t *c, rx_t *rx, table_t *t, const uint8_t *d, Py_ssize_t n,
-               int idx) noexcept nogil:
-    """Answer ARP requests for our VTEP address; learn the peer's MAC from
-    its own ARP (sender = its VTEP address only: no poisoning others)."""
+               int lo, int hi) noexcept nogil:
+    """Answer ARP requests for our VTEP address; learn a peer's MAC from its
+    own ARP, request or reply (sender = that peer's VTEP address only: no
+    poisoning others). by_ip[lo:hi] are the peers of the sender's address."""
     cdef const uint8_t *a = d + VXLAN_HDR
-    cdef peer_t *p = &t.peers[idx]
     cdef uint32_t spa
     cdef int i
     cdef bint bcast = True
@@ -53,10 +74,10 @@ cdef int arp_c(const cfg_t *c, rx_t *rx, table_t *t, const uint8_t *d, Py_ssize_
     if not (a[0] == 0 and a[1] == 1 and a[2] == 8 and a[3] == 0 and a[4] == 6 and a[5] == 4):
         return BAD_HEADER
     spa = be32(&a[14])
-    if spa == p.net and not (a[8] & 1) and not p.has_mac:
-        memcpy(p.mac, &a[8], 6)
-        uo_barrier()        # the TX side tests has_mac, then reads mac
-        p.has_mac = 1
+    for i in range(lo, hi):
+        if t.peers[t.by_ip[i].peer].net == spa:
+            learn_c(rx, &t.peers[t.by_ip[i].peer], &a[8])
+            break
     if a[6] == 0 and a[7] == 1 and be32(&a[24]) == c.tun_addr:
         vxlan_hdr(c, rx.reply, &a[8], 0x0806)
         arp_body(c, &rx.reply[VXLAN_HDR], 2, &a[8], spa)
@@ -65,15 +86,22 @@ cdef int arp_c(const cfg_t *c, rx_t *rx, table_t *t, const uint8_t *d, Py_ssize_
 
 
 cdef int inner_c(const cfg_t *c, const table_t *t, const uint8_t *d, Py_ssize_t n,
-                 int idx) noexcept nogil:
-    """Verdict for the inner packet from peer idx."""
-    cdef int v
+                 int lo, int hi, int *peer) noexcept nogil:
+    """Verdict for an inner packet from one of the peers by_ip[lo:hi]; peer =
+    the first whose subnet holds its source."""
+    cdef int v, i
+    cdef uint32_t src
     cdef const peer_t *p
     v = check_ipv4(d, n)
     if v != OK:
         return v
-    p = &t.peers[idx]
-    if (be32(&d[12]) & p.mask) != p.net:
+    src = be32(&d[12])
+    for i in range(lo, hi):
+        p = &t.peers[t.by_ip[i].peer]
+        if (src & p.mask) == p.net:
+            peer[0] = t.by_ip[i].peer
+            break
+    else:
         return SPOOFED_SRC
     if (be32(&d[16]) & c.local_mask) != c.local_net:
         return NOT_LOCAL
@@ -83,16 +111,30 @@ cdef int inner_c(const cfg_t *c, const table_t *t, const uint8_t *d, Py_ssize_t 
 
 
 cdef int inbound_c(const cfg_t *c, rx_t *rx, table_t *t, const uint8_t *d, Py_ssize_t n,
-                   uint32_t src, int *peer) noexcept nogil:
-    """Verdict for one datagram; rx.inner_off = where its inner packet starts."""
-    cdef int idx = search(t.by_ip, 0, t.n_by_ip, src)
-    peer[0] = idx
+                   uint32_t src, uint16_t sport, int *peer) noexcept nogil:
+    """Verdict for one datagram from src:sport; rx.inner_off = where its
+    inner packet starts, peer = the peer it is counted for (or -1)."""
+    cdef int lo = by_ip_first(t, src)
+    cdef int hi = lo
+    cdef int v
+    peer[0] = -1
     rx.reply_len = 0
     rx.inner_off = 0
-    if idx < 0:
+    while hi < t.n_by_ip and t.by_ip[hi].net == src:
+        hi += 1
+    if lo == hi:
         return UNKNOWN_PEER
     if c.mode == MODE_UDP:
-        return inner_c(c, t, d, n, idx)
+        # Peers send from their configured port (flannel's proxy too):
+        # anything else from that host is some other process.
+        while lo < hi and t.peers[t.by_ip[lo].peer].port != sport:
+            lo += 1
+        v = lo
+        while v < hi and t.peers[t.by_ip[v].peer].port == sport:
+            v += 1
+        if lo == v:
+            return BAD_PORT
+        return inner_c(c, t, d, n, lo, v, peer)
     if n < VXLAN_HDR:
         return TOO_SHORT
     if not (d[0] & 0x08):
@@ -100,13 +142,51 @@ cdef int inbound_c(const cfg_t *c, rx_t *rx, table_t *t, const uint8_t *d, Py_ss
     if ((<uint32_t>d[4] << 16) | (<uint32_t>d[5] << 8) | d[6]) != c.vni:
         return BAD_VNI
     if d[20] == 0x08 and d[21] == 0x06:
-        return arp_c(c, rx, t, d, n, idx)
+        return arp_c(c, rx, t, d, n, lo, hi)
     if d[20] != 0x08 or d[21] != 0x00:
         return NOT_IPV4
     if memcmp(&d[8], c.mac, 6) != 0:
         return WRONG_MAC
     rx.inner_off = VXLAN_HDR
-    return inner_c(c, t, d + VXLAN_HDR, n - VXLAN_HDR, idx)
+    v = inner_c(c, t, d + VXLAN_HDR, n - VXLAN_HDR, lo, hi, peer)
+    if v == OK:
+        learn_c(rx, &t.peers[peer[0]], &d[14])
+    return v
+
+
+cdef void finish_partial(rx_t *rx, uint8_t *p, Py_ssize_t n) noexcept nogil:
+    """An accepted inner packet whose TCP/UDP checksum field holds the
+    pseudo-header partial sum and does not verify (a kernel sender's
+    checksum offload left it unfinished): finish it in place, count it.
+    Anything else is left as it is (the kernel checks it)."""
+    cdef int ihl = (p[0] & 0x0F) * 4
+    cdef uint8_t proto = p[9]
+    cdef Py_ssize_t at
+    cdef uint16_t field, s
+    cdef uint64_t ps
+    if proto == 6:
+        at = ihl + 16
+        if n < ihl + 20:
+            return
+    elif proto == 17:
+        at = ihl + 6
+        if n < ihl + 8:
+            return
+    else:
+        return
+    if ((p[6] << 8) | p[7]) & 0x3FFF:
+        return
+    field = (p[at] << 8) | p[at + 1]
+    ps = pseudo_sum(p, proto, <uint32_t>(n - ihl))
+    if (proto == 17 and field == 0) or field != csum_fold(ps):
+        return
+    if csum_fold(ps + csum_add(p + ihl, n - ihl, 0)) == 0xFFFF:
+        return
+    s = csum(p + ihl, n - ihl)      # the field already holds the pseudo-header sum
+    if s == 0 and proto == 17:
+        s = 0xFFFF
+    put16(p + at, s)
+    rx.csum_partial += 1
 
 
 cdef inline void count_in(rx_t *rx, const table_t *t, int v, int idx,
@@ -163,13 +243,15 @@ cdef int udp_to_tun_plain(const cfg_t *c, rx_t *rx, int sock_fd, int tun_fd) noe
             slot = rx.slots + <size_t>i * STRIDE
             n = rx.msgs[i].msg_len
             t = c.table
-            v = inbound_c(c, rx, t, slot, n, ntohl(rx.addrs[i].sin_addr.s_addr), &idx)
+            v = inbound_c(c, rx, t, slot, n, ntohl(rx.addrs[i].sin_addr.s_addr),
+                          ntohs(rx.addrs[i].sin_port), &idx)
             count_in(rx, t, v, idx, n - rx.inner_off)
             if rx.reply_len:
                 if sendto(sock_fd, rx.reply, rx.reply_len, 0, &rx.addrs[i],
                           sizeof(sockaddr_in)) < 0:
                     rx.verdicts[TX_ERROR] += 1
             if v == OK:
+                finish_partial(rx, slot + rx.inner_off, n - rx.inner_off)
                 if write(tun_fd, slot + rx.inner_off, n - rx.inner_off) < 0:
                     rx.verdicts[TX_ERROR] += 1
         done += got
@@ -179,8 +261,9 @@ cdef int udp_to_tun_plain(const cfg_t *c, rx_t *rx, int sock_fd, int tun_fd) noe
 
 
 # -- the loop with offloads ----------------------------------------------------------------------
-cdef void rx_datagram(const cfg_t *c, rx_t *rx, uint8_t *d, Py_ssize_t n, uint32_t src, int gro,
-                      int tun_fd, int sock_fd, const sockaddr_in *addr) noexcept nogil:
+cdef void rx_datagram(const cfg_t *c, rx_t *rx, uint8_t *d, Py_ssize_t n, uint32_t src,
+                      uint16_t sport, int gro, int tun_fd, int sock_fd,
+                      const sockaddr_in *addr) noexcept nogil:
     """One received datagram (GRO: several segments of `gro` bytes): check
     each segment, answer ARP to addr, hand accepted packets to the
     coalescer."""
@@ -192,12 +275,13 @@ cdef void rx_datagram(const cfg_t *c, rx_t *rx, uint8_t *d, Py_ssize_t n, uint32
         seg_n = n - off
         if seg_n > step:
             seg_n = step
-        v = inbound_c(c, rx, t, d + off, seg_n, src, &idx)
+        v = inbound_c(c, rx, t, d + off, seg_n, src, sport, &idx)
         count_in(rx, t, v, idx, seg_n - rx.inner_off)
         if rx.reply_len:
             if sendto(sock_fd, rx.reply, rx.reply_len, 0, addr, sizeof(sockaddr_in)) < 0:
                 rx.verdicts[TX_ERROR] += 1
         if v == OK:
+            finish_partial(rx, d + off + rx.inner_off, seg_n - rx.inner_off)
             co_add(&rx.co, d + off + rx.inner_off, seg_n - rx.inner_off, tun_fd)
         off += step
         if off >= n:
@@ -223,8 +307,8 @@ cdef int udp_to_tun_vnet(const cfg_t *c, rx_t *rx, int sock_fd, int tun_fd) noex
             break
         for i in range(got):
             rx_datagram(c, rx, rx.slots + <size_t>i * STRIDE, rx.msgs[i].msg_len,
-                        ntohl(rx.addrs[i].sin_addr.s_addr), gro_size(&rx.msgs[i]), tun_fd,
-                        sock_fd, &rx.addrs[i])
+                        ntohl(rx.addrs[i].sin_addr.s_addr), ntohs(rx.addrs[i].sin_port),
+                        gro_size(&rx.msgs[i]), tun_fd, sock_fd, &rx.addrs[i])
         co_flush(&rx.co, tun_fd)
         done += got
         if got < BATCH:

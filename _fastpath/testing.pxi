@@ -35,18 +35,26 @@ def _outbound(Core core, packet):
     return v, idx, payload, reply
 
 
-def _inbound(Core core, datagram, uint32_t src):
-    """Wire -> TUN for one datagram from address src:
+def _inbound(Core core, datagram, uint32_t src, uint16_t sport=8285):
+    """Wire -> TUN for one datagram from address src, port sport:
     (verdict, peer index, packet for TUN, reply datagram to the sender)."""
     cdef bytes data = bytes(datagram)
-    cdef Py_ssize_t n = len(data)
-    cdef int idx
+    cdef Py_ssize_t n = min(len(data), SLOT)
+    cdef int idx, v
+    cdef uint8_t *slot
     cdef table_t *t = core.cfg.table
-    cdef int v = inbound_c(&core.cfg, &core.rx, t, <const uint8_t *><const char *>data, n,
-                           src, &idx)
+    if core.closed:
+        raise RuntimeError("core closed")
+    slot = core.rx.slots        # writable: a partial checksum is finished in place
+    if n:
+        memcpy(slot, <const char *>data, n)
+    v = inbound_c(&core.cfg, &core.rx, t, slot, n, src, sport, &idx)
     count_in(&core.rx, t, v, idx, n - core.rx.inner_off)
     reply = (<char *>core.rx.reply)[:core.rx.reply_len] if core.rx.reply_len else b""
-    return v, idx, data[core.rx.inner_off:] if v == OK else b"", reply
+    if v != OK:
+        return v, idx, b"", reply
+    finish_partial(&core.rx, slot + core.rx.inner_off, n - core.rx.inner_off)
+    return v, idx, (<char *>slot)[core.rx.inner_off:n], reply
 
 
 def _tun_records(int fd):
@@ -108,8 +116,9 @@ def _outbound_batch(Core core, bufs):
 
 
 def _inbound_batch(Core core, datagrams):
-    """Received datagrams [(data, src, gro_size)] through the RX pipeline,
-    BATCH at a time as recvmmsg gives them: ([TUN writes], [(reply, src)])."""
+    """Received datagrams [(data, src, gro_size[, source port, default
+    8285])] through the RX pipeline, BATCH at a time as recvmmsg gives them:
+    ([TUN writes], [(reply, src)])."""
     cdef bytes b
     cdef int i, k, tun
     cdef Py_ssize_t n
@@ -119,18 +128,19 @@ def _inbound_batch(Core core, datagrams):
         raise RuntimeError("inbound_batch needs set_offload(True)")
     memset(&nowhere, 0, sizeof(nowhere))
     replies = []
-    items = [(bytes(d), s, int(g)) for d, s, g in datagrams]
+    items = [(bytes(d[0]), d[1], int(d[2]), int(d[3]) if len(d) > 3 else 8285)
+             for d in datagrams]
     wire_side, peer_side = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
     tun = _os.memfd_create("udpoverlay-test-tun")
     try:
         peer_side.setblocking(False)
         for k in range(0, len(items), BATCH):
-            for i, (b, src, gro) in enumerate(items[k:k + BATCH]):
+            for i, (b, src, gro, sport) in enumerate(items[k:k + BATCH]):
                 n = min(len(b), SLOT)
                 slot = core.rx.slots + <size_t>i * STRIDE
                 memcpy(slot, <const char *>b, n)
-                rx_datagram(&core.cfg, &core.rx, slot, n, <uint32_t>src, gro, tun,
-                            wire_side.fileno(), &nowhere)
+                rx_datagram(&core.cfg, &core.rx, slot, n, <uint32_t>src, <uint16_t>sport, gro,
+                            tun, wire_side.fileno(), &nowhere)
                 while True:
                     try:
                         replies.append((peer_side.recv(65536), src))
@@ -165,7 +175,8 @@ _WIRE = dict(
     BAD_HEADER=BAD_HEADER, NO_ROUTE=NO_ROUTE, TTL_EXPIRED=TTL_EXPIRED,
     UNKNOWN_PEER=UNKNOWN_PEER, SPOOFED_SRC=SPOOFED_SRC, NOT_LOCAL=NOT_LOCAL, TX_ERROR=TX_ERROR,
     BAD_VXLAN=BAD_VXLAN, BAD_VNI=BAD_VNI, WRONG_MAC=WRONG_MAC, UNRESOLVED=UNRESOLVED, ARP=ARP,
-    BAD_GSO=BAD_GSO, N_VERDICTS=N_VERDICTS, BATCH=BATCH, MAX_ROUNDS=MAX_ROUNDS, SLOT=SLOT,
+    BAD_GSO=BAD_GSO, BAD_PORT=BAD_PORT, PEER_SPEC_LEN=PEER_SPEC_LEN, N_VERDICTS=N_VERDICTS,
+    BATCH=BATCH, MAX_ROUNDS=MAX_ROUNDS, SLOT=SLOT,
     TX_MSGS=TX_MSGS, MAX_WAITS=MAX_WAITS, WAIT_MS=WAIT_MS, MAX_TX_FDS=MAX_TX_FDS,
     VXLAN_HDR=VXLAN_HDR, ARP_LEN=ARP_LEN, ICMP_TTL=ICMP_TTL, VNET_HDR_LEN=VNET_HDR_LEN,
     F_NEEDS_CSUM=F_NEEDS_CSUM, GSO_NONE=GSO_NONE, GSO_TCPV4=GSO_TCPV4, GSO_UDP=GSO_UDP,

@@ -25,7 +25,8 @@ cdef enum:
     UNRESOLVED = 13
     ARP = 14
     BAD_GSO = 15
-    N_VERDICTS = 16
+    BAD_PORT = 16
+    N_VERDICTS = 17
 
 cdef enum:
     BATCH = 64              # packets per syscall batch
@@ -41,6 +42,7 @@ cdef enum:
     VXLAN_HDR = 22          # VXLAN header + inner Ethernet (RFC 7348): TUN read headroom
     ARP_LEN = 28
     ICMP_TTL = 64
+    PEER_SPEC_LEN = 18      # one packed peer record (wire.PEER_SPEC_FORMAT)
     REPLY_MAX = 96          # an ICMP error (20 + 8 + at most 60 + 8) or a VXLAN ARP (22 + 28)
 
 cdef enum:

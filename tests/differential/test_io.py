@@ -186,7 +186,7 @@ def rx_datagrams(backend: str) -> list[tuple[bytes, int]]:
     inner = [bytes(g.tcp("198.19.2.10", "198.19.1.5", 40000, 5201, 1000 + i * 1200,
                          BODY[i * 1200:(i + 1) * 1200], ident=i)) for i in range(12)]
     inner += [bytes(g.udp("198.19.2.11", "198.19.1.5", 50000, 5201, BODY[:300])),
-              bytes(g.udp("198.19.3.11", "198.19.1.5", 50000, 5201, BODY[:30])),   # spoofed
+              bytes(g.udp("198.19.4.11", "198.19.1.5", 50000, 5201, BODY[:30])),   # spoofed
               bytes(g.udp("198.19.2.11", "198.19.9.5", 50000, 5201, BODY[:30])),   # not local
               b"\x45\x00\x00\x10" + bytes(12)]
     frames = [g.vxlan(p) if backend == "vxlan" else p for p in inner]

@@ -20,6 +20,7 @@ PEERS = [g.peer("198.18.0.2", 8285, "198.19.2.0/24"),
 MAC = bytes.fromhex("02aa00000001")
 PEER_MAC = bytes.fromhex("02bb00000002")
 SOURCES = [str(p.public_ip) for p in PEERS] + ["198.18.0.9"]
+PORTS = [8285, 9000, 8472, 40000]
 
 
 def engines(mode: int = 0):
@@ -81,30 +82,30 @@ def test_outbound_identical(batch, mode):
 
 
 @settings(max_examples=600, deadline=None)
-@given(st.lists(st.tuples(packets, st.sampled_from(SOURCES),
+@given(st.lists(st.tuples(packets, st.sampled_from(SOURCES), st.sampled_from(PORTS),
                           st.integers(0, 200), st.integers(-3, 100)), max_size=12))
 def test_inbound_identical(batch):
     py, cy = engines()
-    for pkt, src, cut, flip in batch:
+    for pkt, src, sport, cut, flip in batch:
         if cut > 150:
             cut = len(pkt)
         data = mangle(pkt, cut, flip if flip < 0 or cut < len(pkt) else -1)
-        assert py.t.inbound(data, g.ip(src)) == cy.t.inbound(data, g.ip(src))
+        assert py.t.inbound(data, g.ip(src), sport) == cy.t.inbound(data, g.ip(src), sport)
     same_state(py, cy)
 
 
 @settings(max_examples=600, deadline=None)
-@given(st.lists(st.tuples(packets, st.sampled_from(SOURCES),
+@given(st.lists(st.tuples(packets, st.sampled_from(SOURCES), st.sampled_from(PORTS),
                           st.integers(0, 8), st.integers(0, 200), st.integers(-3, 100)),
                 max_size=12))
 def test_vxlan_inbound_identical(batch):
     py, cy = engines(1)
-    for pkt, src, sel, cut, flip in batch:
+    for pkt, src, sport, sel, cut, flip in batch:
         frame = vxlan_wrap(pkt, sel)
         if cut > 150:
             cut = len(frame)
         data = mangle(frame, cut, flip if flip < 0 or cut < len(frame) else -1)
-        assert py.t.inbound(data, g.ip(src)) == cy.t.inbound(data, g.ip(src))
+        assert py.t.inbound(data, g.ip(src), sport) == cy.t.inbound(data, g.ip(src), sport)
     for p in py.peers:
         assert py.arp_request(p) == cy.arp_request(p)
     same_state(py, cy)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 
 from tests.support.overlay import pod_of
 from tests.support.requirements import require
@@ -17,6 +18,18 @@ def assert_pings(ov, i, j, count=3):
     assert r.returncode == 0, (f"ping {pod_of(i)} -> {pod_of(j)} failed:\n"
                                f"{r.stdout}{r.stderr}\n{ov.dump_logs()}")
     assert f"{count} received" in r.stdout, r.stdout
+
+
+def start_listener(ov, host, addr: str, port: int, seconds: float = 15):
+    """LISTENER on addr:port in host's namespace, ready: (process, output
+    file); it prints one line per datagram and stops at b"legit"."""
+    out = ov.tmp / f"listener-{host.name}-{port}.out"
+    with open(out, "wb") as f:
+        proc = ov.lab.popen(host.netns, [sys.executable, "-c", LISTENER, addr, str(port),
+                                         str(seconds)], stdout=f, stderr=subprocess.STDOUT)
+    wait_for(lambda: b"ready" in out.read_bytes() or proc.poll() is not None,
+             10, 0.05, "listener")
+    return proc, out
 
 
 def start_capture(ov, host, pcap, filt):

@@ -11,6 +11,8 @@ bytes, so both stay free of parsing and naming code.
 from __future__ import annotations
 
 import ipaddress
+import operator
+import struct
 from types import ModuleType
 from typing import Iterable
 
@@ -20,10 +22,31 @@ from udpoverlay.peer import Peer, format_mac
 __all__ = ["Engine"]
 
 _PEER_STATS = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes")
+_SPEC = struct.Struct(wire.PEER_SPEC_FORMAT)
 
 
 def _net(value) -> ipaddress.IPv4Network:
     return ipaddress.IPv4Network(value, strict=True)
+
+
+_FIELDS = operator.attrgetter("public_ip", "port", "subnet", "vtep_mac")
+_REC = operator.itemgetter(0)
+
+
+def _entry(p: Peer) -> tuple:
+    """A peer converted once: (packed record, (public_ip, port, subnet) as
+    status shows them, then the public_ip object, port, MAC and subnet
+    object the cache compares against; holding the subnet object keeps its
+    id from being reused while cached)."""
+    ip, net = ipaddress.IPv4Address(p.public_ip), _net(p.subnet)
+    if p.vtep_mac is not None and len(p.vtep_mac) != 6:
+        raise ValueError("vtep mac must be 6 bytes")
+    if not 0 < int(p.port) < 65536:
+        raise ValueError(f"bad port {p.port}")
+    mac = bytes(p.vtep_mac) if p.vtep_mac is not None else None
+    rec = _SPEC.pack(int(ip), int(net.network_address), int(p.port), net.prefixlen,
+                     mac is not None, mac or bytes(6))
+    return rec, (str(ip), int(p.port), str(net)), p.public_ip, p.port, mac, p.subnet
 
 
 class Engine:
@@ -55,8 +78,13 @@ class Engine:
                               int(local.network_address), local.prefixlen, int(vni),
                               bytes(vtep_mac), int(port))
         self._peers: tuple[Peer, ...] = ()
-        self._index: dict[Peer, int] = {}
-        self._shown: list[tuple] = []     # per peer: (public_ip, port, subnet) as status shows them
+        self._index: dict[Peer, int] | None = {}    # built when first needed
+        # per peer, in table order: _entry(), which holds (public_ip, port,
+        # subnet) as status shows them; also set_peers' conversion cache by
+        # id(subnet): the control plane hands the same address objects again,
+        # so an unchanged peer costs a dict lookup, not an ipaddress parse.
+        self._ents: list[tuple] = []
+        self._cache: dict[int, tuple] = {}
 
     # -- devices ------------------------------------------------------------
     def set_tx_fds(self, fds: Iterable[int]) -> None:
@@ -86,21 +114,23 @@ class Engine:
     # -- peers ----------------------------------------------------------------
     def set_peers(self, peers: Iterable[Peer]) -> None:
         """Replace the peer table in one swap; counters of kept peers stay,
-        and a learned VTEP MAC survives a swap that names none."""
+        and a learned VTEP MAC survives a swap that names none. A peer's
+        vtep_mac is configured (never learned over); None: learned by ARP.
+
+        Cheap at scale (the cluster code calls this with the full list on
+        every change): unchanged peers come from a cache, the core builds
+        its table from one packed buffer."""
         peers = tuple(peers)
-        specs, shown = [], []
+        cache, fresh, ents = self._cache, {}, []
         for p in peers:
-            ip, net = ipaddress.IPv4Address(p.public_ip), _net(p.subnet)
-            if p.vtep_mac is not None and len(p.vtep_mac) != 6:
-                raise ValueError("vtep mac must be 6 bytes")
-            specs.append((int(ip), int(p.port), int(net.network_address), net.prefixlen,
-                          bytes(p.vtep_mac) if p.vtep_mac else None))
-            shown.append((str(ip), int(p.port), str(net)))
-        self.core.set_peers(specs)
-        index: dict[Peer, int] = {}
-        for i, p in enumerate(peers):
-            index.setdefault(p, i)
-        self._peers, self._index, self._shown = peers, index, shown
+            ip, port, net, mac = _FIELDS(p)
+            ent = cache.get(id(net))
+            if ent is None or ent[2] is not ip or ent[3] != port or ent[4] != mac:
+                ent = _entry(p)
+            fresh[id(net)] = ent
+            ents.append(ent)
+        self.core.set_peers_packed(b"".join(map(_REC, ents)))
+        self._peers, self._index, self._ents, self._cache = peers, None, ents, fresh
 
     @property
     def peers(self) -> tuple[Peer, ...]:
@@ -111,8 +141,8 @@ class Engine:
         """Per peer: where it is, its counters, its VTEP MAC (configured or
         learned, as the core holds it) and where the control plane got it."""
         out = []
-        for p, shown, st in zip(self._peers, self._shown, self.core.peer_stats()):
-            d = dict(zip(("public_ip", "port", "subnet"), shown))
+        for p, ent, st in zip(self._peers, self._ents, self.core.peer_stats()):
+            d = dict(zip(("public_ip", "port", "subnet"), ent[1]))
             d.update(zip(_PEER_STATS, st))
             d["vtep_mac"] = format_mac(st[4])
             d["source"] = p.source
@@ -125,9 +155,25 @@ class Engine:
             return []
         return [p for p, st in zip(self._peers, self.core.peer_stats()) if st[4] is None]
 
-    def arp_request(self, peer: Peer) -> bytes:
-        """The VXLAN datagram asking `peer` for its VTEP's MAC (KeyError if
-        the peer is not in the table)."""
+    def learned(self) -> list[tuple[int, Peer, tuple]]:
+        """vxlan: the peers whose VTEP MAC is learned, not configured, as
+        (table index, peer, (tx_packets, tx_bytes, rx_packets, rx_bytes, MAC
+        or None)), for the ARP resolver's re-validation."""
+        if self.backend != "vxlan":
+            return []
+        return [(i, p, st) for i, (p, st) in enumerate(zip(self._peers, self.core.peer_stats()))
+                if p.vtep_mac is None]
+
+    def arp_request(self, peer: Peer | int) -> bytes:
+        """The VXLAN datagram asking `peer` (a Peer or a table index) for its
+        VTEP's MAC (KeyError / IndexError if it is not in the table)."""
+        if isinstance(peer, int):
+            return self.core.arp_request(peer)
+        if self._index is None:
+            index: dict[Peer, int] = {}
+            for i, p in enumerate(self._peers):
+                index.setdefault(p, i)
+            self._index = index
         return self.core.arp_request(self._index[peer])
 
     # -- counters -------------------------------------------------------------

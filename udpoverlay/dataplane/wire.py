@@ -33,15 +33,27 @@ WRONG_MAC = 12
 UNRESOLVED = 13
 ARP = 14            # an ARP frame consumed by the engine (not a drop)
 BAD_GSO = 15        # a TUN super-packet whose vnet header does not fit it
+BAD_PORT = 16       # udp mode: from a peer's address but not from its configured port
 VERDICT_NAMES = ("ok", "too_short", "not_ipv4", "bad_header", "no_route",
                  "ttl_expired", "unknown_peer", "spoofed_src", "not_local",
                  "tx_error", "bad_vxlan", "bad_vni", "wrong_mac", "unresolved",
-                 "arp", "bad_gso")
+                 "arp", "bad_gso", "bad_port")
 N_VERDICTS = len(VERDICT_NAMES)
 
 # Plain counters, in the order the twins' Core.counts() returns them.
+# rx_csum_partial: inner TCP/UDP checksums a kernel vxlan sender left as the
+# pseudo-header partial sum (checksum offload), finished by us;
+# arp_mac_changed: a learned VTEP MAC replaced by a different one.
 SCALAR_COUNTERS = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "icmp_sent",
-                   "tx_super_packets", "rx_coalesced", "rx_csum_bad")
+                   "tx_super_packets", "rx_coalesced", "rx_csum_bad", "rx_csum_partial",
+                   "arp_mac_changed")
+
+# -- the peer table as the facade hands it to a core (Core.set_peers_packed) ------
+# One record per peer, native byte order, no padding: ip, net, port, prefix
+# length, MAC configured (1) or unknown/learned (0), MAC. The compiled twin
+# reads the same layout (PEER_SPEC_LEN in wire.pxd).
+PEER_SPEC_FORMAT = "=IIHBB6s"
+PEER_SPEC_LEN = 18
 
 # -- batching --------------------------------------------------------------------
 BATCH = 64          # packets per syscall batch

@@ -10,14 +10,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
 
 from tests.support.overlay import NETWORK, PORT, pod_of, underlay_of
-from tests.support.probes import LISTENER, SENDER, assert_pings, start_capture
+from tests.support.probes import SENDER, assert_pings, start_capture, start_listener
 from tests.support.requirements import require
 from udpoverlay import dataplane
 from udpoverlay.lab.netns import wait_for
@@ -163,13 +162,7 @@ def test_datagram_from_unknown_source_is_dropped(overlay3):
     assert_pings(ov, 1, 2, count=1)
     h1, h2, h3 = ov.hosts[1], ov.hosts[2], ov.hosts[3]
     before = ov.status(h1)["counters"]["rx_drop_unknown_peer"]
-
-    out = ov.tmp / "listener.out"
-    with open(out, "wb") as f:
-        listener = ov.lab.popen(h1.netns, [sys.executable, "-c", LISTENER, pod_of(1),
-                                           "9999", "15"], stdout=f, stderr=subprocess.STDOUT)
-    wait_for(lambda: b"ready" in out.read_bytes() or listener.poll() is not None,
-             10, 0.05, "listener")
+    listener, out = start_listener(ov, h1, pod_of(1), 9999)
     # h3 is not a peer of h1; its inner packet even claims a source in h2's subnet
     spoof = bytes(IP(src="198.19.2.77", dst=pod_of(1), ttl=64) /
                   UDP(sport=4444, dport=9999) / b"spoofed")
@@ -190,6 +183,37 @@ def test_datagram_from_unknown_source_is_dropped(overlay3):
 
     st = ov.status(h1)
     assert st["counters"]["rx_drop_unknown_peer"] == before + 1
+
+
+def test_datagram_from_a_peer_but_another_port_is_dropped(overlay2):
+    """udp mode: a peer sends from its configured port; an unprivileged
+    process on the peer host sending from another port (with a source in
+    the peer's subnet) is dropped and counted, nothing reaches the pod."""
+    from tests.support import pktgen as g
+
+    ov = overlay2
+    ov.start(1)
+    ov.start(2)
+    assert_pings(ov, 1, 2, count=1)
+    h1, h2 = ov.hosts[1], ov.hosts[2]
+    before = ov.status(h1)["counters"]
+    listener, out = start_listener(ov, h1, pod_of(1), 9998)
+    forged = bytes(g.udp(pod_of(2), pod_of(1), 4444, 9998, b"injected"))
+    for port in ("40000", "8286"):
+        r = ov.run(h2, [sys.executable, "-c", SENDER, underlay_of(2), port,
+                        underlay_of(1), str(PORT), forged.hex()])
+        assert r.returncode == 0, r.stderr
+    wait_for(lambda: ov.status(h1)["counters"]["rx_drop_bad_port"] >= 2, 10, 0.1,
+             "bad_port drops counted")
+    r = ov.run(h2, [sys.executable, "-c", SENDER, pod_of(2), "0", pod_of(1), "9998",
+                    b"legit".hex()])
+    assert r.returncode == 0, r.stderr
+    listener.wait(timeout=20)
+    lines = out.read_text().split("\n")
+    assert f"{pod_of(2)} legit" in lines and not any("injected" in x for x in lines), lines
+    c = ov.status(h1)["counters"]
+    assert c["rx_drop_bad_port"] == 2 and c["rx_drop_spoofed_src"] == before["rx_drop_spoofed_src"]
+    assert c["rx_drop_unknown_peer"] == before["rx_drop_unknown_peer"]
 
 
 def test_unknown_overlay_destination_gets_icmp_unreachable(overlay2):

@@ -138,3 +138,27 @@ def test_the_switch():
         dataplane.twin("rust")
     e = dataplane.Engine("udp", TUN_ADDR, g.OUR_SUBNET, NETWORK)
     assert e.implementation == dataplane.IMPLEMENTATION
+
+
+def test_set_peers_cache_follows_every_change(impl):
+    """set_peers caches each peer's conversion by its address objects: a
+    change of any field (port, subnet, MAC) still reaches the core, and a
+    list of new Peer objects over the same addresses gives the same table."""
+    ip, net = ipaddress.IPv4Address("198.18.0.2"), ipaddress.IPv4Network("198.19.2.0/24")
+    other = ipaddress.IPv4Network("198.19.4.0/24")
+    e = engine(impl, "vxlan", [Peer(ip, 8472, net)])
+    steps = [[Peer(ip, 8472, net, g.PEER_MAC)], [Peer(ip, 9000, net, g.PEER_MAC)],
+             [Peer(ip, 9000, other, bytearray(g.PEER_MAC))], [Peer(ip, 8472, other)],
+             [Peer(ip, 9000, other), Peer(ip, 9000, net, g.MAC)], []]
+    for peers in steps:
+        e.set_peers(peers)
+        fresh = engine(impl, "vxlan", peers)
+        assert e.peer_status() == fresh.peer_status()
+        for a in ("198.19.2.9", "198.19.4.9"):
+            assert e.core.lookup(g.ip(a)) == fresh.core.lookup(g.ip(a))
+    e.set_peers([Peer(ip, 8472, net)])
+    bad = Peer(ip, 8472, other)
+    object.__setattr__(bad, "vtep_mac", b"\x02")      # past Peer's own check
+    with pytest.raises(ValueError, match="6 bytes"):
+        e.set_peers([Peer(ip, 8472, net), bad])
+    assert len(e.peer_status()) == 1                  # nothing swapped

@@ -20,3 +20,8 @@ def test_verdict_names_follow_the_verdicts():
     for i, name in enumerate(wire.VERDICT_NAMES):
         assert getattr(wire, name.upper()) == i
     assert wire.MODES == {"udp": wire.MODE_UDP, "vxlan": wire.MODE_VXLAN}
+
+
+def test_peer_record_layout():
+    import struct
+    assert struct.calcsize(wire.PEER_SPEC_FORMAT) == wire.PEER_SPEC_LEN

@@ -28,7 +28,7 @@ from udpoverlay.dataplane._py.frames import BROADCAST, arp_body, vxlan_hdr
 from udpoverlay.dataplane._py.incoming import Incoming
 from udpoverlay.dataplane._py.offload import Coalescer
 from udpoverlay.dataplane._py.outgoing import Outgoing
-from udpoverlay.dataplane._py.routes import Table, mask
+from udpoverlay.dataplane._py.routes import Table, mask, unpack_specs
 from udpoverlay.dataplane.wire import MAX_TX_FDS, N_VERDICTS
 
 __all__ = ["IMPLEMENTATION", "Core", "testing"]
@@ -57,7 +57,7 @@ class Core(Outgoing, Incoming):
         self._tx_c = [0, 0, 0, 0]
         self._tx_v = [0] * N_VERDICTS
         # RX counters: packets, bytes; per verdict (merges: the coalescer's)
-        self._rx_c = [0, 0]
+        self._rx_c = [0, 0, 0, 0]   # packets, bytes, csum_partial, mac_changed
         self._rx_v = [0] * N_VERDICTS
         self._socks: dict[int, socket.socket] = {}
         self._tx_fds: list[int] = []
@@ -96,8 +96,14 @@ class Core(Outgoing, Incoming):
     # -- the table -------------------------------------------------------------
     def set_peers(self, specs) -> None:
         """Replace the table with [(ip, port, net, length, mac or None)] in
-        one assignment; counters of kept peers stay."""
+        one assignment; counters of kept peers stay. A spec's MAC is
+        configured (never learned over); None: learned by ARP."""
         self._t = Table(specs, self._t)
+
+    def set_peers_packed(self, buf: bytes) -> None:
+        """set_peers() from packed records (wire.PEER_SPEC_FORMAT), the
+        facade's cheap form."""
+        self._t = Table(unpack_specs(bytes(buf)), self._t)
 
     def lookup(self, addr: int) -> int:
         """Longest-prefix match: peer index or -1."""
@@ -107,7 +113,8 @@ class Core(Outgoing, Incoming):
         """(scalars in wire.SCALAR_COUNTERS order, TX verdict counts, RX
         verdict counts): a raw snapshot the facade names."""
         tx, rx = self._tx_c, self._rx_c
-        return ((tx[0], tx[1], rx[0], rx[1], tx[2], tx[3], self._co.merged, self._co.csum_bad),
+        return ((tx[0], tx[1], rx[0], rx[1], tx[2], tx[3], self._co.merged, self._co.csum_bad,
+                 rx[2], rx[3]),
                 tuple(self._tx_v), tuple(self._rx_v))
 
     def peer_stats(self) -> list[tuple]:

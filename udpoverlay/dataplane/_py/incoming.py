@@ -16,12 +16,14 @@ import os
 import socket
 import struct
 
+from udpoverlay.dataplane._py.checksum import checksum, fold, l4_ok, pseudo_sum
 from udpoverlay.dataplane._py.frames import BROADCAST, arp_body, check_ipv4, vxlan_hdr
-from udpoverlay.dataplane._py.routes import mask
+from udpoverlay.dataplane._py.routes import FIXED, LEN, MAC, NET, PORT, STATS, mask
 from udpoverlay.dataplane.wire import (
     ARP,
     ARP_LEN,
     BAD_HEADER,
+    BAD_PORT,
     BAD_VNI,
     BAD_VXLAN,
     BATCH,
@@ -43,7 +45,7 @@ from udpoverlay.dataplane.wire import (
 )
 
 # _rx_c fields
-PACKETS, BYTES = range(2)
+PACKETS, BYTES, CSUM_PARTIAL, MAC_CHANGED = range(4)
 _CMSG_SPACE = socket.CMSG_SPACE(4)
 
 
@@ -53,9 +55,20 @@ def _addr_int(addr: tuple) -> int:
 
 class Incoming:
     # -- per datagram ---------------------------------------------------------------
-    def _arp(self, d, idx: int):
-        """Answer ARP requests for our VTEP address; learn the peer's MAC from
-        its own ARP (sender = its VTEP address only: no poisoning others)."""
+    def _learn(self, p: list, mac: bytes) -> None:
+        """Take `mac` as peer p's VTEP MAC unless configured or multicast;
+        a different known one is replaced and counted (learned MACs keep
+        being re-validated: a forged or stale one cannot stick)."""
+        if p[FIXED] or mac[0] & 1 or p[MAC] == mac:
+            return
+        if p[MAC] is not None:
+            self._rx_c[MAC_CHANGED] += 1
+        p[MAC] = mac
+
+    def _arp(self, d, cands: tuple):
+        """Answer ARP requests for our VTEP address; learn a peer's MAC from
+        its own ARP, request or reply (sender = that peer's VTEP address
+        only: no poisoning others)."""
         if len(d) < VXLAN_HDR + ARP_LEN:
             return TOO_SHORT, b""
         if d[8:14] != self.vtep_mac and d[8:14] != BROADCAST:
@@ -64,53 +77,92 @@ class Incoming:
         if a[0:6] != b"\0\x01\x08\x00\x06\x04":
             return BAD_HEADER, b""
         sha, spa = bytes(a[8:14]), int.from_bytes(a[14:18], "big")
-        p = self._t.peers[idx]
-        if spa == p[2] and not sha[0] & 1 and p[4] is None:
-            p[4] = sha
+        for i in cands:
+            if self._t.peers[i][NET] == spa:
+                self._learn(self._t.peers[i], sha)
+                break
         if a[6] == 0 and a[7] == 1 and int.from_bytes(a[24:28], "big") == self.tun_addr:
             return ARP, (vxlan_hdr(self.vni, self.vtep_mac, sha, b"\x08\x06")
                          + arp_body(self.vtep_mac, self.tun_addr, 2, sha, spa))
         return ARP, b""
 
-    def _inbound(self, d, src_ip: int):
+    def _inbound(self, d, src_ip: int, sport: int):
         """(verdict, peer, offset of the inner packet, reply datagram)."""
-        idx = self._t.by_ip.get(src_ip, -1)
-        if idx < 0:
+        cands = self._t.by_ip.get(src_ip, ())
+        if not cands:
             return UNKNOWN_PEER, -1, 0, b""
         if self.mode == MODE_UDP:
-            return self._inner(d, idx), idx, 0, b""
+            # Peers send from their configured port (flannel's proxy too):
+            # anything else from that host is some other process.
+            cands = tuple(i for i in cands if self._t.peers[i][PORT] == sport)
+            if not cands:
+                return BAD_PORT, -1, 0, b""
+            v, idx = self._inner(d, cands)
+            return v, idx, 0, b""
         if len(d) < VXLAN_HDR:
-            return TOO_SHORT, idx, 0, b""
+            return TOO_SHORT, -1, 0, b""
         if not d[0] & 0x08:
-            return BAD_VXLAN, idx, 0, b""
+            return BAD_VXLAN, -1, 0, b""
         if int.from_bytes(d[4:7], "big") != self.vni:
-            return BAD_VNI, idx, 0, b""
+            return BAD_VNI, -1, 0, b""
         if d[20:22] == b"\x08\x06":
-            v, reply = self._arp(d, idx)
-            return v, idx, 0, reply
+            v, reply = self._arp(d, cands)
+            return v, -1, 0, reply
         if d[20:22] != b"\x08\x00":
-            return NOT_IPV4, idx, 0, b""
+            return NOT_IPV4, -1, 0, b""
         if d[8:14] != self.vtep_mac:
-            return WRONG_MAC, idx, 0, b""
-        return self._inner(memoryview(d)[VXLAN_HDR:], idx), idx, VXLAN_HDR, b""
+            return WRONG_MAC, -1, 0, b""
+        v, idx = self._inner(memoryview(d)[VXLAN_HDR:], cands)
+        if v == OK:
+            self._learn(self._t.peers[idx], bytes(d[14:20]))
+        return v, idx, VXLAN_HDR, b""
 
-    def _inner(self, dgram, idx: int) -> int:
-        """Verdict for the inner packet from peer idx."""
+    def _inner(self, dgram, cands: tuple) -> tuple[int, int]:
+        """(verdict, peer) for an inner packet from one of the peers `cands`:
+        the first whose subnet holds its source."""
         v = check_ipv4(dgram)
         if v != OK:
-            return v
-        p = self._t.peers[idx]
-        if (int.from_bytes(dgram[12:16], "big") & mask(p[3])) != p[2]:
-            return SPOOFED_SRC
+            return v, -1
+        src = int.from_bytes(dgram[12:16], "big")
+        for idx in cands:
+            p = self._t.peers[idx]
+            if (src & mask(p[LEN])) == p[NET]:
+                break
+        else:
+            return SPOOFED_SRC, -1
         if (int.from_bytes(dgram[16:20], "big") & self._local_mask) != self.local_net:
-            return NOT_LOCAL
+            return NOT_LOCAL, idx
         if dgram[8] == 0:
-            return TTL_EXPIRED
-        return OK
+            return TTL_EXPIRED, idx
+        return OK, idx
+
+    def _finish_partial(self, pkt):
+        """An accepted inner packet whose TCP/UDP checksum field holds the
+        pseudo-header partial sum and does not verify (a kernel sender's
+        checksum offload left it unfinished): a finished copy, counted.
+        Anything else comes back as it is (the kernel checks it)."""
+        ihl = (pkt[0] & 0x0F) * 4
+        proto, n = pkt[9], len(pkt)
+        at = ihl + (16 if proto == 6 else 6)
+        if (proto not in (6, 17) or n < at + 2 or n < ihl + (20 if proto == 6 else 8)
+                or ((pkt[6] << 8) | pkt[7]) & 0x3FFF):
+            return pkt
+        field = (pkt[at] << 8) | pkt[at + 1]
+        if (proto == 17 and field == 0) or field != fold(pseudo_sum(pkt, proto, n - ihl)):
+            return pkt
+        if l4_ok(pkt, ihl, proto):
+            return pkt
+        c = checksum(pkt[ihl:])      # the field already holds the pseudo-header sum
+        if c == 0 and proto == 17:
+            c = 0xFFFF
+        out = bytearray(pkt)
+        out[at], out[at + 1] = c >> 8, c & 0xFF
+        self._rx_c[CSUM_PARTIAL] += 1
+        return bytes(out)
 
     def _count_in(self, v: int, idx: int, n: int) -> None:
         if v == OK:
-            st = self._t.peers[idx][5]
+            st = self._t.peers[idx][STATS]
             st[2] += 1
             st[3] += n
             self._rx_c[PACKETS] += 1
@@ -161,13 +213,13 @@ class Incoming:
 
     def _rx_batch_plain(self, got: list, sock, tun_fd: int) -> None:
         for data, addr, _gro in got:
-            v, idx, off, reply = self._inbound(data, _addr_int(addr))
+            v, idx, off, reply = self._inbound(data, _addr_int(addr), addr[1])
             self._count_in(v, idx, len(data) - off)
             if reply:
                 self._reply(sock, reply, addr)
             if v == OK:
                 try:
-                    os.write(tun_fd, data[off:])
+                    os.write(tun_fd, self._finish_partial(data[off:]))
                 except OSError:
                     self._rx_v[TX_ERROR] += 1
 
@@ -175,7 +227,7 @@ class Incoming:
         if not got:
             return
         for data, addr, gro in got:
-            self._rx_datagram(data, _addr_int(addr), gro,
+            self._rx_datagram(data, _addr_int(addr), addr[1], gro,
                               lambda r, addr=addr: self._reply(sock, r, addr))
         for w, nseg in self._co.take():
             try:
@@ -183,7 +235,7 @@ class Incoming:
             except OSError:
                 self._rx_v[TX_ERROR] += nseg
 
-    def _rx_datagram(self, data: bytes, src: int, gro: int, reply) -> None:
+    def _rx_datagram(self, data: bytes, src: int, sport: int, gro: int, reply) -> None:
         """One received datagram (GRO: several segments of `gro` bytes):
         check each segment, answer ARP through reply(), hand accepted
         packets to the coalescer."""
@@ -192,12 +244,12 @@ class Incoming:
         off = 0
         while True:
             seg = data[off:off + step]
-            v, idx, ioff, r = self._inbound(seg, src)
+            v, idx, ioff, r = self._inbound(seg, src, sport)
             self._count_in(v, idx, len(seg) - ioff)
             if r:
                 reply(r)
             if v == OK:
-                self._co.add(seg[ioff:])
+                self._co.add(self._finish_partial(seg[ioff:]))
             off += step
             if off >= n:
                 break

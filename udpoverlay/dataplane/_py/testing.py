@@ -28,13 +28,15 @@ def outbound(core, packet: bytes):
     return v, idx, core._encap(pkt, idx) if v == wire.OK else b"", reply
 
 
-def inbound(core, datagram: bytes, src: int):
-    """Wire -> TUN for one datagram from address src:
+def inbound(core, datagram: bytes, src: int, sport: int = 8285):
+    """Wire -> TUN for one datagram from address src, port sport:
     (verdict, peer index, packet for TUN, reply datagram to the sender)."""
-    datagram = bytes(datagram)
-    v, idx, off, reply = core._inbound(datagram, src)
+    if core._closed:
+        raise RuntimeError("core closed")
+    datagram = bytes(datagram)[:wire.SLOT]
+    v, idx, off, reply = core._inbound(datagram, src, sport)
     core._count_in(v, idx, len(datagram) - off)
-    return v, idx, datagram[off:] if v == wire.OK else b"", reply
+    return v, idx, core._finish_partial(datagram[off:]) if v == wire.OK else b"", reply
 
 
 def outbound_batch(core, bufs):
@@ -60,15 +62,18 @@ def outbound_batch(core, bufs):
 
 
 def inbound_batch(core, datagrams):
-    """Received datagrams [(data, src, gro_size)] through the RX pipeline,
-    BATCH at a time as recvmmsg gives them: ([TUN writes], [(reply, src)])."""
+    """Received datagrams [(data, src, gro_size[, source port, default
+    8285])] through the RX pipeline, BATCH at a time as recvmmsg gives them:
+    ([TUN writes], [(reply, src)])."""
     if not core.vnet_hdr or core._closed:
         raise RuntimeError("inbound_batch needs set_offload(True)")
-    items = [(bytes(d)[:wire.SLOT], s, int(g)) for d, s, g in datagrams]
+    items = [(bytes(d[0])[:wire.SLOT], d[1], int(d[2]), int(d[3]) if len(d) > 3 else 8285)
+             for d in datagrams]
     writes: list = []
     replies: list = []
     for k in range(0, len(items), wire.BATCH):
-        for data, src, gro in items[k:k + wire.BATCH]:
-            core._rx_datagram(data, src, gro, lambda r, src=src: replies.append((r, src)))
+        for data, src, gro, sport in items[k:k + wire.BATCH]:
+            core._rx_datagram(data, src, sport, gro,
+                              lambda r, src=src: replies.append((r, src)))
         writes += [w for w, _nseg in core._co.take()]
     return writes, replies
