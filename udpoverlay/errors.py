@@ -6,7 +6,7 @@ from __future__ import annotations
 
 __all__ = ["UdpOverlayError", "ConfigError", "TunSetupError", "ControlError",
            "LeaseStoreError", "StoreDisconnected", "StoreCompacted", "LeaseLostError",
-           "LeaseDecodeError"]
+           "LeaseDecodeError", "NetworkConfigChanged"]
 
 
 class UdpOverlayError(Exception):
@@ -58,3 +58,9 @@ class LeaseLostError(LeaseStoreError):
 
 class LeaseDecodeError(UdpOverlayError, ValueError):
     """A stored lease value (or key) that flannel's format does not allow."""
+
+
+class NetworkConfigChanged(UdpOverlayError):
+    """`<prefix>/config` changed while running (Network, SubnetLen, SubnetMin/Max,
+    backend type, port or VNI): raised by ClusterMembership.run so the daemon
+    exits non-zero and its supervisor restarts it under the new config."""

@@ -1,21 +1,35 @@
-"""An etcd server and udpoverlay daemons in etcd mode inside one Lab, for the
-cluster integration tests.
+"""Cluster test helpers.
 
-etcd runs inside the Lab's switch namespace on 198.18.0.254 (the bridge),
-reachable from every host; the fixture stops it by PID before the Lab is
-removed, also on failure. Every wait is bounded.
+- NsEtcd / ClusterLab: an etcd server and udpoverlay daemons in etcd mode
+  inside one Lab. etcd runs inside the Lab's switch namespace on
+  198.18.0.254 (the bridge), reachable from every host; the fixture stops it
+  by PID before the Lab is removed, also on failure.
+- Cluster: ClusterMembership members over EtcdStore against an EtcdServer on
+  loopback, each test under its own key prefix; every store and run() task
+  is closed on exit.
+Every wait is bounded.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
+import itertools
 import os
+import random
 import subprocess
 import sys
 
+from tests.support.asyncutil import Recorder, wait_until
 from tests.support.etcdserver import ETCDCTL, EtcdServer
 from tests.support.overlay import Overlay
+from udpoverlay.cluster.codec import config_key, subnet_key
+from udpoverlay.cluster.membership import ClusterMembership
+from udpoverlay.cluster.store.etcd import EtcdStore
 from udpoverlay.lab.netns import Lab, wait_for
+
+N = ipaddress.IPv4Network
 
 PREFIX = "/coreos.com/network"
 CONFIG = '{"Network":"198.19.0.0/16","Backend":{"Type":"udp"}}'
@@ -97,3 +111,86 @@ class ClusterLab:
     def wait_ping(self, i: int, j: int, timeout: float) -> None:
         wait_for(lambda: self.ping(i, j, count=1).returncode == 0, timeout, 0.05,
                  f"ping h{i} -> h{j}")
+
+
+# What an operator writes for flannel: etcdctl put /coreos.com/network/config '<this>'.
+UDP_CONFIG = '{"Network": "198.19.0.0/16", "Backend": {"Type": "udp"}}'
+VXLAN_CONFIG = '{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}'
+_prefixes = itertools.count(1)
+
+
+def ip(n: int) -> str:
+    return f"198.18.0.{n}"
+
+
+def new_prefix() -> str:
+    return f"/udpoverlay-test/{next(_prefixes)}/network"
+
+
+class Cluster:
+    """Members on one etcd; closes every store and run() task on exit."""
+
+    def __init__(self, server: EtcdServer, prefix: str | None = None) -> None:
+        self.server, self.prefix = server, prefix or new_prefix()
+        self.stores: list[EtcdStore] = []
+        self.tasks: list[asyncio.Task] = []
+
+    def store(self, **kw) -> EtcdStore:
+        kw.setdefault("timeout", 2.0)
+        store = EtcdStore([self.server.endpoint], **kw)
+        self.stores.append(store)
+        return store
+
+    async def write_config(self, text: str = UDP_CONFIG) -> None:
+        await asyncio.to_thread(self.server.etcdctl, "put", config_key(self.prefix), text)
+
+    def member(self, n: int, store: EtcdStore | None = None, **kw) -> ClusterMembership:
+        kw.setdefault("retry_initial", 0.05)
+        kw.setdefault("retry_max", 0.3)
+        kw.setdefault("rng", random.Random(n))
+        return ClusterMembership(store or self.store(), prefix=self.prefix, public_ip=ip(n), **kw)
+
+    async def start(self, m: ClusterMembership) -> Recorder:
+        rec = Recorder()
+        self.tasks.append(asyncio.create_task(m.run(rec)))
+        await wait_until(lambda: rec.calls or self.tasks[-1].done(), 5, "first apply_peers")
+        if self.tasks[-1].done():
+            self.tasks[-1].result()
+        return rec
+
+    async def raw(self, subnet: N) -> str:
+        out = await asyncio.to_thread(self.server.etcdctl, "get", subnet_key(self.prefix, subnet),
+                                      "--print-value-only")
+        return out.rstrip("\n")
+
+    async def delete(self, subnet: N) -> None:
+        await asyncio.to_thread(self.server.etcdctl, "del", subnet_key(self.prefix, subnet))
+
+    async def etcdctl(self, *args: str) -> str:
+        """etcdctl as a broken or hostile writer would use it."""
+        return await asyncio.to_thread(self.server.etcdctl, *args)
+
+    async def put_raw(self, name: str, value: str, *extra: str) -> None:
+        """Write `<prefix>/subnets/<name>` (no etcd lease unless --lease= is given)."""
+        await self.etcdctl("put", f"{self.prefix}/subnets/{name}", value, *extra)
+
+    async def lease_ids(self) -> set[int]:
+        """Every etcd lease object in the server (hex ids as etcdctl prints them)."""
+        out = await self.etcdctl("lease", "list")
+        return {int(word, 16) for line in out.splitlines()[1:] for word in line.split()[:1]}
+
+    async def __aenter__(self) -> "Cluster":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for store in self.stores:
+            with contextlib.suppress(Exception):
+                await store.close()
+
+
+async def peers_become(rec: Recorder, subnets, timeout: float = 2.0) -> None:
+    want = sorted(str(s) for s in subnets)
+    await wait_until(lambda: rec.subnets() == want, timeout, f"peers {want}, have {rec.subnets()}")

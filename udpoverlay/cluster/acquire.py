@@ -1,12 +1,25 @@
 """Getting our subnet lease: the network config, then flannel's algorithm.
 
 Why like flannel: udpoverlay and flannel nodes share one etcd, so they must
-choose subnets the same way. Reuse the lease carrying our PublicIP, else
-the previous subnet (from subnet.env) if free, else a random free subnet
-among the first 100 between SubnetMin and SubnetMax (allocate.pick_free).
-The key is created in a transaction guarded by version(key) == 0 with a TTL
-lease, so two hosts racing for one subnet cannot both win (the loser lists
-again and retries, up to RACE_RETRIES times).
+choose subnets the same way: the previous subnet (from subnet.env) if its
+key carries our PublicIP or is free, else the lease carrying our PublicIP,
+else a random free subnet among the first 100 between SubnetMin and
+SubnetMax (allocate.pick_free). flannel tries "our PublicIP" first; we put
+the subnet file first because any writer can put our address into a second
+key (issue 11: a restarted host then moved to the forged subnet). The key is
+created in a transaction guarded by version(key) == 0 with a TTL lease, so
+two hosts racing for one subnet cannot both win (the loser lists again and
+retries, up to RACE_RETRIES times).
+
+Only flannel's exact key for a subnet can be ours (never a nested key or a
+second spelling). We never hold two keys: at start, another key with our
+own value byte for byte is a leftover of an earlier run and is deleted
+(while running, such a key is another instance's: it is warned about,
+never deleted, so two instances cannot fight). No etcd lease
+is left behind: reusing our key re-attaches it to a fresh lease (a guarded
+put) and revokes the one it had (the previous run's, alive for up to 24 h
+otherwise) rather than adopting it, so a stale lease never outlives its use
+and our TTL is the one we asked for.
 
 LeaseAcquisition is the acquiring half of ClusterMembership (membership.py
 holds the state and the running half); every store call is bounded by
@@ -33,14 +46,23 @@ from udpoverlay.cluster.codec import (
 )
 from udpoverlay.cluster.feed import PeerFeed
 from udpoverlay.cluster.network import NetworkConfig, parse_network_config
-from udpoverlay.cluster.store.base import KeyValue, LeaseStore
-from udpoverlay.errors import ConfigError, LeaseLostError, LeaseStoreError, StoreDisconnected
+from udpoverlay.cluster.store.base import KeyValue, LeaseStore, Written
+from udpoverlay.cluster.validate import LeaseValidator, Rejection
+from udpoverlay.errors import (
+    ConfigError,
+    LeaseDecodeError,
+    LeaseLostError,
+    LeaseStoreError,
+    StoreDisconnected,
+)
 
-__all__ = ["LeaseAcquisition", "Backoff", "RACE_RETRIES"]
+__all__ = ["LeaseAcquisition", "Backoff", "RACE_RETRIES", "DOWN_LOG_INTERVAL", "RECONNECT_MAX"]
 
 log = logging.getLogger(__name__)
 
 RACE_RETRIES = 10        # flannel's raceRetries
+DOWN_LOG_INTERVAL = 60.0  # s between "store down" WARNINGs
+RECONNECT_MAX = 1.5      # s: longest retry pause while the store is down (back within 2 s)
 
 
 class Backoff:
@@ -81,6 +103,12 @@ class LeaseAcquisition:
     _lease_id: int
     _granted_ttl: float | None
     _own_revision: int
+    _own_key: str | None
+    _own_create_revision: int
+    _value: str | None
+    _down_logged: float | None
+    underlay_network: ipaddress.IPv4Network | None
+    _validators: dict[NetworkConfig, LeaseValidator]
     _generation: int
     _store_state: str
     _rewake: asyncio.Event
@@ -89,6 +117,10 @@ class LeaseAcquisition:
     def _backoff(self) -> Backoff:
         return Backoff(self.retry_initial, self.retry_max, self.rng)
 
+    def _store_backoff(self) -> Backoff:
+        """Retries while the store is down: capped so we are back within ~2 s."""
+        return Backoff(self.retry_initial, min(self.retry_max, RECONNECT_MAX), self.rng)
+
     async def _bounded(self, call: Awaitable[Any]) -> Any:
         try:
             return await asyncio.wait_for(call, self.op_timeout)
@@ -96,10 +128,29 @@ class LeaseAcquisition:
             raise StoreDisconnected(f"lease store did not answer within "
                                     f"{self.op_timeout:g}s") from None
 
+    def _validator(self) -> LeaseValidator:
+        """The lease validator for the current network config."""
+        assert self.config is not None
+        validator = self._validators.get(self.config)
+        if validator is None:
+            validator = LeaseValidator(self.prefix, self.config, self.underlay_network,
+                                       self.clock)
+            self._validators = {self.config: validator}
+        return validator
+
     def _set_connected(self) -> None:
-        if self._store_state != "connected":
+        if self._store_state != "connected" and self._down_logged is not None:
             log.info("lease store reachable again")
+        self._down_logged = None
         self._store_state = "connected"
+
+    def _warn_down(self, message: str, *args: Any) -> None:
+        """A store-down WARNING about once a minute; DEBUG in between."""
+        now = self.clock()
+        quiet = self._down_logged is not None and now - self._down_logged < DOWN_LOG_INTERVAL
+        if not quiet:
+            self._down_logged = now
+        log.log(logging.DEBUG if quiet else logging.WARNING, message, *args)
 
     def _set_disconnected(self, error: Exception) -> None:
         self._store_state = f"disconnected: {error}"
@@ -157,7 +208,7 @@ class LeaseAcquisition:
         assert self.config is not None
         value = own_lease_value(self.config, self.public_ip, self._backend(),
                                 self.backend_data)
-        backoff = self._backoff()
+        backoff = self._store_backoff()
         conflicts = 0
         while True:
             try:
@@ -167,7 +218,8 @@ class LeaseAcquisition:
                     raise
                 self._set_disconnected(e)
                 delay = backoff.next()
-                log.warning("acquiring a subnet lease failed (%s); retrying in %.1fs", e, delay)
+                self._warn_down("acquiring a subnet lease failed (%s); retrying in %.1fs", e,
+                                delay)
                 await asyncio.sleep(delay)
                 continue
             if lease is not None:
@@ -184,61 +236,114 @@ class LeaseAcquisition:
         """One attempt; None if another writer got in between (retry)."""
         config = self.config
         assert config is not None
-        listing = await self._bounded(self.store.list_prefix(subnets_prefix(self.prefix)))
+        starting = self.lease is None
+        listing = await self._bounded(self.store.list_prefix(subnets_prefix(self.prefix),
+                                                             with_ttl=False))
         self._set_connected()
-        taken: dict[ipaddress.IPv4Network, KeyValue] = {}
-        mine = None
-        for kv in listing.kvs:
-            subnet = parse_subnet_key(kv.key)
-            if subnet is None:
-                continue
-            taken[subnet] = kv
-            lease = None if mine is not None else self.feed.decode(subnet, kv, quiet=True)
-            if lease is not None and lease.public_ip == self.public_ip:
-                mine = subnet
-        if mine is not None:
-            kv = taken[mine]
-            if config.contains_subnet(mine) and (allow_other or mine == previous):
-                written = await self._bounded(self.store.put(
-                    kv.key, value.encode(), self.lease_ttl, expect_mod_revision=kv.mod_revision))
-                return self._own(mine, value, written, "reusing the lease for our public IP")
-            if not config.contains_subnet(mine):
-                log.info("lease %s for our public IP is outside %s..%s/%d; deleting it", mine,
-                         config.subnet_min, config.subnet_max, config.subnet_len)
-                await self._bounded(self.store.delete(kv.key))
-                del taken[mine]
+        taken, ours = await self._survey(listing.kvs, value)
+        if previous is not None and not config.contains_subnet(previous):
+            log.warning("previous subnet %s does not fit the network config; ignoring it",
+                        previous)
+            previous = None
+        reuse: KeyValue | None = None
         subnet = None
         if previous is not None:
-            if not config.contains_subnet(previous):
-                log.warning("previous subnet %s does not fit the network config; ignoring it",
-                            previous)
+            if previous in ours:
+                reuse = ours[previous]
             elif any(previous.overlaps(t) for t in taken):
                 log.info("previous subnet %s is leased by another host", previous)
             else:
                 subnet = previous
-        if subnet is None:
-            if not allow_other:
-                raise LeaseLostError(f"subnet {previous} is now leased by another host; "
-                                     f"restart to acquire a new subnet")
-            subnet = pick_free(config, taken, self.rng)
-        written = await self._bounded(self.store.create(
-            subnet_key(self.prefix, subnet), value.encode(), self.lease_ttl))
-        return self._own(subnet, value, written, "acquired subnet lease")
-
-    def _own(self, subnet: ipaddress.IPv4Network, value: str, written: Any,
-             how: str) -> Lease | None:
+        if reuse is None and subnet is None and ours and allow_other:
+            reuse = min(ours.values(), key=lambda kv: (kv.create_revision, kv.key))
+        if reuse is not None:
+            subnet = parse_subnet_key(reuse.key)
+            assert subnet is not None
+            written = await self._bounded(self.store.put(
+                reuse.key, value.encode(), self.lease_ttl, expect_mod_revision=reuse.mod_revision))
+            how, created = "reusing our lease key", reuse.create_revision
+        else:
+            if subnet is None:
+                if not allow_other:
+                    raise LeaseLostError(f"subnet {previous} is now leased by another host; "
+                                         f"restart to acquire a new subnet")
+                subnet = pick_free(config, taken, self.rng)
+            written = await self._bounded(self.store.create(
+                subnet_key(self.prefix, subnet), value.encode(), self.lease_ttl))
+            how, created = "acquired subnet lease", 0 if written is None else written.revision
         if written is None:
             return None
+        retired = self._own(subnet, value, written, created, how)
+        if reuse is not None and reuse.lease_id:
+            retired.add(reuse.lease_id)   # the previous run's etcd lease, now unused
+        for other, kv in ours.items():
+            # Only at start: while running, a second key with our value belongs to
+            # another instance with our address (deleting it would start a war).
+            if starting and other != subnet and kv.value == value.encode():
+                log.info("deleting %s: a second key with our own value (a leftover of an "
+                         "earlier run); we hold %s", kv.key, subnet)
+                await self._bounded(self.store.delete(kv.key))
+                retired.add(kv.lease_id)
+        await self._revoke(retired - {0, written.lease_id})
+        return self.lease
+
+    async def _survey(self, kvs: tuple[KeyValue, ...], value: str) -> tuple[
+            set[ipaddress.IPv4Network], dict[ipaddress.IPv4Network, KeyValue]]:
+        """The subnets other keys occupy, and the valid keys carrying our
+        public IP (only flannel's exact key for a subnet can be ours). Our
+        own keys outside the configured range are deleted."""
+        validator = self._validator()
+        taken: set[ipaddress.IPv4Network] = set()
+        ours: dict[ipaddress.IPv4Network, KeyValue] = {}
+        for kv in kvs:
+            verdict = validator.subnet_of(kv.key)
+            subnet = verdict.subnet if isinstance(verdict, Rejection) else verdict
+            if subnet is None or kv.key != subnet_key(self.prefix, subnet):
+                if subnet is not None:
+                    taken.add(subnet)   # a second key still blocks its subnet
+                continue
+            try:
+                carries_ours = decode_lease_value(subnet, kv.value).public_ip == self.public_ip
+            except LeaseDecodeError:
+                carries_ours = False
+            if carries_ours and isinstance(verdict, Rejection) \
+                    and verdict.reason in ("outside_range", "outside_network", "subnet_len"):
+                log.info("lease %s for our public IP does not fit the network config (%s); "
+                         "deleting it", subnet, verdict.detail)
+                await self._bounded(self.store.delete(kv.key))
+                await self._revoke({kv.lease_id})
+                continue
+            taken.add(subnet)
+            if carries_ours and not isinstance(verdict, Rejection):
+                ours[subnet] = kv
+        return taken, ours
+
+    async def _revoke(self, lease_ids: set[int]) -> None:
+        """Revoke etcd leases we no longer use (best effort: they expire anyway)."""
+        for lease_id in sorted(lease_ids - {0}):
+            try:
+                await self._bounded(self.store.revoke_lease(lease_id))
+                log.info("revoked unused etcd lease %x", lease_id)
+            except LeaseStoreError as e:
+                log.warning("revoking unused etcd lease %x failed (%s); it expires on its own",
+                            lease_id, e)
+
+    def _own(self, subnet: ipaddress.IPv4Network, value: str, written: Written,
+             create_revision: int, how: str) -> set[int]:
+        """Record our key after a write; the etcd lease ids it made unused."""
         self._granted_ttl = written.ttl
         expires = None if written.ttl is None else self.clock() + written.ttl
         data = decode_lease_value(subnet, value)
         self.lease = replace(data, expires=expires)
+        retired = {self._lease_id} if self._lease_id != written.lease_id else set()
         self._lease_id = written.lease_id
         self._own_revision = written.revision
+        self._own_key = subnet_key(self.prefix, subnet)
+        self._own_create_revision = create_revision
+        self._value = value
         self._generation += 1
-        self.feed.table.discard(subnet)
+        self.feed.forget(self._own_key)
         self._rewake.set()
         log.info("%s: %s (public IP %s, etcd lease %x, TTL %ss)", how, subnet, self.public_ip,
                  written.lease_id, written.ttl)
-        return self.lease
-
+        return retired

@@ -33,13 +33,10 @@ from udpoverlay.errors import LeaseDecodeError
 from udpoverlay.peer import parse_mac
 
 __all__ = [
-    "ADDED", "REMOVED", "Lease", "LeaseEvent", "WatchResult",
+    "Lease",
     "normalize_prefix", "config_key", "subnets_prefix", "subnet_key",
     "parse_subnet_key", "encode_lease_value", "decode_lease_value", "vxlan_backend_data",
 ]
-
-ADDED = "added"
-REMOVED = "removed"
 
 _KEY_RE = re.compile(r"(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([0-9a-fA-F:]+)-(\d+))?")
 
@@ -74,32 +71,6 @@ class Lease:
     def vni(self) -> int | None:
         value = _field(self.backend_data, "VNI") if self.backend_data else None
         return value if type(value) is int else None
-
-
-@dataclass(frozen=True)
-class LeaseEvent:
-    """A change to one subnet: `added` (new or renewed, with lease) or `removed`."""
-
-    kind: str
-    subnet: ipaddress.IPv4Network
-    lease: Lease | None = None
-
-
-@dataclass(frozen=True)
-class WatchResult:
-    """Either incremental events or a full snapshot, as of `revision`.
-
-    A snapshot replaces everything known (after a re-list: start, reconnect,
-    compaction); the consumer turns it back into a diff (see table.py).
-    """
-
-    revision: int
-    events: tuple[LeaseEvent, ...] = ()
-    snapshot: tuple[Lease, ...] | None = None
-
-    @property
-    def is_snapshot(self) -> bool:
-        return self.snapshot is not None
 
 
 def _field(obj: dict, name: str) -> Any:

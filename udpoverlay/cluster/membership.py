@@ -2,23 +2,28 @@
 
 Why it looks like this (design notes):
 - Same algorithm and layout as flannel's etcd subnet manager, so udpoverlay
-  and flannel nodes can share one etcd. Getting the lease is acquire.py
-  (the LeaseAcquisition half of this class); turning the other leases into
-  peers is feed.py; this module runs the lease: renew, watch, take it back.
+  and flannel nodes can share one etcd. Getting the lease is acquire.py;
+  guarding our key and the network config is guard.py; validating and
+  turning the other keys into peers is validate.py + feed.py; this module
+  runs the lease: renew, watch, take it back.
 - Renewal keeps the etcd lease alive (keepalive) at expiry minus the
   margin; the margin is clamped to half the TTL so short test TTLs work.
 - The peer view is list-then-watch: a snapshot at revision R, then events
   from R + 1. After a disconnect, a server restart or a compacted revision
   we re-list and diff (table.LeaseTable), so no route is lost or left
   stale. While the store is down nothing is withdrawn: the data plane keeps
-  the last applied peers and traffic keeps flowing.
+  the last applied peers and traffic keeps flowing; a WARNING about once a
+  minute says so, an INFO line when the store is back. Retries while it is
+  down pause at most RECONNECT_MAX (1.5 s) so we are back within ~2 s.
 - apply_peers always gets the full desired list (never a delta), only when
-  it changes, from one task (feed.PeerFeed). Leases of another backend
-  type, or unusable ones, are skipped with one log line per lease value
-  (policy.PeerView).
+  it changes, from one task (feed.PeerFeed); events arriving together are
+  batched and bursts coalesced over a few ms. Watches skip etcd's per-lease
+  TTL lookups (one RPC each) for other nodes' keys.
 - If our own key disappears (deleted, expired, taken over) we re-create
   the same subnet if it is still free (on_lost='reacquire') or stop with
-  LeaseLostError (on_lost='exit', flannel's behaviour).
+  LeaseLostError (on_lost='exit', flannel's behaviour). A rewritten key is
+  restored (guard.py). A changed network config raises
+  NetworkConfigChanged from run().
 - Time is a parameter (clock); sleeping uses the event loop. Every store
   call is bounded by op_timeout; every retry loop backs off with jitter.
 
@@ -38,19 +43,12 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
-from udpoverlay.cluster.acquire import LeaseAcquisition
-from udpoverlay.cluster.codec import (
-    ADDED,
-    REMOVED,
-    Lease,
-    LeaseEvent,
-    WatchResult,
-    parse_subnet_key,
-    subnets_prefix,
-)
-from udpoverlay.cluster.feed import ApplyPeers, PeerFeed, call_back
+from udpoverlay.cluster.codec import Lease, subnets_prefix
+from udpoverlay.cluster.feed import COALESCE, ApplyPeers, PeerFeed, call_back
+from udpoverlay.cluster.guard import LeaseGuard
 from udpoverlay.cluster.network import NetworkConfig
-from udpoverlay.cluster.store.base import DELETE, KeyValue, LeaseStore
+from udpoverlay.cluster.policy import Context
+from udpoverlay.cluster.store.base import DELETE, KeyValue, LeaseStore, StoreEvent
 from udpoverlay.errors import ConfigError, LeaseLostError, LeaseStoreError, StoreCompacted, StoreDisconnected
 from udpoverlay.options import BACKENDS, DEFAULT_PREFIX
 
@@ -61,12 +59,15 @@ log = logging.getLogger(__name__)
 ON_LOST = ("reacquire", "exit")
 
 
-class ClusterMembership(LeaseAcquisition):
+class ClusterMembership(LeaseGuard):
     """This node's subnet lease and its view of the other nodes' leases.
 
     backend_type None means "whatever the network config says"; for vxlan,
     backend_data must hold VtepMAC (VNI defaults to the config's). Both may
-    be set after load_config() and before acquire().
+    be set after load_config() and before acquire(). underlay_network (our
+    underlay's network, when known) lets leases naming its broadcast address
+    be rejected. coalesce: seconds to gather a burst of changes into one
+    apply_peers call.
     """
 
     def __init__(self, store: LeaseStore, *, prefix: str = DEFAULT_PREFIX,
@@ -76,7 +77,9 @@ class ClusterMembership(LeaseAcquisition):
                  lease_ttl: int = 86400, renew_margin: float = 3600,
                  on_lost: str = "reacquire", clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None, retry_initial: float = 0.2,
-                 retry_max: float = 10.0, op_timeout: float = 15.0) -> None:
+                 retry_max: float = 10.0, op_timeout: float = 15.0,
+                 underlay_network: ipaddress.IPv4Network | None = None,
+                 coalesce: float = COALESCE) -> None:
         if on_lost not in ON_LOST:
             raise ConfigError(f"on_lost must be one of {', '.join(ON_LOST)}, got {on_lost!r}")
         if backend_type is not None and backend_type not in BACKENDS:
@@ -101,8 +104,16 @@ class ClusterMembership(LeaseAcquisition):
         self._lease_id = 0
         self._granted_ttl: float | None = None
         self._own_revision = 0
+        self._own_key: str | None = None
+        self._own_create_revision = 0
+        self._value: str | None = None
         self._generation = 0
-        self.feed = PeerFeed(self._publish_context, clock, retry_max)
+        self.underlay_network = None if underlay_network is None else \
+            ipaddress.IPv4Network(underlay_network)
+        self._validators = {}
+        self._guard_logged: dict[str, Any] = {}
+        self._down_logged: float | None = None
+        self.feed = PeerFeed(self._publish_context, self._validator, clock, retry_max, coalesce)
         self._store_state = "disconnected: not contacted yet"
         self._on_lease_changed: Callable[[Lease], Any] | None = None
         self._lost_lock = asyncio.Lock()
@@ -111,15 +122,17 @@ class ClusterMembership(LeaseAcquisition):
     # -- running -----------------------------------------------------------
     async def run(self, apply_peers: ApplyPeers,
                   on_lease_changed: Callable[[Lease], Any] | None = None) -> None:
-        """Renew our lease and keep apply_peers fed with the full peer list,
-        until cancelled. Raises LeaseLostError when the lease is lost and
-        cannot be re-created (on_lost='exit', or the subnet was taken and no
-        on_lease_changed callback accepts a new one)."""
+        """Renew our lease, keep apply_peers fed with the full peer list and
+        watch the network config, until cancelled. Raises LeaseLostError when
+        the lease is lost and cannot be re-created (on_lost='exit', or the
+        subnet was taken and no on_lease_changed callback accepts a new one),
+        NetworkConfigChanged when `<prefix>/config` changed (restart needed)."""
         if self.lease is None:
             await self.acquire()
         self.feed.apply, self._on_lease_changed = apply_peers, on_lease_changed
         tasks = [asyncio.create_task(self._watch_loop(), name="udpoverlay-lease-watch"),
-                 asyncio.create_task(self._renew_loop(), name="udpoverlay-lease-renew")]
+                 asyncio.create_task(self._renew_loop(), name="udpoverlay-lease-renew"),
+                 asyncio.create_task(self._config_loop(), name="udpoverlay-config-watch")]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -137,7 +150,7 @@ class ClusterMembership(LeaseAcquisition):
         return max(0.0, self.lease.expires - margin - self.clock())
 
     async def _renew_loop(self) -> None:
-        backoff = self._backoff()
+        backoff = self._store_backoff()
         while True:
             delay = self._renew_delay()
             if delay is None or delay > 0:
@@ -152,10 +165,12 @@ class ClusterMembership(LeaseAcquisition):
             except LeaseStoreError as e:
                 self._set_disconnected(e)
                 delay = backoff.next()
-                log.warning("renewing subnet lease failed (%s); retrying in %.1fs", e, delay)
+                self._warn_down("renewing subnet lease failed (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
+            if lease_id != self._lease_id:
+                continue  # restored or adopted meanwhile: renew the new one
             if ttl is None:
                 await self._lost("its etcd lease expired or was revoked", generation)
             elif generation == self._generation and self.lease is not None:
@@ -165,14 +180,14 @@ class ClusterMembership(LeaseAcquisition):
 
     async def _watch_loop(self) -> None:
         prefix = subnets_prefix(self.prefix)
-        backoff = self._backoff()
+        backoff = self._store_backoff()
         while True:
             try:
-                listing = await self._bounded(self.store.list_prefix(prefix))
+                listing = await self._bounded(self.store.list_prefix(prefix, with_ttl=False))
                 self._set_connected()
                 backoff.reset()
                 await self._absorb_listing(listing.kvs, listing.revision)
-                batches = self.store.watch_prefix(prefix, listing.revision + 1)
+                batches = self.store.watch_prefix(prefix, listing.revision + 1, with_ttl=False)
                 async with contextlib.aclosing(batches):
                     async for batch in batches:
                         self._set_connected()
@@ -186,64 +201,34 @@ class ClusterMembership(LeaseAcquisition):
             except LeaseStoreError as e:
                 self._set_disconnected(e)
                 delay = backoff.next()
-                log.warning("lease watch failed (%s); keeping %d known peers, retrying in "
-                            "%.1fs", e, len(self.feed.peers), delay)
+                self._warn_down("lease watch failed (%s); keeping %d known peers, retrying in "
+                                "%.1fs", e, len(self.feed.view.peers), delay)
                 await asyncio.sleep(delay)
 
-    def _is_own(self, subnet: ipaddress.IPv4Network) -> bool:
-        return self.lease is not None and subnet == self.lease.subnet
-
     async def _absorb_listing(self, kvs: tuple[KeyValue, ...], revision: int) -> None:
-        leases, own = [], None
-        for kv in kvs:
-            subnet = parse_subnet_key(kv.key)
-            if subnet is None:
-                continue
-            if self._is_own(subnet):
-                own = kv
-            elif (lease := self.feed.decode(subnet, kv)) is not None:
-                leases.append(lease)
-        self.feed.table.apply(WatchResult(revision, snapshot=tuple(leases)))
-        self.feed.keep_bad_only({kv.key for kv in kvs})
+        own = next((kv for kv in kvs if kv.key == self._own_key), None)
+        self.feed.absorb_listing((kv for kv in kvs if kv.key != self._own_key), revision)
         if revision >= self._own_revision:
             await self._check_own(own, "our lease key is missing from the store")
         await self.feed.publish()
 
-    async def _absorb_events(self, batch: list) -> None:
-        events = []
+    async def _absorb_events(self, batch: list[StoreEvent]) -> None:
+        """In order; our own key's events go to _check_own (which may move
+        our key: later events of the old key are then another node's)."""
+        chunk: list[StoreEvent] = []
         for event in batch:
-            subnet = parse_subnet_key(event.kv.key)
-            if subnet is None:
+            if event.kv.key != self._own_key:
+                chunk.append(event)
                 continue
-            if self._is_own(subnet):
-                if event.revision > self._own_revision:
-                    await self._check_own(None if event.kind == DELETE else event.kv,
-                                          "our lease key was deleted")
-                continue
-            if event.kind == DELETE:
-                self.feed.forget_bad(event.kv.key)
-                events.append(LeaseEvent(REMOVED, subnet))
-            elif (lease := self.feed.decode(subnet, event.kv)) is not None:
-                events.append(LeaseEvent(ADDED, subnet, lease))
-            else:
-                events.append(LeaseEvent(REMOVED, subnet))  # unreadable now: not a peer
-        if batch:
-            self.feed.table.apply(WatchResult(batch[-1].revision, events=tuple(events)))
-        await self.feed.publish()
-
-    async def _check_own(self, kv: KeyValue | None, missing: str) -> None:
-        """Our key as the store shows it now: still ours, or lost."""
-        generation = self._generation
-        if kv is None:
-            await self._lost(missing, generation)
-            return
-        assert self.lease is not None
-        lease = self.feed.decode(self.lease.subnet, kv)
-        if lease is None or lease.public_ip != self.public_ip:
-            owner = lease.public_ip if lease else "an unreadable value"
-            await self._lost(f"our subnet key now belongs to {owner}", generation)
-        elif kv.ttl is not None:
-            self.lease = replace(self.lease, expires=self.clock() + kv.ttl)
+            if chunk:
+                self.feed.absorb_events(chunk)
+                chunk = []
+            if event.revision > self._own_revision:
+                await self._check_own(None if event.kind == DELETE else event.kv,
+                                      "our lease key was deleted")
+        if chunk:
+            self.feed.absorb_events(chunk)
+        self.feed.schedule()
 
     async def _lost(self, reason: str, generation: int) -> None:
         async with self._lost_lock:
@@ -268,7 +253,7 @@ class ClusterMembership(LeaseAcquisition):
         await self.feed.publish()
 
     # -- peers and status ---------------------------------------------------
-    def _publish_context(self) -> tuple:
+    def _publish_context(self) -> Context:
         assert self.config is not None
         return (self.config, self._backend(), self.public_ip,
                 self.lease.subnet if self.lease else None)
@@ -283,12 +268,9 @@ class ClusterMembership(LeaseAcquisition):
                      "backend_type": self._backend() if self.config else None,
                      "expires_in": None if expires is None else round(expires - now, 1),
                      "etcd_lease": f"{self._lease_id:x}"}
-        feed = self.feed.status(now)
         return {
             "lease": lease,
             "network": str(self.config.network) if self.config else None,
             "store": self._store_state,
-            "revision": feed["revision"],
-            "peers": feed["peers"],
-            "skipped": feed["skipped"],
+            **self.feed.status(now),
         }

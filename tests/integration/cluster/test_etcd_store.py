@@ -7,9 +7,7 @@ is 198.19.0.0/16. Every wait is bounded; every etcd is stopped by PID.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
-import itertools
 import json
 import logging
 import random
@@ -18,82 +16,14 @@ import grpc
 import pytest
 from aetcd import exceptions as aetcd_errors
 
-from tests.support.asyncutil import Recorder, run, wait_until
+from tests.support.asyncutil import run, wait_until
+from tests.support.cluster import UDP_CONFIG, VXLAN_CONFIG, Cluster, peers_become
 from tests.support.etcdserver import EtcdServer, free_port, make_tls_files, require_etcd
 from udpoverlay.cluster.codec import config_key, subnet_key
-from udpoverlay.cluster.membership import ClusterMembership
 from udpoverlay.cluster.store.etcd import EtcdStore, map_error, parse_endpoint
 from udpoverlay.errors import ConfigError, LeaseStoreError, StoreCompacted, StoreDisconnected
 
 N = ipaddress.IPv4Network
-# What an operator writes for flannel: etcdctl put /coreos.com/network/config '<this>'.
-UDP_CONFIG = '{"Network": "198.19.0.0/16", "Backend": {"Type": "udp"}}'
-VXLAN_CONFIG = '{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}'
-_prefixes = itertools.count(1)
-
-
-def ip(n: int) -> str:
-    return f"198.18.0.{n}"
-
-
-def new_prefix() -> str:
-    return f"/udpoverlay-test/{next(_prefixes)}/network"
-
-
-class Cluster:
-    """Members on one etcd; closes every store and run() task on exit."""
-
-    def __init__(self, server: EtcdServer, prefix: str | None = None) -> None:
-        self.server, self.prefix = server, prefix or new_prefix()
-        self.stores: list[EtcdStore] = []
-        self.tasks: list[asyncio.Task] = []
-
-    def store(self, **kw) -> EtcdStore:
-        kw.setdefault("timeout", 2.0)
-        store = EtcdStore([self.server.endpoint], **kw)
-        self.stores.append(store)
-        return store
-
-    async def write_config(self, text: str = UDP_CONFIG) -> None:
-        await asyncio.to_thread(self.server.etcdctl, "put", config_key(self.prefix), text)
-
-    def member(self, n: int, store: EtcdStore | None = None, **kw) -> ClusterMembership:
-        kw.setdefault("retry_initial", 0.05)
-        kw.setdefault("retry_max", 0.3)
-        kw.setdefault("rng", random.Random(n))
-        return ClusterMembership(store or self.store(), prefix=self.prefix, public_ip=ip(n), **kw)
-
-    async def start(self, m: ClusterMembership) -> Recorder:
-        rec = Recorder()
-        self.tasks.append(asyncio.create_task(m.run(rec)))
-        await wait_until(lambda: rec.calls or self.tasks[-1].done(), 5, "first apply_peers")
-        if self.tasks[-1].done():
-            self.tasks[-1].result()
-        return rec
-
-    async def raw(self, subnet: N) -> str:
-        out = await asyncio.to_thread(self.server.etcdctl, "get", subnet_key(self.prefix, subnet),
-                                      "--print-value-only")
-        return out.rstrip("\n")
-
-    async def delete(self, subnet: N) -> None:
-        await asyncio.to_thread(self.server.etcdctl, "del", subnet_key(self.prefix, subnet))
-
-    async def __aenter__(self) -> "Cluster":
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        for store in self.stores:
-            with contextlib.suppress(Exception):
-                await store.close()
-
-
-async def peers_become(rec: Recorder, subnets, timeout: float = 2.0) -> None:
-    want = sorted(str(s) for s in subnets)
-    await wait_until(lambda: rec.subnets() == want, timeout, f"peers {want}, have {rec.subnets()}")
 
 
 def test_three_members_distinct_subnets_in_flannels_bytes(shared_etcd):
@@ -204,9 +134,9 @@ class GatedStore(EtcdStore):
         super().__init__(*args, **kw)
         self.gate = asyncio.Event()
 
-    async def watch_prefix(self, prefix, start_revision):
+    async def watch_prefix(self, prefix, start_revision, with_ttl=True):
         await self.gate.wait()
-        async for batch in super().watch_prefix(prefix, start_revision):
+        async for batch in super().watch_prefix(prefix, start_revision, with_ttl):
             yield batch
 
 

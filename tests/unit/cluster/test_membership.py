@@ -20,7 +20,7 @@ from udpoverlay.cluster.codec import encode_lease_value, subnet_key, vxlan_backe
 from udpoverlay.cluster.membership import ClusterMembership
 from udpoverlay.cluster.network import parse_network_config
 from udpoverlay.cluster.store.memory import MemoryStore
-from udpoverlay.errors import ConfigError, LeaseLostError, LeaseStoreError
+from udpoverlay.errors import ConfigError, LeaseLostError, LeaseStoreError, NetworkConfigChanged
 
 N = ipaddress.IPv4Network
 PREFIX = "/coreos.com/network"
@@ -129,14 +129,17 @@ def test_acquire_reuses_lease_with_our_public_ip():
     async def main():
         store = await new_store()
         await put_lease(store, "198.19.7.0/24", '{"PublicIP":"198.18.0.1","BackendType":"old"}')
-        before = (await store.get(key("198.19.7.0/24"))).mod_revision
+        before = await store.get(key("198.19.7.0/24"))
+        # previous subnet taken by another host: our public IP's lease is reused
+        await put_lease(store, "198.19.9.0/24", encode_lease_value(ip(2)))
         m = member(store, 1, previous_subnet=N("198.19.9.0/24"))
         lease = await m.acquire()
         assert lease.subnet == N("198.19.7.0/24")
         kv = await store.get(key("198.19.7.0/24"))
         assert kv.value == b'{"PublicIP":"198.18.0.1","PublicIPv6":null}'
-        assert kv.mod_revision > before
-        assert await store.get(key("198.19.9.0/24")) is None
+        assert kv.mod_revision > before.mod_revision
+        assert kv.create_revision == before.create_revision     # re-attached, not re-created
+        assert before.lease_id not in store.lease_ids()          # the old etcd lease is revoked
     run(main())
 
 
@@ -320,8 +323,9 @@ def test_incompatible_and_unusable_leases_skipped_once(caplog):
         await put_lease(store, "198.19.4.0/24", "{not json")
         await put_lease(store, "198.19.5.0/24", encode_lease_value(ip(1)))  # our IP, stale
         await put_lease(store, "198.19.6.0/24", '{"PublicIP":"198.18.0.6","BackendType":"udp"}')
-        a = member(store, 1, previous_subnet=N("198.19.9.0/24"))
+        a = member(store, 1)
         await a.acquire()     # reuses 198.19.5.0 (our public IP)
+        assert a.lease.subnet == N("198.19.5.0/24")
         await put_lease(store, "198.19.8.0/24", encode_lease_value(ip(8)))
         async with Running(a) as ra:
             await ra.peers_become(["198.19.6.0/24", "198.19.8.0/24"])
@@ -332,7 +336,7 @@ def test_incompatible_and_unusable_leases_skipped_once(caplog):
     with caplog.at_level(logging.INFO, "udpoverlay.cluster"):
         run(main())
     assert caplog.text.count("skipping lease 198.19.3.0/24") == 1
-    assert caplog.text.count("ignoring /coreos.com/network/subnets/198.19.4.0-24") == 1
+    assert caplog.text.count("ignoring lease key /coreos.com/network/subnets/198.19.4.0-24") == 1
 
 
 def test_vxlan_member_peers_and_value():
@@ -503,3 +507,242 @@ def test_constructor_validates():
         ClusterMembership(store, public_ip=ip(1), backend_type="host-gw")
     with pytest.raises(ConfigError):
         ClusterMembership(store, public_ip=ip(1), lease_ttl=0)
+
+
+def test_hostile_keys_rejected_counted_and_logged_once(caplog):
+    bad = {
+        "198.19.86.0-25": (encode_lease_value(ip(66)), "subnet_len"),
+        "evil/198.19.88.0-24": (encode_lease_value(ip(66)), "nested_key"),
+        "not-a-subnet": (encode_lease_value(ip(66)), "not_a_subnet"),
+        "198.19.77.5-24": (encode_lease_value(ip(66)), "not_a_subnet"),
+        "198.19.77.0-33": (encode_lease_value(ip(66)), "not_a_subnet"),
+        "198.19.200.0-24": (encode_lease_value(ip(66)), "outside_network"),
+        "198.19.0.0-24": (encode_lease_value(ip(66)), "outside_range"),
+        "198.19.90.0-24": ('{"PublicIP":"127.0.0.1"}', "bad_public_ip"),
+        "198.19.91.0-24": ('{"PublicIP":"0.0.0.0"}', "bad_public_ip"),
+        "198.19.92.0-24": ('{"PublicIP":"224.0.0.5"}', "bad_public_ip"),
+        "198.19.93.0-24": ('{"PublicIP":"255.255.255.255"}', "bad_public_ip"),
+        "198.19.94.0-24": ('{"PublicIP":"198.18.0.255"}', "bad_public_ip"),   # underlay bcast
+        "198.19.95.0-24": ("garbage", "bad_value"),
+    }
+
+    async def main():
+        store = await new_store('{"Network":"198.19.0.0/17","Backend":{"Type":"udp"}}')
+        await put_lease(store, "198.19.86.0/24", encode_lease_value(ip(2)))
+        a = member(store, 1, underlay_network=N("198.18.0.0/24"),
+                   previous_subnet=N("198.19.10.0/24"))
+        async with Running(a) as ra:
+            await ra.peers_become(["198.19.86.0/24"])
+            for _ in range(2):     # a writer that repeats itself is logged once
+                for name, (value, _) in bad.items():
+                    await store.put(f"{PREFIX}/subnets/{name}", value.encode(), 60)
+            await put_lease(store, "198.19.60.0/24", encode_lease_value(ip(6)))
+            await ra.peers_become(["198.19.60.0/24", "198.19.86.0/24"])
+            status = a.status()
+            assert {r["key"].rsplit("subnets/", 1)[1]: r["reason"]
+                    for r in status["rejected_keys"]} == {k: r for k, (_, r) in bad.items()}
+            counts: dict[str, int] = {}
+            for _, reason in bad.values():
+                counts[reason] = counts.get(reason, 0) + 1
+            assert status["rejected"] == counts
+            for call in ra.rec.calls:
+                assert {str(p.subnet) for p in call} <= {"198.19.60.0/24", "198.19.86.0/24"}
+            # A rejected key removed: it leaves the list; the counters stay.
+            await store.delete(f"{PREFIX}/subnets/not-a-subnet")
+            await wait_until(lambda: len(a.status()["rejected_keys"]) == len(bad) - 1)
+    with caplog.at_level(logging.INFO, "udpoverlay.cluster"):
+        run(main())
+    for name in bad:
+        assert caplog.text.count(f"ignoring lease key {PREFIX}/subnets/{name}:") == 1, name
+
+
+def test_two_keys_for_one_subnet_the_older_wins():
+    async def main():
+        store = await new_store()
+        await put_lease(store, "198.19.2.0/24", encode_lease_value(ip(2)))
+        dup = f"{PREFIX}/subnets/198.19.2.0-024"
+        a = member(store, 1)
+        async with Running(a) as ra:
+            await ra.peers_become(["198.19.2.0/24"])
+            await store.put(dup, encode_lease_value(ip(66)).encode(), 60)
+            await wait_until(lambda: a.status()["rejected"].get("overlap") == 1)
+            assert [str(p.public_ip) for p in ra.rec.last] == [ip(2)]
+            assert all(str(p.public_ip) != ip(66) for call in ra.rec.calls for p in call)
+            # The older key goes: the next one in creation order takes over, on every node.
+            await store.delete(key("198.19.2.0/24"))
+            await wait_until(lambda: [str(p.public_ip) for p in ra.rec.last] == [ip(66)])
+            # A second key for OUR subnet is never a peer, however old.
+            ours = a.lease.subnet
+            await store.put(f"{PREFIX}/subnets/{ours.network_address}-024",
+                            encode_lease_value(ip(77)).encode(), 60)
+            await wait_until(lambda: any(s["subnet"] == str(ours)
+                                         for s in a.status()["skipped"]))
+            assert str(ours) not in ra.rec.subnets()
+    run(main())
+
+
+def test_nested_key_is_never_our_lease():
+    async def main():
+        store = await new_store()
+        nested = f"{PREFIX}/subnets/evil/198.19.88.0-24"
+        await store.put(nested, encode_lease_value(ip(1)).encode(), None)
+        a = member(store, 1, previous_subnet=N("198.19.88.0/24"))
+        lease = await a.acquire()
+        assert lease.subnet == N("198.19.88.0/24")
+        assert store.value(key("198.19.88.0/24")) == encode_lease_value(ip(1)).encode()
+        async with Running(a) as ra:
+            await store.put(nested, encode_lease_value(ip(66)).encode(), None)
+            await asyncio.sleep(0.1)
+            assert not ra.task.done() and ra.rec.last == []
+        # A restart without a subnet file finds our real key, not the nested one.
+        again = await member(store, 1).acquire()
+        assert again.subnet == N("198.19.88.0/24")
+        assert store.value(nested) == encode_lease_value(ip(66)).encode()
+    run(main())
+
+
+def test_rewritten_own_key_is_restored_not_fatal(caplog):
+    async def main():
+        store = await new_store()
+        a = member(store, 1)
+        async with Running(a) as ra:
+            k, ours = key(str(a.lease.subnet)), encode_lease_value(ip(1)).encode()
+            first = int(a.status()["lease"]["etcd_lease"], 16)
+            for _ in range(2):
+                await store.put(k, encode_lease_value(ip(66)).encode(), None)
+                await wait_until(lambda: store.value(k) == ours, what="restored value")
+            assert not ra.task.done()
+            kv = await store.get(k)
+            assert kv.lease_id == int(a.status()["lease"]["etcd_lease"], 16) != first
+            assert first not in store.lease_ids()
+            assert ra.rec.last == []     # the hostile value never became a peer
+    with caplog.at_level(logging.INFO, "udpoverlay.cluster"):
+        run(main())
+    assert caplog.text.count("was rewritten by another writer (now PublicIP 198.18.0.66)") == 1
+
+
+def test_restart_prefers_subnet_file_and_keeps_one_key(caplog):
+    async def main():
+        store = await new_store()
+        first = await member(store, 1, previous_subnet=N("198.19.5.0/24")).acquire()
+        old = await store.get(key("198.19.5.0/24"))
+        # Forged while we were down: our exact value on a second subnet, and our
+        # address with another value on a third.
+        await put_lease(store, "198.19.7.0/24", encode_lease_value(ip(1)))
+        forged = await store.get(key("198.19.7.0/24"))
+        await put_lease(store, "198.19.8.0/24", '{"PublicIP":"198.18.0.1","Extra":1}')
+        a = member(store, 1, previous_subnet=first.subnet)
+        lease = await a.acquire()
+        assert lease.subnet == first.subnet
+        assert store.value(key("198.19.7.0/24")) is None            # never two keys
+        assert old.lease_id not in store.lease_ids() and forged.lease_id not in store.lease_ids()
+        assert (await store.get(key("198.19.5.0/24"))).create_revision == old.create_revision
+        async with Running(a) as ra:
+            await wait_until(lambda: a.status()["skipped"])
+            assert a.status()["skipped"] == [{"subnet": "198.19.8.0/24",
+                                              "reason": "carries our own public IP"}]
+            await put_lease(store, "198.19.8.0/24", '{"PublicIP":"198.18.0.1","Extra":1}')
+            await asyncio.sleep(0.05)
+            assert ra.rec.last == []
+    with caplog.at_level(logging.WARNING, "udpoverlay.cluster"):
+        run(main())
+    assert caplog.text.count("lease 198.19.8.0/24 advertises our public IP 198.18.0.1") == 1
+
+
+def test_second_instance_with_our_public_ip_is_warned_not_fought(caplog):
+    async def main():
+        store = await new_store()
+        a = member(store, 1)
+        async with Running(a) as ra:
+            k = key(str(a.lease.subnet))
+            b = member(store, 1)            # same public IP, no subnet file
+            lease_b = await b.acquire()
+            assert lease_b.subnet == a.lease.subnet
+            await wait_until(lambda: a.status()["lease"]["etcd_lease"]
+                             == b.status()["lease"]["etcd_lease"], what="adopted")
+            revision = store.revision
+            await asyncio.sleep(0.1)
+            assert store.revision == revision      # nobody rewrites the key back and forth
+            assert not ra.task.done() and store.value(k) is not None
+    with caplog.at_level(logging.WARNING, "udpoverlay.cluster"):
+        run(main())
+    assert caplog.text.count("is another host or instance using public IP 198.18.0.1") == 1
+
+
+def test_network_config_change_raises_a_clear_error(caplog):
+    async def main():
+        store = await new_store()
+        a = member(store, 1)
+        task = asyncio.create_task(a.run(Recorder()))
+        try:
+            await wait_until(lambda: a.feed.applied is not None)
+            # The same config written differently, then an invalid one: no exit.
+            await store.put(f"{PREFIX}/config",
+                            b'{"Backend": {"Type": "udp"}, "Network": "198.19.0.0/16"}', None)
+            await store.put(f"{PREFIX}/config", b'{"Network": 7}', None)
+            await asyncio.sleep(0.1)
+            assert not task.done()
+            await store.put(f"{PREFIX}/config", b'{"Network":"198.19.0.0/17"}', None)
+            with pytest.raises(NetworkConfigChanged,
+                               match=r"Network 198.19.0.0/16 -> 198.19.0.0/17.*SubnetMax"):
+                await asyncio.wait_for(task, 2)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    with caplog.at_level(logging.WARNING, "udpoverlay.cluster"):
+        run(main())
+    assert caplog.text.count("is now invalid") == 1
+
+
+def test_one_public_ip_with_two_subnets_gives_two_peers():
+    async def main():
+        store = await new_store()
+        await put_lease(store, "198.19.2.0/24", encode_lease_value(ip(2)))
+        await put_lease(store, "198.19.3.0/24", encode_lease_value(ip(2)))
+        async with Running(member(store, 1)) as ra:
+            await ra.peers_become(["198.19.2.0/24", "198.19.3.0/24"])
+            assert {str(p.public_ip) for p in ra.rec.last} == {ip(2)}
+    run(main())
+
+
+def test_a_burst_is_one_publish_with_a_short_log_line(caplog):
+    async def main():
+        store = await new_store()
+        a = member(store, 1, previous_subnet=N("198.19.250.0/24"))
+        async with Running(a) as ra:
+            store.hold_events(True)
+            for n in range(2, 202):
+                await put_lease(store, f"198.19.{n}.0/24", encode_lease_value(f"198.18.1.{n}"))
+            before = a.feed.publishes
+            store.hold_events(False)
+            await wait_until(lambda: len(ra.rec.last) == 200)
+            assert a.feed.publishes == before + 1
+            for n in range(2, 202):               # deletes arrive one by one: coalesced too
+                await store.delete(key(f"198.19.{n}.0/24"))
+            await ra.peers_become([])
+            assert a.feed.publishes <= before + 1 + 20
+    with caplog.at_level(logging.INFO, "udpoverlay.cluster"):
+        run(main())
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("peers now")]
+    assert "peers now 200 (+200 -0 ~0): +198.19.2.0/24@198.18.1.2" in "\n".join(lines)
+    assert max(len(line) for line in lines) < 300 and "and 196 more" in lines[1]
+
+
+def test_store_outage_warns_about_once_a_minute(caplog):
+    async def main():
+        clock = FakeClock()
+        store = await new_store(clock=clock)
+        a = member(store, 1, retry_initial=0.01, retry_max=0.02)
+        async with Running(a):
+            store.disconnect("etcd down")
+            await asyncio.sleep(0.3)               # ~15 failed retries
+            clock.advance(61)
+            await asyncio.sleep(0.1)
+            store.reconnect()
+            await wait_until(lambda: a.status()["store"] == "connected")
+    with caplog.at_level(logging.INFO, "udpoverlay.cluster"):
+        run(main())
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING
+                and "etcd down" in r.getMessage()]
+    assert len(warnings) == 2
+    assert caplog.text.count("lease store reachable again") == 1

@@ -1,49 +1,61 @@
-"""LeaseTable: watch results in, a diff out (snapshot after a reconnect or a
-compaction turned back into added/removed events)."""
+"""LeaseTable: valid keys in, dirty subnets out (a snapshot after a reconnect
+or a compaction turned back into a diff), and the oldest of two keys for
+one subnet wins whatever the order of arrival."""
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 
-from udpoverlay.cluster.codec import ADDED, REMOVED, Lease, LeaseEvent, WatchResult, encode_lease_value
+from udpoverlay.cluster.codec import Lease, encode_lease_value
 from udpoverlay.cluster.table import LeaseTable
+from udpoverlay.cluster.validate import Entry
 
 N = ipaddress.IPv4Network
 A = ipaddress.IPv4Address
+P = "/p/subnets/"
 
 
-def lease(subnet: str, ip: str, raw_extra: str = "") -> Lease:
-    return Lease(N(subnet), A(ip), raw=encode_lease_value(ip) + raw_extra)
+def entry(subnet: str, ip: str, created: int, key: str | None = None, raw_extra: str = "",
+          expires: float | None = None) -> Entry:
+    net = N(subnet)
+    name = key or f"{net.network_address}-{net.prefixlen}"
+    return Entry(P + name, Lease(net, A(ip), raw=encode_lease_value(ip) + raw_extra,
+                                 expires=expires), created)
 
 
-def kinds(events):
-    return sorted((e.kind, str(e.subnet)) for e in events)
-
-
-def test_table_events_then_snapshot_diff():
+def test_snapshot_diff_and_renewal():
     t = LeaseTable()
-    a, b, c = lease("198.19.1.0/24", "198.18.0.1"), lease("198.19.2.0/24", "198.18.0.2"), \
-        lease("198.19.3.0/24", "198.18.0.3")
-    assert kinds(t.apply(WatchResult(5, snapshot=(a, b)))) == [(ADDED, "198.19.1.0/24"),
-                                                              (ADDED, "198.19.2.0/24")]
-    assert t.revision == 5
-    # Renewal with an identical value: no event from a snapshot, table keeps the new copy.
-    renewed = Lease(b.subnet, b.public_ip, expires=99.0, raw=b.raw)
-    assert t.apply(WatchResult(6, snapshot=(a, renewed))) == []
-    assert t.leases[b.subnet].expires == 99.0
+    a, b, c = entry("198.19.1.0/24", "198.18.0.1", 5), entry("198.19.2.0/24", "198.18.0.2", 6), \
+        entry("198.19.3.0/24", "198.18.0.3", 7)
+    assert t.reset([a, b]) == {a.subnet, b.subnet}
+    # Renewal with an identical value: nothing dirty, the table keeps the new copy.
+    renewed = entry("198.19.2.0/24", "198.18.0.2", 6, expires=99.0)
+    assert t.reset([a, renewed]) == set()
+    assert t.winner(b.subnet).lease.expires == 99.0
     # Missed while disconnected: b removed, c added, a changed owner.
-    a2 = lease("198.19.1.0/24", "198.18.0.9")
-    assert kinds(t.apply(WatchResult(9, snapshot=(a2, c)))) == [
-        (ADDED, "198.19.1.0/24"), (ADDED, "198.19.3.0/24"), (REMOVED, "198.19.2.0/24")]
-    assert set(t.leases) == {a2.subnet, c.subnet}
+    a2 = entry("198.19.1.0/24", "198.18.0.9", 5)
+    assert t.reset([a2, c]) == {a.subnet, b.subnet, c.subnet}
+    assert t.subnets() == {a.subnet, c.subnet} and t.winner(a.subnet) == a2
 
 
-def test_table_incremental_events():
+def test_incremental_put_remove():
     t = LeaseTable()
-    a = lease("198.19.1.0/24", "198.18.0.1")
-    out = t.apply(WatchResult(3, events=(LeaseEvent(ADDED, a.subnet, a),
-                                         LeaseEvent(REMOVED, N("198.19.7.0/24")))))
-    assert kinds(out) == [(ADDED, "198.19.1.0/24")]  # unknown removal dropped
-    out = t.apply(WatchResult(4, events=(LeaseEvent(REMOVED, a.subnet),)))
-    assert out[0].lease == a and t.leases == {}
-    assert WatchResult(1, snapshot=()).is_snapshot and not WatchResult(1).is_snapshot
+    a = entry("198.19.1.0/24", "198.18.0.1", 3)
+    assert t.put(a) == a.subnet and t.put(a) is None
+    assert t.remove(P + "198.19.7.0-24") is None          # unknown key: nothing
+    assert t.remove(a.key) == a.subnet and t.winner(a.subnet) is None and t.subnets() == set()
+
+
+def test_oldest_key_wins_in_any_order():
+    old = entry("198.19.1.0/24", "198.18.0.1", 10)
+    dup = entry("198.19.1.0/24", "198.18.0.66", 20, key="198.19.1.0-024")
+    dual = entry("198.19.1.0/24", "198.18.0.77", 30, key="198.19.1.0-24&fd00::-64")
+    for order in itertools.permutations([old, dup, dual]):
+        t = LeaseTable()
+        for e in order:
+            t.put(e)
+        assert t.winner(old.subnet) == old
+        assert [e.key for e in t.losers(old.subnet)] == sorted([dup.key, dual.key])
+    t.remove(old.key)
+    assert t.winner(old.subnet) == dup        # the next oldest takes over

@@ -26,13 +26,16 @@ DELETE = "delete"
 @dataclass(frozen=True)
 class KeyValue:
     """One stored key. ttl: the attached lease's remaining seconds at read
-    time (None: no lease, or unknown)."""
+    time (None: no lease, not asked for, or unknown). create_revision: the
+    revision that created the key (0 for a deletion): a rewrite keeps it, a
+    delete and re-create changes it."""
 
     key: str
     value: bytes
     mod_revision: int
     lease_id: int = 0
     ttl: float | None = None
+    create_revision: int = 0
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,9 @@ class LeaseStore(Protocol):
     async def get(self, key: str) -> KeyValue | None:
         """The key, or None if absent."""
 
-    async def list_prefix(self, prefix: str) -> Listing:
-        """Every key under prefix plus the revision the list is as of."""
+    async def list_prefix(self, prefix: str, with_ttl: bool = True) -> Listing:
+        """Every key under prefix plus the revision the list is as of.
+        with_ttl=False leaves ttl None (etcd needs one RPC per lease for it)."""
 
     async def create(self, key: str, value: bytes, ttl: int) -> Written | None:
         """Put with a fresh TTL lease only if the key does not exist
@@ -81,8 +85,11 @@ class LeaseStore(Protocol):
     async def refresh(self, lease_id: int) -> int | None:
         """Keep a lease alive; its new TTL, or None if it no longer exists."""
 
-    def watch_prefix(self, prefix: str,
-                     start_revision: int) -> AsyncGenerator[list[StoreEvent], None]:
+    async def revoke_lease(self, lease_id: int) -> None:
+        """Revoke a lease (its keys go with it); no error if it is gone."""
+
+    def watch_prefix(self, prefix: str, start_revision: int,
+                     with_ttl: bool = True) -> AsyncGenerator[list[StoreEvent], None]:
         """Batches of events from start_revision on. Raises StoreCompacted or
         StoreDisconnected (never ends quietly while the store is up)."""
 

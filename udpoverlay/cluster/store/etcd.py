@@ -10,6 +10,14 @@ Why these choices:
   with a secure channel (pinned to aetcd 1.0's attribute names).
 - gRPC keepalive pings (10 s) so a watch on a silently dead connection
   fails instead of hanging; etcd accepts pings every 5 s or slower.
+- Reconnecting is ours, not gRPC's: gRPC's own reconnect backoff grows to
+  tens of seconds (daemons came back 12-33 s after a 90 s outage), so its
+  backoff is capped at 1 s and, after any failure to reach the server, the
+  channel is dropped and the next call opens a fresh one right away. The
+  meaning layer's retry backoff (capped, with jitter) decides when that is.
+- TTLs cost one RPC per lease (LeaseTimeToLive); listings and watches of
+  other nodes' leases can skip them (with_ttl=False), which is what makes a
+  5000-lease listing or a burst of changes cheap.
 - aetcd has no automatic lease keepalive and does not re-watch after a
   server restart; the meaning layer (cluster/membership.py) does both. Here a broken
   watch simply raises StoreDisconnected, a compacted one StoreCompacted.
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import AsyncGenerator, Awaitable, Callable, Sequence, TypeVar
@@ -46,7 +55,11 @@ _CHANNEL_OPTIONS = {
     "grpc.keepalive_timeout_ms": 5_000,
     "grpc.keepalive_permit_without_calls": 1,
     "grpc.http2.max_pings_without_data": 0,
+    "grpc.initial_reconnect_backoff_ms": 100,
+    "grpc.min_reconnect_backoff_ms": 100,
+    "grpc.max_reconnect_backoff_ms": 1000,
 }
+FAILOVER_LOG_INTERVAL = 60.0   # s between failover WARNINGs while the store stays down
 _DISCONNECTED = (aetcd_errors.ConnectionFailedError, aetcd_errors.ConnectionTimeoutError,
                  aetcd_errors.WatchTimeoutError, asyncio.TimeoutError, OSError)
 _FATAL = (aetcd_errors.UnauthenticatedError, aetcd_errors.InvalidArgumentError)
@@ -180,6 +193,7 @@ class EtcdStore:
         self.timeout = timeout
         self._index = 0
         self._client: aetcd.Client | None = None
+        self._failover_logged = -FAILOVER_LOG_INTERVAL
 
     @property
     def endpoint(self) -> Endpoint:
@@ -206,10 +220,17 @@ class EtcdStore:
                 log.debug("closing etcd client for %s: %s", self.endpoint, _one_line(e))
 
     async def _fail_over(self, error: LeaseStoreError) -> None:
+        """The server is unreachable: drop the channel (the next call opens a
+        fresh one, no gRPC backoff) and move to the next endpoint, if any."""
+        await self._drop_client()
         if len(self.endpoints) > 1:
-            await self._drop_client()
             self._index = (self._index + 1) % len(self.endpoints)
-            log.warning("%s; switching to etcd endpoint %s", error, self.endpoint)
+            now = time.monotonic()
+            quiet = now - self._failover_logged < FAILOVER_LOG_INTERVAL
+            if not quiet:
+                self._failover_logged = now
+            log.log(logging.DEBUG if quiet else logging.WARNING,
+                    "%s; switching to etcd endpoint %s", error, self.endpoint)
 
     async def _call(self, what: str, op: Callable[[aetcd.Client], Awaitable[_T]]) -> _T:
         error: LeaseStoreError | None = None
@@ -237,10 +258,14 @@ class EtcdStore:
             return None
         return float(ttl) if ttl >= 0 else None
 
-    async def _kvs(self, client: aetcd.Client, items: list) -> list[KeyValue]:
-        ttls = await asyncio.gather(*(self._ttl(client, kv.lease) for kv in items))
+    async def _kvs(self, client: aetcd.Client, items: list,
+                   with_ttl: bool = True) -> list[KeyValue]:
+        if with_ttl:
+            ttls = await asyncio.gather(*(self._ttl(client, kv.lease) for kv in items))
+        else:
+            ttls = [None] * len(items)
         return [KeyValue(kv.key.decode("utf-8", "replace"), bytes(kv.value), kv.mod_revision,
-                         kv.lease, ttl) for kv, ttl in zip(items, ttls)]
+                         kv.lease, ttl, kv.create_revision) for kv, ttl in zip(items, ttls)]
 
     async def get(self, key: str) -> KeyValue | None:
         async def op(c: aetcd.Client) -> KeyValue | None:
@@ -248,10 +273,10 @@ class EtcdStore:
             return None if got is None else (await self._kvs(c, [got]))[0]
         return await self._call("get", op)
 
-    async def list_prefix(self, prefix: str) -> Listing:
+    async def list_prefix(self, prefix: str, with_ttl: bool = True) -> Listing:
         async def op(c: aetcd.Client) -> Listing:
             got = await c.get_prefix(prefix.encode())
-            return Listing(tuple(await self._kvs(c, list(got))), got.header.revision)
+            return Listing(tuple(await self._kvs(c, list(got), with_ttl)), got.header.revision)
         return await self._call("list", op)
 
     async def _txn_put(self, c: aetcd.Client, key: str, value: bytes, ttl: int | None,
@@ -305,8 +330,17 @@ class EtcdStore:
             return reply.TTL if reply is not None and reply.TTL > 0 else None
         return await self._call("lease refresh", op)
 
-    async def watch_prefix(self, prefix: str,
-                           start_revision: int) -> AsyncGenerator[list[StoreEvent], None]:
+    async def revoke_lease(self, lease_id: int) -> None:
+        async def op(c: aetcd.Client) -> None:
+            try:
+                await c.revoke_lease(lease_id)
+            except aetcd_errors.ClientError as e:
+                if "not found" not in str(e):
+                    raise
+        await self._call("lease revoke", op)
+
+    async def watch_prefix(self, prefix: str, start_revision: int,
+                           with_ttl: bool = True) -> AsyncGenerator[list[StoreEvent], None]:
         endpoint = self.endpoint
         client = self._connect()
         try:
@@ -325,7 +359,7 @@ class EtcdStore:
                     items.append(queue.get_nowait())
                 raw = [i for i in items if not isinstance(i, BaseException)]
                 if raw:
-                    yield await self._events(client, raw)
+                    yield await self._events(client, raw, with_ttl)
                 errors = [i for i in items if isinstance(i, BaseException)]
                 if errors:
                     if isinstance(errors[0], StoreDisconnected):
@@ -348,9 +382,10 @@ class EtcdStore:
         except Exception as e:
             queue.put_nowait(map_error("watch", endpoint, e))
 
-    async def _events(self, client: aetcd.Client, raw: list) -> list[StoreEvent]:
+    async def _events(self, client: aetcd.Client, raw: list,
+                      with_ttl: bool) -> list[StoreEvent]:
         puts = [e.kv for e in raw if e.kind == "PUT"]
-        kvs = iter(await self._kvs(client, puts))
+        kvs = iter(await self._kvs(client, puts, with_ttl))
         out = []
         for e in raw:
             if e.kind == "PUT":

@@ -11,7 +11,8 @@ clock (expired on every operation or on `expire_due()`), a history that
 Test controls: `disconnect(reason)` / `reconnect()` (every call and every
 watch fails with StoreDisconnected meanwhile), `hold_events(True)` (writes
 land but watchers are not told: a slow watcher), `compact(rev)` (watchers
-still behind `rev` get StoreCompacted, as etcd does), `revoke(lease_id)`.
+still behind `rev` get StoreCompacted, as etcd does), `revoke(lease_id)`,
+`lease_ids()`. The TTL is always filled in (with_ttl costs nothing here).
 Every operation yields to the loop first, so concurrent callers interleave
 the way they would over a network.
 """
@@ -142,7 +143,8 @@ class MemoryStore:
         if old is not None and old.lease_id in self._leases:
             self._leases[old.lease_id].keys.discard(key)
         self.revision += 1
-        kv = KeyValue(key, bytes(value), self.revision, lease_id)
+        created = old.create_revision if old is not None else self.revision
+        kv = KeyValue(key, bytes(value), self.revision, lease_id, create_revision=created)
         self._kvs[key] = kv
         self._record(PUT, kv)
         return Written(lease_id, ttl, self.revision)
@@ -157,7 +159,7 @@ class MemoryStore:
         kv = self._kvs.get(key)
         return None if kv is None else self._with_ttl(kv)
 
-    async def list_prefix(self, prefix: str) -> Listing:
+    async def list_prefix(self, prefix: str, with_ttl: bool = True) -> Listing:
         await self._enter()
         kvs = tuple(self._with_ttl(kv) for k, kv in sorted(self._kvs.items())
                     if k.startswith(prefix))
@@ -193,8 +195,16 @@ class MemoryStore:
         record.expires = self.clock() + record.ttl
         return record.ttl
 
-    async def watch_prefix(self, prefix: str,
-                           start_revision: int) -> AsyncGenerator[list[StoreEvent], None]:
+    async def revoke_lease(self, lease_id: int) -> None:
+        await self._enter()
+        self.revoke(lease_id)
+
+    def lease_ids(self) -> set[int]:
+        """The leases that exist now (test control: leaked leases show here)."""
+        return set(self._leases)
+
+    async def watch_prefix(self, prefix: str, start_revision: int,
+                           with_ttl: bool = True) -> AsyncGenerator[list[StoreEvent], None]:
         await self._enter()
         if start_revision < self.compact_revision:
             raise StoreCompacted(f"memory store: revision {start_revision} compacted "
