@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run the data plane until SIGINT/SIGTERM.")
     _add_run_args(run)
     st = sub.add_parser("status", help="show the running daemon's routes and counters",
-                        description="Query the daemon in this network namespace.")
+                        description="Query the daemon in this network namespace "
+                                    "(root only).")
     st.add_argument("--iface", default=DEFAULT_IFACE,
                     help=f"TUN device of the daemon (default {DEFAULT_IFACE})")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -193,8 +194,12 @@ def _cmd_run_cluster(args) -> int:
 
 
 def _cmd_status(args) -> int:
+    import os
+
     from udpoverlay.control import query_status
     from udpoverlay.status import format_status
+    if os.geteuid() != 0:    # the socket is root's; say so, not "permission denied"
+        return _fail("status needs root (the daemon's control socket is root-only)", 1)
     try:
         doc = query_status(args.iface, timeout=args.timeout)
     except ControlError as exc:

@@ -1,17 +1,19 @@
 """The daemon: the host devices and the data plane wired together, with an
 ordered start and shutdown.
 
-  setup()   sync, before the event loop (pyroute2's sync netlink must not run
-            inside it): MTU -> underlay UDP socket(s) -> TUN (configured by
-            netlink) -> data-plane engine with the peers.
+  open_host()  sync, before the event loop (pyroute2's sync netlink must not
+            run inside it): bind the underlay UDP port, create the TUN device.
+  setup()   the rest, also sync: MTU -> TUN configured by netlink -> vxlan
+            source sockets -> data-plane engine with the peers.
   serve()   on the loop: control socket, data-plane readers (or worker
             threads), the vxlan ARP resolver; returns when stop() is called
             (SIGINT/SIGTERM call it).
   close()   undoes setup in reverse, idempotent: the TUN fd first (the device
             and its routes go with it), then the engine and the sockets.
 
-Cluster mode (cluster/node.py) builds the same Daemon from a lease and stops
-it through stop() when the membership fails.
+Cluster mode (cluster/node.py) runs open_host() before it writes to etcd,
+setup() with the options completed from the lease, and stops the daemon
+through stop() when the membership fails.
 """
 
 from __future__ import annotations
@@ -52,11 +54,9 @@ class Daemon:
     """Holds every resource the daemon created, for status and shutdown."""
 
     def __init__(self, opts: Options) -> None:
-        if opts.public_ip is None or opts.subnet is None or opts.network is None:
-            raise ConfigError("the daemon needs a public IP, a subnet and a network")
+        if opts.public_ip is None:
+            raise ConfigError("the daemon needs a public IP")
         self.opts = opts
-        self.subnet: ipaddress.IPv4Network = opts.subnet
-        self.network: ipaddress.IPv4Network = opts.network
         self.started = time.monotonic()
         self.mtu = 0
         self.vtep_mac = b""
@@ -71,24 +71,58 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
 
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        if self.opts.subnet is None:
+            raise ConfigError("no subnet yet")
+        return self.opts.subnet
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        if self.opts.network is None:
+            raise ConfigError("no network yet")
+        return self.opts.network
+
     # -- host seams: the unit tests replace these to run without root -----
     def interface_mtu(self, ip: str) -> int:
         return interfaces.interface_mtu(ip)
 
-    def open_tun(self, name: str, subnet: str, network: str, mtu: int,
-                 offload: bool) -> tunmod.TunDevice:
-        return tunmod.open_tun(name, subnet, network, mtu, offload=offload)
+    def create_tun(self, name: str, offload: bool) -> tunmod.TunDevice:
+        return tunmod.create_tun(name, offload)
+
+    def configure_tun(self, tun: tunmod.TunDevice, subnet: str, network: str,
+                      mtu: int) -> None:
+        tunmod.configure_tun(tun, subnet, network, mtu)
 
     # -- set-up (sync, before the loop) -----------------------------------
-    def setup(self) -> None:
+    def open_host(self) -> None:
+        """Bind the underlay port and create the TUN device, unconfigured.
+        Cluster mode does this before it writes anything to etcd, so a
+        second instance fails here and never touches the first one's lease."""
+        if self.sock is not None:
+            return
+        o = self.opts
+        try:
+            self.sock = sockets.open_socket(str(o.public_ip), o.port)
+            self.tun = self.create_tun(o.iface, o.offload)
+        except BaseException:
+            self.close()
+            raise
+
+    def setup(self, opts: Options | None = None) -> None:
+        """Everything up to a running data plane (opts: the options completed
+        with the lease, in cluster mode). Undone by close() on failure."""
+        if opts is not None:
+            self.opts = opts
         o = self.opts
         pub = str(o.public_ip)
-        self.mtu = o.mtu if o.mtu is not None else self.interface_mtu(pub) - OVERHEAD[o.backend]
-        self.vtep_mac = o.vtep_mac or derive_vtep_mac(pub, str(self.subnet))
         try:
-            self.sock = sockets.open_socket(pub, o.port)
-            self.tun = self.open_tun(o.iface, str(self.subnet), str(self.network), self.mtu,
-                                     o.offload)
+            self.open_host()
+            assert self.sock is not None and self.tun is not None
+            self.mtu = o.mtu if o.mtu is not None else \
+                self.interface_mtu(pub) - OVERHEAD[o.backend]
+            self.vtep_mac = o.vtep_mac or derive_vtep_mac(pub, str(self.subnet))
+            self.configure_tun(self.tun, str(self.subnet), str(self.network), self.mtu)
             self.engine = dataplane.Engine(o.backend, self.subnet.network_address, self.subnet,
                                            self.network, vni=o.vni, vtep_mac=self.vtep_mac,
                                            port=o.port)
@@ -97,7 +131,7 @@ class Daemon:
                 # ports, so underlay ECMP/RSS spreads flows and keeps order.
                 self.tx_socks = sockets.open_tx_sockets(pub)
                 self.engine.set_tx_fds([s.fileno() for s in self.tx_socks])
-            if o.offload:
+            if self.tun.vnet_hdr:
                 self.udp_gro = sockets.enable_udp_gro(self.sock)
                 self.engine.set_offload(True, udp_gso=sockets.udp_gso_supported(self.sock),
                                         tun_uso="uso4" in self.tun.offloads)
@@ -122,7 +156,10 @@ class Daemon:
             log.info("vxlan: vni %d, our VTEP %s at %s", o.vni,
                      format_mac(self.vtep_mac), self.subnet.network_address)
         off = self.offload_status()
-        if not off["enabled"]:
+        if off["vnet_hdr_refused"]:
+            log.info("offloads: off (the kernel refused IFF_VNET_HDR): one packet per TUN "
+                     "read and write")
+        elif not off["enabled"]:
             log.info("offloads: off (--no-offload): one packet per TUN read and write")
         else:
             log.info("offloads: tun %s; udp gso %s, gro %s",
@@ -156,6 +193,7 @@ class Daemon:
         on = bool(self.opts.offload and self.tun is not None and self.tun.vnet_hdr)
         eng = self.engine
         return {"enabled": on,
+                "vnet_hdr_refused": bool(self.tun is not None and self.tun.vnet_hdr_refused),
                 "tun": list(self.tun.offloads) if on and self.tun is not None else [],
                 "udp_gso": bool(on and eng is not None and eng.udp_gso),
                 "udp_gro": bool(on and self.udp_gro),
@@ -216,7 +254,7 @@ class Daemon:
             self.runner.start(loop)
             if self.opts.backend == "vxlan":
                 arp = asyncio.create_task(dataplane.arp.resolve_macs(self.engine, self.sock))
-            log.info("running; control socket @udpoverlay.%s", self.opts.iface)
+            log.info("running; control socket %s", self.control.path)
             await self._stop.wait()
             log.info("shutting down")
         finally:

@@ -37,7 +37,8 @@ def format_status(doc: dict) -> str:
                         f"udp gso {'on' if off.get('udp_gso') else 'off'}, "
                         f"gro {'on' if off.get('udp_gro') else 'off'}")
     elif off:
-        lines.insert(2, "  offload: off")
+        lines.insert(2, "  offload: off" + (" (the kernel refused IFF_VNET_HDR)"
+                                            if off.get("vnet_hdr_refused") else ""))
     counters = doc.get("counters", {})
     lines.append("")
     lines.append("  counters:")
@@ -48,14 +49,24 @@ def format_status(doc: dict) -> str:
     lines.append("  drops:" + ("" if drops else " none"))
     for k in sorted(drops):
         lines.append(f"    {k:<28} {drops[k]}")
+    ctl = doc.get("control")
+    if ctl:
+        lines.append(f"  control socket: served {ctl.get('served')}, rejected busy "
+                     f"{ctl.get('rejected_busy')}, timed out {ctl.get('timed_out')}, "
+                     f"documents built {ctl.get('builds')}")
     cl = doc.get("cluster")
     if cl:
         lease = cl.get("lease") or {}
         lines += ["", f"  cluster: store {cl.get('store')}, lease {lease.get('subnet')} "
                       f"expires in {lease.get('expires_in')}s (etcd lease {lease.get('etcd_lease')})"]
         for p in cl.get("peers", []):
+            expires = "" if p.get("expires_in") is None else f"  expires in {p['expires_in']}s"
             lines.append(f"    {p['subnet']:<20} {p['public_ip']:<16} lease age {p['age']}s"
-                         f"  expires in {p['expires_in']}s")
+                         f"{expires}")
         for s in cl.get("skipped", []):
             lines.append(f"    skipped {s['subnet']}: {s['reason']}")
+        rejected = cl.get("rejected") or {}
+        if rejected:
+            lines.append("    rejected lease keys: " + ", ".join(
+                f"{reason} {n}" for reason, n in sorted(rejected.items())))
     return "\n".join(lines)

@@ -3,10 +3,15 @@ real TUN devices, real daemon processes (tests.support.overlay)."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import os
+
 import pytest
 
 from tests.support.overlay import Overlay
 from tests.support.requirements import require_root_tools
+from udpoverlay.control import DEFAULT_RUNTIME_DIR
 from udpoverlay.lab.netns import Lab
 
 
@@ -17,7 +22,19 @@ def lab():
     try:
         yield lab
     finally:
+        # A daemon the test SIGKILLed leaves its control socket file behind
+        # (keyed by its namespace's inode): remove those of our namespaces.
+        inodes = []
+        for netns in lab.namespaces():
+            try:
+                inodes.append(os.stat(f"/run/netns/{netns}").st_ino)
+            except OSError:
+                pass
         lab.close()
+        for ino in inodes:
+            for path in glob.glob(os.path.join(DEFAULT_RUNTIME_DIR, f"net{ino}-*.sock")):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
 
 def _make_overlay(lab, tmp_path, request, n):

@@ -9,6 +9,7 @@ addresses from 198.19.0.0/16."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import secrets
 import socket
 
@@ -32,6 +33,7 @@ class FakeTun:
         self._sock = sock
         self.fd = sock.fileno()
         self.vnet_hdr = False
+        self.vnet_hdr_refused = False
         self.offloads: tuple[str, ...] = ()
 
     def close(self) -> None:
@@ -49,11 +51,14 @@ class LoopbackDaemon(Daemon):
     def interface_mtu(self, ip: str) -> int:
         return 1500
 
-    def open_tun(self, name, subnet, network, mtu, offload):
+    def create_tun(self, name, offload):
         ours, self.kernel_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        ours.setblocking(False)              # as open_tun leaves the TUN fd
+        ours.setblocking(False)              # as configure_tun leaves the TUN fd
         self.kernel_side.settimeout(5)
         return FakeTun(name, ours)
+
+    def configure_tun(self, tun, subnet, network, mtu):
+        self.configured = (tun.name, subnet, network, mtu)
 
 
 @pytest.fixture
@@ -80,9 +85,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_daemon_needs_subnet_network_and_public_ip():
-    with pytest.raises(ConfigError):
+def test_daemon_needs_public_ip_and_setup_needs_subnet(peer_sock):
+    with pytest.raises(ConfigError, match="public IP"):
         Daemon(Options())
+    d = LoopbackDaemon(Options(public_ip=ipaddress.IPv4Address("127.0.0.1"), port=_free_port()))
+    d.open_host()                       # no subnet needed to bind and create the TUN
+    assert d.sock is not None and d.tun is not None
+    with pytest.raises(ConfigError, match="no subnet"):
+        d.setup()
+    assert d.sock is None and d.tun is None       # undone on failure
 
 
 def test_serve_forwards_both_ways_reports_status_and_stops(loop, peer_sock):
@@ -90,6 +101,7 @@ def test_serve_forwards_both_ways_reports_status_and_stops(loop, peer_sock):
     d = LoopbackDaemon(opts)
     d.setup()
     assert d.mtu == 1500 - 28
+    assert d.configured == (opts.iface, "198.19.1.0/24", "198.19.0.0/16", 1472)
 
     async def main():
         served = asyncio.create_task(d.serve())
@@ -142,7 +154,7 @@ def test_stop_before_serve_returns_at_once(loop, peer_sock):
 
 def test_failed_setup_releases_what_it_made(peer_sock):
     class Broken(LoopbackDaemon):
-        def open_tun(self, *a, **kw):
+        def create_tun(self, *a, **kw):
             raise OSError("no TUN here")
 
     d = Broken(_opts(peer_sock.getsockname()[1]))

@@ -2,9 +2,10 @@
 
 Start sequence (one event loop, uvloop when available):
   store + membership -> load_config (waits while missing/invalid/etcd down)
-  -> acquire our lease -> Options.for_lease (subnet, network, backend,
-  port, VNI come from etcd) -> Daemon.setup() in a worker thread (pyroute2's
-  sync netlink must not run inside the running loop) -> subnet.env ->
+  -> bind the port and create the TUN (Daemon.open_host: nothing written to
+  etcd yet) -> acquire our lease -> Daemon.setup() with Options.for_lease
+  (subnet, network, backend, port, VNI come from etcd), in a worker thread
+  (pyroute2's sync netlink must not run inside the running loop) -> subnet.env ->
   membership.run(dataplane.set_peers) as a task next to Daemon.serve().
 Shutdown: serve() returns on SIGINT/SIGTERM; the membership task is
 cancelled and the store closed. While etcd is down the membership keeps the
@@ -18,12 +19,15 @@ across restarts, like the lease itself).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import ipaddress
 import logging
 
 from udpoverlay.cluster.membership import ClusterMembership
 from udpoverlay.cluster.subnetenv import previous_subnet, write_subnet_env
 from udpoverlay.daemon import Daemon, run_loop
-from udpoverlay.host.interfaces import detect_public_ip
+from udpoverlay.errors import NetworkConfigChanged
+from udpoverlay.host.interfaces import detect_public_ip, interface_network
 from udpoverlay.options import Options
 from udpoverlay.peer import derive_vtep_mac, format_mac
 
@@ -57,19 +61,26 @@ async def _main(opts: Options) -> int:
         membership = ClusterMembership(
             store, prefix=opts.prefix, public_ip=public_ip,
             previous_subnet=previous_subnet(opts.subnet_file),
-            lease_ttl=opts.lease_ttl, retry_max=2.0)
+            lease_ttl=opts.lease_ttl, retry_max=2.0,
+            underlay_network=await asyncio.to_thread(interface_network, public_ip))
         config = await membership.load_config()
         vtep_mac = None
         if config.backend_type == "vxlan":
             vtep_mac = opts.vtep_mac or derive_vtep_mac(public_ip, opts.prefix)
             membership.backend_data = {"VtepMAC": format_mac(vtep_mac)}
+        # Bind the port and create the TUN before anything is written to
+        # etcd: a second instance on this host fails here, never having
+        # touched the first one's lease.
+        daemon = ClusterDaemon(dataclasses.replace(
+            opts, public_ip=ipaddress.IPv4Address(public_ip), port=config.backend_port,
+            backend=config.backend_type))
+        daemon.membership = membership
+        await asyncio.to_thread(daemon.open_host)
         lease = await membership.acquire()
-        daemon = ClusterDaemon(opts.for_lease(
+        await asyncio.to_thread(daemon.setup, opts.for_lease(
             public_ip=public_ip, subnet=str(lease.subnet), network=str(config.network),
             backend=config.backend_type, port=config.backend_port, vni=config.vni,
             vtep_mac=vtep_mac))
-        daemon.membership = membership
-        await asyncio.to_thread(daemon.setup)
         write_subnet_env(opts.subnet_file, config.network, lease.subnet, daemon.mtu,
                          ipmasq=opts.ip_masq)
         log.info("wrote %s", opts.subnet_file)
@@ -83,7 +94,10 @@ async def _main(opts: Options) -> int:
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # noqa: BLE001 - stop the daemon cleanly
-                log.error("cluster membership stopped: %s", exc)
+                if isinstance(exc, NetworkConfigChanged):
+                    log.error("%s", exc)
+                else:
+                    log.error("cluster membership stopped: %s", exc)
                 failure.append(exc)
                 running.stop()
 

@@ -8,13 +8,14 @@ Call before the event loop starts (see host/netlink.py).
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 from udpoverlay.errors import TunSetupError
 from udpoverlay.host.netlink import attr, netlink
 
-__all__ = ["interface_mtu", "interface_address", "default_route_address",
-           "detect_public_ip"]
+__all__ = ["interface_mtu", "interface_network", "interface_address",
+           "default_route_address", "detect_public_ip"]
 
 
 def interface_mtu(ip: str) -> int:
@@ -25,6 +26,16 @@ def interface_mtu(ip: str) -> int:
                 link = ipr.get_links(a["index"])[0]
                 return int(attr(link, "IFLA_MTU"))
     raise TunSetupError(f"no interface holds address {ip}")
+
+
+def interface_network(ip: str) -> ipaddress.IPv4Network | None:
+    """The IPv4 network (address/prefix) of the interface address `ip`;
+    None when no interface holds it (e.g. a 1:1 NAT public IP)."""
+    with netlink() as ipr:
+        for a in ipr.get_addr(family=socket.AF_INET):
+            if attr(a, "IFA_LOCAL") == ip or attr(a, "IFA_ADDRESS") == ip:
+                return ipaddress.IPv4Network(f"{ip}/{a['prefixlen']}", strict=False)
+    return None
 
 
 def interface_address(ifname: str) -> str:

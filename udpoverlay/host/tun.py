@@ -16,7 +16,13 @@ read and write carries a 10-byte virtio_net_hdr, and TUNSETOFFLOAD lets the
 kernel hand us TCP (and, with USO, UDP) super-packets of up to 64 KB with
 their checksums left to us. Kernels refuse flags they do not know with
 EINVAL, so the flag sets are tried from the richest down; what was accepted
-is in TunDevice.offloads (and in `udpoverlay status`).
+is in TunDevice.offloads (and in `udpoverlay status`). A kernel or sandbox
+that refuses IFF_VNET_HDR itself gets the plain one-packet path with one log
+line (TunDevice.vnet_hdr_refused, shown in status), not a failed start.
+
+Creating and configuring are two steps (create_tun, configure_tun): cluster
+mode creates the device before it writes to etcd and configures it once the
+lease says which subnet is ours.
 
 pyroute2: call these functions before the event loop starts or through
 asyncio.to_thread (sync IPRoute inside a running loop fails; a uvloop policy
@@ -25,8 +31,10 @@ breaks it entirely).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import ipaddress
+import logging
 import os
 import struct
 
@@ -34,7 +42,10 @@ from udpoverlay.dataplane.wire import VNET_HDR_LEN
 from udpoverlay.errors import TunSetupError
 from udpoverlay.host.netlink import netlink
 
-__all__ = ["TunDevice", "open_tun", "set_offloads", "OFFLOAD_SETS", "TUN_F"]
+__all__ = ["TunDevice", "create_tun", "configure_tun", "open_tun", "set_offloads",
+           "OFFLOAD_SETS", "TUN_F"]
+
+log = logging.getLogger(__name__)
 
 TXQUEUELEN = 10000
 TUNSETOFFLOAD = 0x400454D0
@@ -62,6 +73,7 @@ class TunDevice:
         self.fd = dev.fileno()
         self.vnet_hdr = vnet_hdr
         self.offloads = offloads
+        self.vnet_hdr_refused = False   # asked for IFF_VNET_HDR, the kernel said no
 
     def close(self) -> None:
         if self._dev is not None:
@@ -94,29 +106,63 @@ def set_offloads(fd: int) -> tuple[str, ...]:
     return ()
 
 
-def open_tun(name: str, subnet: str, network: str, mtu: int,
-             txqueuelen: int = TXQUEUELEN, offload: bool = False) -> TunDevice:
-    """Create and configure the TUN device; TunSetupError on any failure
-    (the half-made device is removed again). offload: open it with
-    IFF_VNET_HDR and ask for TSO/USO (see the module notes)."""
+# errno of a failed TUNSETIFF -> what the user should be told (one line).
+_CREATE_ERRORS = {
+    errno.EPERM: "permission denied: root or CAP_NET_ADMIN is needed",
+    errno.EACCES: "permission denied on /dev/net/tun: root or CAP_NET_ADMIN is needed",
+    errno.EBUSY: "the device is in use (is another udpoverlay instance running on it?)",
+    errno.ENOENT: "/dev/net/tun is missing (load the tun module: modprobe tun)",
+    errno.ENODEV: "the kernel has no TUN support (load the tun module: modprobe tun)",
+}
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    code = getattr(exc, "errno", None)
+    if code is None and exc.args and isinstance(exc.args[0], int):
+        code = exc.args[0]     # pytun.Error(errno, message)
+    return code
+
+
+def create_tun(name: str, offload: bool = False) -> TunDevice:
+    """Open the TUN device (not yet configured). offload: ask for
+    IFF_VNET_HDR; a kernel (or a sandbox) that refuses it gets the plain
+    one-packet path instead, with one log line and `vnet_hdr_refused` set
+    (shown in status). TunSetupError names the real cause otherwise."""
     try:
         import pytun
     except ImportError as exc:  # pragma: no cover
         raise TunSetupError(f"python-pytun is required: {exc}") from None
     if len(name) > 15:
         raise TunSetupError(f"interface name {name!r} longer than 15 characters")
+    plain = pytun.IFF_TUN | pytun.IFF_NO_PI
+    refused = False
+    try:
+        try:
+            dev = pytun.TunTapDevice(name, flags=plain | (pytun.IFF_VNET_HDR if offload else 0))
+        except Exception as exc:  # noqa: BLE001 - pytun.Error and OSError
+            if not offload or _errno_of(exc) in _CREATE_ERRORS:
+                raise
+            dev = pytun.TunTapDevice(name, flags=plain)
+            refused = True
+            log.warning("the kernel refused IFF_VNET_HDR on TUN %s (%s): offloads off, "
+                        "one packet per TUN read and write", name, exc)
+    except Exception as exc:  # noqa: BLE001
+        cause = _CREATE_ERRORS.get(_errno_of(exc) or 0, str(exc))
+        raise TunSetupError(f"cannot create TUN device {name!r}: {cause}") from None
+    tun = TunDevice(dev, dev.name, 0, vnet_hdr=offload and not refused)
+    tun.vnet_hdr_refused = refused
+    return tun
+
+
+def configure_tun(tun: TunDevice, subnet: str, network: str, mtu: int,
+                  txqueuelen: int = TXQUEUELEN) -> None:
+    """Offload flags, then address, MTU, route and link state by netlink;
+    TunSetupError on failure (the caller closes the device)."""
     subnet_net = ipaddress.IPv4Network(subnet, strict=False)
     network_net = ipaddress.IPv4Network(network, strict=False)
-    flags = pytun.IFF_TUN | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if offload else 0)
+    tun.mtu = mtu
     try:
-        dev = pytun.TunTapDevice(name, flags=flags)
-    except Exception as exc:  # noqa: BLE001 - pytun.Error and OSError
-        raise TunSetupError(f"cannot create TUN device {name!r}: {exc} "
-                            f"(root / CAP_NET_ADMIN and /dev/net/tun needed; "
-                            f"is another instance running?)") from None
-    tun = TunDevice(dev, dev.name, mtu, vnet_hdr=offload)
-    try:
-        if offload:
+        if tun.vnet_hdr:
             tun.offloads = set_offloads(tun.fd)
         os.set_blocking(tun.fd, False)
         _disable_ipv6(tun.name)
@@ -124,11 +170,22 @@ def open_tun(name: str, subnet: str, network: str, mtu: int,
         _configure(tun.name, str(subnet_net.network_address), str(network_net),
                    mtu, txqueuelen)
     except TunSetupError:
-        tun.close()
         raise
     except Exception as exc:  # noqa: BLE001
-        tun.close()
         raise TunSetupError(f"cannot configure TUN device {tun.name!r}: {exc}") from None
+
+
+def open_tun(name: str, subnet: str, network: str, mtu: int,
+             txqueuelen: int = TXQUEUELEN, offload: bool = False) -> TunDevice:
+    """Create and configure the TUN device; TunSetupError on any failure
+    (the half-made device is removed again). offload: open it with
+    IFF_VNET_HDR and ask for TSO/USO (see the module notes)."""
+    tun = create_tun(name, offload)
+    try:
+        configure_tun(tun, subnet, network, mtu, txqueuelen)
+    except BaseException:
+        tun.close()
+        raise
     return tun
 
 

@@ -141,6 +141,10 @@ class Lab:
                 proc.wait(timeout=timeout)
         return proc.returncode
 
+    def namespaces(self) -> list[str]:
+        """The network namespaces this Lab created (and will delete)."""
+        return list(self._namespaces)
+
     def close(self) -> None:
         for proc in reversed(self._procs):
             try:
