@@ -123,8 +123,12 @@ class LeaseAcquisition:
 
     async def _bounded(self, call: Awaitable[Any]) -> Any:
         try:
-            return await asyncio.wait_for(call, self.op_timeout)
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow
+            # a cancellation that races with the call's completion, and a
+            # cancelled membership task would then run on forever.
+            async with asyncio.timeout(self.op_timeout):
+                return await call
+        except TimeoutError:
             raise StoreDisconnected(f"lease store did not answer within "
                                     f"{self.op_timeout:g}s") from None
 

@@ -138,10 +138,8 @@ class ClusterMembership(LeaseGuard):
             for task in done:
                 task.result()
         finally:
-            for task in tasks:
-                task.cancel()
             retry = self.feed.cancel()
-            await asyncio.gather(*tasks, *([retry] if retry else []), return_exceptions=True)
+            await _cancel_all([*tasks, *([retry] if retry else [])])
 
     def _renew_delay(self) -> float | None:
         if self.lease is None or self.lease.expires is None or not self._granted_ttl:
@@ -154,8 +152,9 @@ class ClusterMembership(LeaseGuard):
         while True:
             delay = self._renew_delay()
             if delay is None or delay > 0:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._rewake.wait(), delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):   # None: until rewoken
+                        await self._rewake.wait()
                 if self._rewake.is_set():
                     self._rewake.clear()
                     continue  # the lease changed: recompute the deadline
@@ -274,3 +273,19 @@ class ClusterMembership(LeaseGuard):
             "store": self._store_state,
             **self.feed.status(now),
         }
+
+
+async def _cancel_all(tasks: list[asyncio.Task], rounds: int = 50) -> None:
+    """Cancel tasks and wait until they are done, cancelling again (bounded)
+    if one swallowed the cancellation (a known asyncio race on 3.11)."""
+    for _ in range(rounds):
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
+            break
+        for t in pending:
+            t.cancel()
+        await asyncio.wait(pending, timeout=0.1)
+    for t in tasks:
+        if t.done() and not t.cancelled():
+            t.exception()       # retrieved: no "exception was never retrieved" noise
+
