@@ -8,7 +8,7 @@ of one run crosses the same namespaces, veths and bridge:
 - host-routing: a plain route to the other pod subnet via its underlay IP;
 - kernel-vxlan: flannel.1 configured the way flannel's vxlan backend does;
 - udpoverlay-*: the udpoverlay daemon on each host (udp or vxlan backend,
-  with or without offloads).
+  with or without offloads; vxlan with DirectRouting).
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ class Udpoverlay(TunnelDaemons):
                      + ("-threads" if threads else ""))
 
     def command(self, node: Node, remote: Node, logdir: Path | None = None) -> list[str]:
-        cmd = [sys.executable, "-m", "udpoverlay", "run", "--iface", self.IFACE,
+        cmd = [sys.executable, "-m", "udpoverlay", "run", "--tun", self.IFACE,
                "--public-ip", node.underlay_ip, "--subnet", node.subnet,
                "--network", NETWORK,
                "--peer", f"{remote.underlay_ip}={remote.subnet}"]
@@ -194,6 +194,21 @@ class Udpoverlay(TunnelDaemons):
         if self.threads:
             cmd.append("--threads")
         return cmd
+
+
+class UdpoverlayDirect(Udpoverlay):
+    """udpoverlay-vxlan with --direct-routing: the hosts share a link, so each
+    daemon installs a plain route to the other pod subnet (what host-routing
+    measures) and pod traffic bypasses the TUN."""
+
+    NAME = "udpoverlay-vxlan-direct"
+
+    def __init__(self) -> None:
+        super().__init__("vxlan", offload=True)
+        self.name = self.NAME
+
+    def command(self, node: Node, remote: Node, logdir: Path | None = None) -> list[str]:
+        return [*super().command(node, remote, logdir), "--direct-routing"]
 
 
 FASTD_PORT = 10000
@@ -265,6 +280,8 @@ def make_scenario(name: str) -> Scenario:
         return KernelVxlan()
     if name == FastdNull.name:
         return FastdNull()
+    if name == UdpoverlayDirect.NAME:
+        return UdpoverlayDirect()
     for backend in ("udp", "vxlan"):
         for offload in (True, False):
             for threads in (False, True):
@@ -277,7 +294,7 @@ def make_scenario(name: str) -> Scenario:
 SCENARIOS = ("host-routing", "kernel-vxlan", "udpoverlay-udp",
              "udpoverlay-vxlan", "udpoverlay-udp-nooffload",
              "udpoverlay-vxlan-nooffload", "udpoverlay-udp-threads",
-             "udpoverlay-vxlan-threads", "fastd-null")
+             "udpoverlay-vxlan-threads", "udpoverlay-vxlan-direct", "fastd-null")
 
 
 def clear_overlay_routes(topo: Topology) -> None:

@@ -86,7 +86,7 @@ def flood(iface: str, rate: float, limit: float) -> dict:
 # -- the measurement (runs in the root namespace) ---------------------------
 def _status(lab, host, iface: str) -> dict:
     r = lab.run(host.netns, [sys.executable, "-m", "udpoverlay", "status", "--json",
-                             "--iface", iface, "--timeout", "5"], check=False, timeout=30)
+                             "--tun", iface, "--timeout", "5"], check=False, timeout=30)
     return json.loads(r.stdout) if r.returncode == 0 else {"error": r.stderr.strip()}
 
 

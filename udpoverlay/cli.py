@@ -1,9 +1,13 @@
 """Command line: argument parsing and subcommands only.
 
   udpoverlay [run] --public-ip IP --subnet CIDR --network CIDR --peer IP=CIDR ...
-  udpoverlay status [--iface X] [--json]
+  udpoverlay [run] --etcd-endpoints URL [--iface IFACE] ...     (cluster mode)
+  udpoverlay status [--tun X] [--json]
   udpoverlay demo
   udpoverlay --version
+
+`run` takes flanneld's flags with flanneld's meanings, also from FLANNELD_*
+variables and in Go's `-flag=value` spelling (see envflags.py).
 """
 
 from __future__ import annotations
@@ -11,21 +15,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
-from udpoverlay import __version__
+from udpoverlay import __version__, envflags
 from udpoverlay.errors import ConfigError, ControlError, TunSetupError
 from udpoverlay.options import (
     BACKENDS,
-    DEFAULT_IFACE,
+    DEFAULT_HEALTHZ_IP,
+    DEFAULT_IPTABLES_RESYNC,
     DEFAULT_LEASE_TTL,
     DEFAULT_PORTS,
     DEFAULT_PREFIX,
+    DEFAULT_RENEW_MARGIN_MIN,
     DEFAULT_SUBNET_FILE,
+    DEFAULT_TUN,
     DEFAULT_VNI,
+    Options,
 )
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "parse_args", "run_options"]
 
 PROG = "udpoverlay"
 SUBCOMMANDS = ("run", "status", "demo")
@@ -50,52 +59,101 @@ class _Version(argparse.Action):
 
 
 class _Parser(argparse.ArgumentParser):
+    env_sources: dict[str, str] = {}     # flag -> FLANNELD_* variable it came from
+
     def error(self, message):  # one line, exit 2
-        self.exit(2, f"{PROG}: error: {message}\n")
+        self.exit(2, f"{PROG}: error: {envflags.annotate(message, self.env_sources)}\n")
+
+
+def _bool_flag(g, *names: str, default: bool, help: str) -> None:
+    """A boolean as flanneld's: `--x`, `--x=true|false|1|0` (and FLANNELD_X)."""
+    g.add_argument(*names, nargs="?", const=True, default=default, type=envflags.parse_bool,
+                   metavar="BOOL", help=help)
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--public-ip", metavar="IP",
-                   help="underlay address to bind and to be reached at (default: "
-                        "address of --underlay-iface, else of the default-route interface)")
-    p.add_argument("--underlay-iface", metavar="IFACE",
-                   help="take the public IP from this interface")
-    p.add_argument("--port", type=str, default=None,
+    u = p.add_argument_group("underlay (flanneld's meanings)")
+    u.add_argument("--iface", "--underlay-iface", action="append", default=None,
+                   metavar="NAME_OR_IP",
+                   help="the interface used between hosts, by name or address; repeat to "
+                        "try several in order (default: the default-route interface). "
+                        "--underlay-iface is an alias")
+    u.add_argument("--iface-regex", action="append", default=None, metavar="REGEX",
+                   help="repeatable; tried after --iface: the first interface address, then "
+                        "name, the expression matches")
+    u.add_argument("--iface-can-reach", metavar="IP", default=None,
+                   help="the interface `ip route get IP` would use (tried last)")
+    u.add_argument("--public-ip", metavar="IP",
+                   help="the address advertised to peers (the lease's PublicIP); default: "
+                        "the chosen interface's address. The socket always binds the "
+                        "interface's own address, so a 1:1 NAT address works here")
+    u.add_argument("--port", type=str, default=None,
                    help=f"UDP port, the same on every host (default {DEFAULT_PORTS['udp']} for "
                         f"udp, {DEFAULT_PORTS['vxlan']} for vxlan, as flannel)")
-    p.add_argument("--iface", default=DEFAULT_IFACE,
-                   help=f"TUN device name (default {DEFAULT_IFACE})")
-    p.add_argument("--subnet", metavar="CIDR",
+    o = p.add_argument_group("overlay")
+    o.add_argument("--tun", default=None,
+                   help=f"TUN device name (default {DEFAULT_TUN})")
+    o.add_argument("--subnet", metavar="CIDR",
                    help="this host's overlay subnet, e.g. 198.19.1.0/24")
-    p.add_argument("--network", metavar="CIDR",
+    o.add_argument("--network", metavar="CIDR",
                    help="the whole overlay network, e.g. 198.19.0.0/16")
-    p.add_argument("--peer", action="append", default=[], metavar="SPEC",
+    o.add_argument("--peer", action="append", default=None, metavar="SPEC",
                    help="a remote host: PUBLIC_IP[:PORT]=SUBNET[,vtep-mac=MAC] "
                         "(repeat for each peer)")
-    p.add_argument("--mtu", type=str, default=None,
-                   help="TUN MTU (default: underlay interface MTU - 28 for udp, - 50 for vxlan)")
-    p.add_argument("--backend", default="udp", choices=BACKENDS,
-                   help="encapsulation: udp (raw IPv4 in UDP, flannel's udp backend) or "
-                        "vxlan (RFC 7348, interoperates with flannel's kernel vxlan hosts)")
-    p.add_argument("--vni", default=DEFAULT_VNI,
+    o.add_argument("--mtu", type=str, default=None,
+                   help="TUN MTU (default: Backend.MTU in cluster mode, else the underlay "
+                        "interface's MTU - 28 for udp, - 50 for vxlan)")
+    o.add_argument("--backend", default=None, choices=BACKENDS,
+                   help="encapsulation: udp (raw IPv4 in UDP, flannel's udp backend, the "
+                        "default) or vxlan (RFC 7348, interoperates with flannel's kernel "
+                        "vxlan hosts)")
+    o.add_argument("--vni", default=None,
                    help=f"vxlan: VXLAN network identifier (default {DEFAULT_VNI}, as flannel)")
-    p.add_argument("--vtep-mac", metavar="MAC", default=None,
+    o.add_argument("--vtep-mac", metavar="MAC", default=None,
                    help="vxlan: our VTEP MAC (default: a locally administered MAC "
                         "derived from --public-ip and --subnet, stable across restarts)")
-    p.add_argument("--no-offload", action="store_true",
-                   help="move one packet per TUN read/write: no TSO/USO on the TUN, no "
-                        "UDP GSO/GRO (default: offloads on, up to 64 KB per syscall, "
-                        "falling back to what the kernel accepts; see `status`)")
-    p.add_argument("--threads", action="store_true",
-                   help="run each direction (TUN->wire, wire->TUN) on its own worker "
-                        "thread instead of the event loop")
+    _bool_flag(o, "--direct-routing", default=False,
+               help="vxlan: plain underlay routes to directly connected peers (cluster "
+                    "mode: also Backend.DirectRouting)")
+    _bool_flag(o, "--no-offload", default=False,
+               help="move one packet per TUN read/write: no TSO/USO on the TUN, no "
+                    "UDP GSO/GRO (default: offloads on, up to 64 KB per syscall, "
+                    "falling back to what the kernel accepts; see `status`)")
+    _bool_flag(o, "--threads", default=False,
+               help="run each direction (TUN->wire, wire->TUN) on its own worker "
+                    "thread instead of the event loop")
+    n = p.add_argument_group("node rules (as flanneld)")
+    _bool_flag(n, "--ip-masq", default=False,
+               help="masquerade traffic leaving the network; FLANNEL_IPMASQ=true in the "
+                    "subnet file (default false)")
+    _bool_flag(n, "--iptables-forward-rules", default=True,
+               help="accept the network's traffic in FORWARD (default true)")
+    n.add_argument("--iptables-resync", default=DEFAULT_IPTABLES_RESYNC, metavar="SECONDS",
+                   help=f"re-assert the rules this often (default {DEFAULT_IPTABLES_RESYNC})")
+    _bool_flag(n, "--ip-masq-fully-random-disable", default=False,
+               help="masquerade without fully-random port mapping")
+    _bool_flag(n, "--enable-nftables", default=False,
+               help="static mode: flanneld's nftables rules instead of iptables (cluster "
+                    "mode: EnableNFTables in the network config)")
+    _bool_flag(n, "--ip-blackhole-route", default=False,
+               help="a blackhole route for the whole network (metric 1000, below the "
+                    "TUN's route), so overlay traffic is dropped locally while the TUN is "
+                    "gone instead of leaking to the default route; removed on exit")
+    n.add_argument("--healthz-ip", default=DEFAULT_HEALTHZ_IP, metavar="IP",
+                   help=f"health endpoint address (default {DEFAULT_HEALTHZ_IP}; accepted, "
+                        f"not served yet)")
+    n.add_argument("--healthz-port", default=0, metavar="PORT",
+                   help="health endpoint port (default 0 = off; accepted, not served yet)")
     _add_cluster_args(p)
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--v", "--verbose", dest="v", nargs="?", const=2, default=0,
+                   type=envflags.parse_level, metavar="N",
+                   help="log detail as flanneld's -v: 0 (default) info, 1 our debug "
+                        "messages, 2 or more everything (bare -v = 2)")
 
 
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cluster mode (etcd, flannel's layout; replaces "
-                             "--subnet/--network/--peer)")
+                             "--subnet/--network/--peer/--backend/--port/--vni)")
     g.add_argument("--etcd-endpoints", metavar="URL[,URL...]", default=None,
                    help="take the network config, our subnet lease and the peers from etcd")
     g.add_argument("--etcd-prefix", default=DEFAULT_PREFIX,
@@ -103,12 +161,16 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--etcd-cafile", default=None, help="CA to verify etcd's certificate")
     g.add_argument("--etcd-certfile", default=None, help="client certificate for etcd")
     g.add_argument("--etcd-keyfile", default=None, help="client key for etcd")
+    g.add_argument("--etcd-username", default=None, help="etcd user (with --etcd-password)")
+    g.add_argument("--etcd-password", default=None, help="etcd password")
     g.add_argument("--subnet-file", default=DEFAULT_SUBNET_FILE,
                    help=f"subnet file to write (default {DEFAULT_SUBNET_FILE})")
     g.add_argument("--lease-ttl", default=DEFAULT_LEASE_TTL,
                    help=f"subnet lease TTL in seconds (default {DEFAULT_LEASE_TTL}, as flannel)")
-    g.add_argument("--ip-masq", action="store_true",
-                   help="write FLANNEL_IPMASQ=true in the subnet file (default false)")
+    g.add_argument("--subnet-lease-renew-margin", default=DEFAULT_RENEW_MARGIN_MIN,
+                   metavar="MINUTES",
+                   help=f"renew the lease this long before it expires (1-1439, default "
+                        f"{DEFAULT_RENEW_MARGIN_MIN})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,13 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND",
                                 parser_class=_Parser)
     run = sub.add_parser("run", help="run the daemon in the foreground (default)",
-                         description="Run the data plane until SIGINT/SIGTERM.")
+                         description="Run the data plane until SIGINT/SIGTERM. Every flag "
+                                     "can also come from FLANNELD_<FLAG> (upper case, dashes "
+                                     "to underscores; repeatable flags comma-separated); "
+                                     "the command line wins.")
     _add_run_args(run)
+    parser.run_parser = run       # type: ignore[attr-defined]
     st = sub.add_parser("status", help="show the running daemon's routes and counters",
                         description="Query the daemon in this network namespace "
-                                    "(root only).")
-    st.add_argument("--iface", default=DEFAULT_IFACE,
-                    help=f"TUN device of the daemon (default {DEFAULT_IFACE})")
+                                    "(root only). The daemon is named by its TUN device "
+                                    "(--tun); --iface is not accepted here, since it "
+                                    "names the underlay interface now, as in flanneld.")
+    st.add_argument("--tun", default=DEFAULT_TUN,
+                    help=f"TUN device of the daemon (default {DEFAULT_TUN})")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
     demo = sub.add_parser("demo", help="three hosts in network namespaces, traffic "
@@ -138,70 +206,78 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str, code: int = 2) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+def _fail(message: str, code: int = 2, env: dict[str, str] | None = None) -> int:
+    print(f"{PROG}: error: {envflags.annotate(message, env or {})}", file=sys.stderr)
     return code
 
 
-def _cmd_run(args) -> int:
-    from udpoverlay.options import build_config
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+def _setup_logging(verbosity: int) -> None:
+    """flanneld's -v: 0 info; 1 our debug messages; 2+ everyone's."""
+    logging.basicConfig(level=logging.DEBUG if verbosity >= 2 else logging.INFO,
                         format="%(asctime)s udpoverlay %(levelname)s %(message)s",
                         stream=sys.stderr)
+    if verbosity >= 1:
+        logging.getLogger("udpoverlay").setLevel(logging.DEBUG)
+
+
+def _common(args) -> dict:
+    """The flags both modes share, as build_config/build_cluster_options take them."""
+    return dict(public_ip=args.public_ip, tun=args.tun, iface=args.iface or (),
+                iface_regex=args.iface_regex or (), iface_can_reach=args.iface_can_reach,
+                mtu=args.mtu, vtep_mac=args.vtep_mac, offload=not args.no_offload,
+                threads=args.threads, direct_routing=args.direct_routing,
+                ip_masq=args.ip_masq, iptables_forward_rules=args.iptables_forward_rules,
+                iptables_resync=args.iptables_resync,
+                ip_masq_fully_random_disable=args.ip_masq_fully_random_disable,
+                ip_blackhole_route=args.ip_blackhole_route, healthz_ip=args.healthz_ip,
+                healthz_port=args.healthz_port, verbosity=args.v)
+
+
+def run_options(args) -> Options:
+    """The parsed `run` arguments validated into Options (ConfigError if bad)."""
+    from udpoverlay.options import build_cluster_options, build_config
     if args.etcd_endpoints:
-        return _cmd_run_cluster(args)
-    try:
-        cfg = build_config(public_ip=args.public_ip, port=args.port, iface=args.iface,
-                           subnet=args.subnet, network=args.network, peers=args.peer,
-                           mtu=args.mtu, backend=args.backend,
-                           underlay_iface=args.underlay_iface, vni=args.vni,
-                           vtep_mac=args.vtep_mac, offload=not args.no_offload,
-                           threads=args.threads)
-    except ConfigError as exc:
-        return _fail(str(exc), 2)
-    from udpoverlay import daemon
-    try:
-        return daemon.run(cfg)
-    except ConfigError as exc:
-        return _fail(str(exc), 2)
-    except TunSetupError as exc:
-        return _fail(str(exc), 1)
-    except KeyboardInterrupt:
-        return 0
+        return build_cluster_options(
+            endpoints=args.etcd_endpoints, prefix=args.etcd_prefix, ca_file=args.etcd_cafile,
+            cert_file=args.etcd_certfile, key_file=args.etcd_keyfile,
+            etcd_username=args.etcd_username, etcd_password=args.etcd_password,
+            subnet_file=args.subnet_file, lease_ttl=args.lease_ttl,
+            renew_margin=args.subnet_lease_renew_margin, subnet=args.subnet,
+            network=args.network, peers=args.peer or (), backend=args.backend, port=args.port,
+            vni=args.vni, enable_nftables=args.enable_nftables or None, **_common(args))
+    return build_config(subnet=args.subnet, network=args.network, peers=args.peer or (),
+                        port=args.port, backend=args.backend, vni=args.vni,
+                        enable_nftables=args.enable_nftables, **_common(args))
 
 
-def _cmd_run_cluster(args) -> int:
-    from udpoverlay.cluster import node as cluster
-    from udpoverlay.errors import LeaseStoreError
-    from udpoverlay.options import build_cluster_options
-    try:
-        opts = build_cluster_options(
-            endpoints=args.etcd_endpoints, prefix=args.etcd_prefix,
-            ca_file=args.etcd_cafile, cert_file=args.etcd_certfile,
-            key_file=args.etcd_keyfile, subnet_file=args.subnet_file,
-            lease_ttl=args.lease_ttl, ip_masq=args.ip_masq, public_ip=args.public_ip,
-            underlay_iface=args.underlay_iface, iface=args.iface, mtu=args.mtu,
-            vtep_mac=args.vtep_mac, subnet=args.subnet,
-            network=args.network, peers=args.peer, offload=not args.no_offload,
-            threads=args.threads)
-        return cluster.run(opts)
+def _cmd_run(args, env: dict[str, str]) -> int:
+    from udpoverlay.errors import FirewallError, LeaseStoreError
+    try:    # every check before anything is created or written
+        opts = run_options(args)
     except ConfigError as exc:
-        return _fail(str(exc), 2)
-    except (TunSetupError, LeaseStoreError) as exc:
+        return _fail(str(exc), 2, env)
+    _setup_logging(opts.verbosity)
+    try:
+        if opts.cluster:
+            from udpoverlay.cluster import node as cluster
+            return cluster.run(opts)
+        from udpoverlay import daemon
+        return daemon.run(opts)
+    except ConfigError as exc:
+        return _fail(str(exc), 2, env)
+    except (TunSetupError, LeaseStoreError, FirewallError) as exc:
         return _fail(str(exc), 1)
     except KeyboardInterrupt:
         return 0
 
 
 def _cmd_status(args) -> int:
-    import os
-
     from udpoverlay.control import query_status
     from udpoverlay.status import format_status
     if os.geteuid() != 0:    # the socket is root's; say so, not "permission denied"
         return _fail("status needs root (the daemon's control socket is root-only)", 1)
     try:
-        doc = query_status(args.iface, timeout=args.timeout)
+        doc = query_status(args.tun, timeout=args.timeout)
     except ControlError as exc:
         return _fail(str(exc), 1)
     if args.json:
@@ -220,18 +296,34 @@ def _cmd_demo(args) -> int:
     return demo.main()
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def parse_args(argv: list[str], environ=None) -> tuple[argparse.Namespace, dict[str, str]]:
+    """argv as `main` takes it -> (arguments, {flag: FLANNELD_* variable it
+    came from}); `run` flags also from `environ` (default os.environ).
+    Bad arguments exit 2 with one line (argparse's SystemExit)."""
+    argv = list(argv)
     # Bare form: `udpoverlay --public-ip ...` means `udpoverlay run --public-ip ...`.
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "run")
     parser = build_parser()
+    env: dict[str, str] = {}
+    if argv and argv[0] == "run":
+        run = parser.run_parser     # type: ignore[attr-defined]
+        flags = envflags.go_spelling(run, argv[1:])
+        injected, env = envflags.from_environment(
+            run, flags, os.environ if environ is None else environ)
+        argv = ["run", *injected, *flags]
+        run.env_sources = env
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 2
+        parser.exit(2)
+    return args, env
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, env = parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "run":
-        return _cmd_run(args)
+        return _cmd_run(args, env)
     if args.command == "status":
         return _cmd_status(args)
     if args.command == "demo":

@@ -2,8 +2,10 @@
 ordered start and shutdown.
 
   open_host()  sync, before the event loop (pyroute2's sync netlink must not
-            run inside it): bind the underlay UDP port, create the TUN device.
-  setup()   the rest, also sync: MTU -> TUN configured by netlink -> vxlan
+            run inside it): bind the underlay UDP port on the chosen
+            interface's address (bind_ip; public_ip is only advertised),
+            create the TUN device, take the MTU from that interface.
+  setup()   the rest, also sync: TUN configured by netlink -> vxlan
             source sockets -> data-plane engine with the peers.
   serve()   on the loop: control socket, data-plane readers (or worker
             threads), the vxlan ARP resolver; returns when stop() is called
@@ -19,6 +21,7 @@ through stop() when the membership fails.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -31,6 +34,7 @@ from udpoverlay.control import ControlServer
 from udpoverlay.errors import ConfigError, TunSetupError
 from udpoverlay.host import interfaces, sockets
 from udpoverlay.host import tun as tunmod
+from udpoverlay.host.nodenet import NodeNetwork
 from udpoverlay.options import Options
 from udpoverlay.peer import derive_vtep_mac, format_mac
 
@@ -44,9 +48,14 @@ OVERHEAD = {"udp": UDP_OVERHEAD, "vxlan": UDP_OVERHEAD + 22}
 
 
 def prepare(opts: Options) -> Options:
-    """Fill in what the user left out (public IP) and re-validate."""
-    if opts.public_ip is None:
-        opts = opts.with_public_ip(interfaces.detect_public_ip(opts.underlay_iface))
+    """Choose the underlay interface as flanneld does (--iface, --iface-regex,
+    --iface-can-reach, else the default route): bind its address, advertise
+    --public-ip or that address; re-validated."""
+    if opts.bind_ip is None:
+        up = interfaces.choose_underlay(opts.ifaces, opts.iface_regex, opts.iface_can_reach,
+                                        None if opts.public_ip is None else str(opts.public_ip))
+        log.debug("underlay interface %s, address %s", up.name, up.address)
+        opts = opts.with_underlay(up.address)
     return opts
 
 
@@ -56,6 +65,8 @@ class Daemon:
     def __init__(self, opts: Options) -> None:
         if opts.public_ip is None:
             raise ConfigError("the daemon needs a public IP")
+        if opts.bind_ip is None:       # bind what we advertise (no NAT)
+            opts = dataclasses.replace(opts, bind_ip=opts.public_ip)
         self.opts = opts
         self.started = time.monotonic()
         self.mtu = 0
@@ -67,6 +78,7 @@ class Daemon:
         self.engine: dataplane.Engine | None = None
         self.runner: dataplane.Runner | None = None
         self.control: ControlServer | None = None
+        self.nodenet: NodeNetwork | None = None
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
@@ -103,8 +115,16 @@ class Daemon:
             return
         o = self.opts
         try:
-            self.sock = sockets.open_socket(str(o.public_ip), o.port)
-            self.tun = self.create_tun(o.iface, o.offload)
+            self.sock = sockets.open_socket(str(o.bind_ip), o.port)
+            self.tun = self.create_tun(o.tun, o.offload)
+            # MTU from the interface we bind (not from --public-ip, which
+            # may be a 1:1 NAT address no interface holds); known before
+            # cluster mode writes to etcd.
+            self.mtu = o.mtu if o.mtu is not None else \
+                self.interface_mtu(str(o.bind_ip)) - OVERHEAD[o.backend]
+            if self.mtu < 68:
+                raise ConfigError(f"underlay MTU too small: the TUN would get {self.mtu} "
+                                  f"(IPv4 needs at least 68)")
         except BaseException:
             self.close()
             raise
@@ -119,8 +139,6 @@ class Daemon:
         try:
             self.open_host()
             assert self.sock is not None and self.tun is not None
-            self.mtu = o.mtu if o.mtu is not None else \
-                self.interface_mtu(pub) - OVERHEAD[o.backend]
             self.vtep_mac = o.vtep_mac or derive_vtep_mac(pub, str(self.subnet))
             self.configure_tun(self.tun, str(self.subnet), str(self.network), self.mtu)
             self.engine = dataplane.Engine(o.backend, self.subnet.network_address, self.subnet,
@@ -129,7 +147,7 @@ class Daemon:
             if o.backend == "vxlan":
                 # Each flow leaves from one of several sockets on ephemeral
                 # ports, so underlay ECMP/RSS spreads flows and keeps order.
-                self.tx_socks = sockets.open_tx_sockets(pub)
+                self.tx_socks = sockets.open_tx_sockets(str(o.bind_ip))
                 self.engine.set_tx_fds([s.fileno() for s in self.tx_socks])
             if self.tun.vnet_hdr:
                 self.udp_gro = sockets.enable_udp_gro(self.sock)
@@ -137,6 +155,10 @@ class Daemon:
                                         tun_uso="uso4" in self.tun.offloads)
             self.runner = dataplane.Runner(self.engine, self.tun.fd, self.sock.fileno(),
                                            threads=o.threads)
+            # Masquerade/forward rules, DirectRouting, blackhole route.
+            self.nodenet = NodeNetwork(o, self.subnet, self.network, self.tun.name)
+            self.nodenet.start()
+            self.nodenet.route_peers(o.peers)
             self.engine.set_peers(o.peers)
         except BaseException:
             self.close()
@@ -148,8 +170,9 @@ class Daemon:
         assert self.tun is not None and self.engine is not None
         log.info("udpoverlay %s (fast path: %s) backend=%s", __version__,
                  self.engine.implementation, o.backend)
-        log.info("underlay: udp %s:%d; tun %s: address %s/32 mtu %d, route %s",
-                 o.public_ip, o.port, self.tun.name, self.subnet.network_address,
+        nat = "" if o.bind_ip == o.public_ip else f" (advertised as {o.public_ip})"
+        log.info("underlay: udp %s:%d%s; tun %s: address %s/32 mtu %d, route %s",
+                 o.bind_ip, o.port, nat, self.tun.name, self.subnet.network_address,
                  self.mtu, self.network)
         log.info("local subnet %s", self.subnet)
         if o.backend == "vxlan":
@@ -170,10 +193,33 @@ class Daemon:
         for p in o.peers:
             log.info("peer %s:%d -> %s", p.public_ip, p.port, p.subnet)
 
+    async def apply_peers(self, peers) -> None:
+        """A new full peer list (cluster mode): DirectRouting peers get
+        kernel routes (netlink, off the loop); the engine gets them all."""
+        assert self.engine is not None
+        peers = list(peers)
+        if self.nodenet is not None and self.nodenet.direct is not None:
+            await asyncio.to_thread(self.nodenet.route_peers, peers)
+        self.engine.set_peers(peers)
+
+    async def _resync(self, every: float) -> None:
+        """Re-assert the firewall rules every `every` seconds (flanneld's
+        --iptables-resync), off the loop."""
+        assert self.nodenet is not None
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await asyncio.to_thread(self.nodenet.check)
+            except Exception as exc:  # noqa: BLE001 - keep forwarding; say it, retry
+                log.warning("re-asserting firewall rules failed: %s", exc)
+
     def close(self) -> None:
         """Release everything setup() made, in reverse; idempotent."""
         if self.runner is not None:
             self.runner.stop()
+        if self.nodenet is not None:
+            self.nodenet.close()
+            self.nodenet = None
         if self.tun is not None:
             self.tun.close()      # the device and its routes go with the fd
             self.tun = None
@@ -207,8 +253,10 @@ class Daemon:
             "implementation": self.engine.implementation if self.engine else "?",
             "loop": loop_name(),
             "dataplane": self.runner.mode if self.runner is not None else None,
-            "iface": o.iface,
+            "iface": o.tun,           # the TUN's name (key kept for compatibility)
+            "tun": o.tun,
             "public_ip": str(o.public_ip),
+            "bind_ip": str(o.bind_ip),
             "port": o.port,
             "subnet": str(o.subnet),
             "network": str(o.network),
@@ -218,6 +266,7 @@ class Daemon:
             "vtep_mac": format_mac(self.vtep_mac) if vxlan else None,
             "uptime": round(time.monotonic() - self.started, 3),
             "offload": self.offload_status(),
+            "node_network": self.nodenet.status() if self.nodenet is not None else None,
         }
         if self.engine is not None:
             peers = self.engine.peer_status()
@@ -243,27 +292,33 @@ class Daemon:
             self._stop.set()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
-        arp: asyncio.Task | None = None
+        tasks: list[asyncio.Task] = []
         try:
-            self.control = ControlServer(self.opts.iface, self.status)
+            self.control = ControlServer(self.opts.tun, self.status)
             try:
                 await self.control.start()
             except OSError as exc:
-                raise TunSetupError(f"cannot open control socket for {self.opts.iface}: "
+                raise TunSetupError(f"cannot open control socket for {self.opts.tun}: "
                                     f"{exc}") from None
             self.runner.start(loop)
             if self.opts.backend == "vxlan":
-                arp = asyncio.create_task(dataplane.arp.resolve_macs(self.engine, self.sock))
+                tasks.append(asyncio.create_task(
+                    dataplane.arp.resolve_macs(self.engine, self.sock)))
+            if self.nodenet is not None and self.nodenet.resync:
+                tasks.append(asyncio.create_task(self._resync(self.nodenet.resync)))
             log.info("running; control socket %s", self.control.path)
             await self._stop.wait()
             log.info("shutting down")
         finally:
-            if arp is not None:
-                arp.cancel()
-                await asyncio.gather(arp, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             self.runner.stop()
             if self.control is not None:
                 await self.control.close()
+            if self.nodenet is not None:   # netlink and iptables: not on the loop
+                await asyncio.to_thread(self.nodenet.close)
+                self.nodenet = None
             self.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)

@@ -64,3 +64,11 @@ class NetworkConfigChanged(UdpOverlayError):
     """`<prefix>/config` changed while running (Network, SubnetLen, SubnetMin/Max,
     backend type, port or VNI): raised by ClusterMembership.run so the daemon
     exits non-zero and its supervisor restarts it under the new config."""
+
+
+class FirewallError(UdpOverlayError):
+    """flanneld's masquerade/forward rules could not be installed, checked or
+    removed (a missing iptables/nft, a failing command, ip_forward off)."""
+
+
+__all__ += ["FirewallError"]

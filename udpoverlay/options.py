@@ -2,28 +2,34 @@
 static and cluster mode, and every default in one place.
 
 Static mode (`--subnet/--network/--peer`) fills in everything up front. In
-cluster mode (`--etcd-endpoints`) subnet, network, backend, port and VNI
-come from etcd: the cluster wiring completes the object with for_lease(),
-which runs the static checks again. Every validation failure is a
-ConfigError with a one-line message naming the offending value; the CLI
-prints it as `udpoverlay: error: ...` and exits 2.
+cluster mode (`--etcd-endpoints`) subnet, network, backend, port, VNI (and
+MTU, DirectRouting, EnableNFTables) come from etcd: giving those flags is an
+error, and the cluster wiring completes the object with for_lease(), which
+runs the static checks again. Flag meanings follow flanneld: `iface`
+(`--iface`) is the UNDERLAY interface, the TUN has its own `tun`; the data
+socket binds `bind_ip` (the chosen interface's address) while `public_ip` is
+only what is advertised (1:1 NAT). Every validation failure is a ConfigError
+with a one-line message naming the offending value; the CLI prints it as
+`udpoverlay: error: ...` and exits 2.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 from udpoverlay.errors import ConfigError
 from udpoverlay.peer import Peer, parse_mac
 
 __all__ = ["Options", "build_config", "build_cluster_options", "parse_peer", "check_vni",
-           "DEFAULT_IFACE", "DEFAULT_PORTS", "BACKENDS", "DEFAULT_VNI", "MAX_VNI",
-           "DEFAULT_PREFIX", "DEFAULT_SUBNET_FILE", "DEFAULT_LEASE_TTL", "MIN_LEASE_TTL"]
+           "check_mtu", "DEFAULT_TUN", "DEFAULT_PORTS", "BACKENDS", "DEFAULT_VNI", "MAX_VNI",
+           "DEFAULT_PREFIX", "DEFAULT_SUBNET_FILE", "DEFAULT_LEASE_TTL", "MIN_LEASE_TTL",
+           "DEFAULT_RENEW_MARGIN_MIN", "DEFAULT_IPTABLES_RESYNC", "DEFAULT_HEALTHZ_IP"]
 
 # -- defaults (flannel's where flannel has one) ----------------------------------
-DEFAULT_IFACE = "udpov0"                        # the TUN device
+DEFAULT_TUN = "udpov0"                          # the TUN device
 DEFAULT_PORTS = {"udp": 8285, "vxlan": 8472}    # flannel's udp port; the kernel's vxlan port
 BACKENDS = tuple(DEFAULT_PORTS)
 DEFAULT_VNI = 1
@@ -32,22 +38,40 @@ DEFAULT_PREFIX = "/coreos.com/network"
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 DEFAULT_LEASE_TTL = 86400                       # seconds, as flannel's etcd leases
 MIN_LEASE_TTL = 5
+DEFAULT_RENEW_MARGIN_MIN = 60                   # minutes, flanneld's --subnet-lease-renew-margin
+RENEW_MARGIN_RANGE = (1, 1439)                  # minutes, as flanneld checks it
+DEFAULT_IPTABLES_RESYNC = 5                     # seconds
+DEFAULT_HEALTHZ_IP = "0.0.0.0"
 MTU_RANGE = (576, 65535)
 
 
 @dataclass(frozen=True)
 class Options:
-    """Everything the daemon needs. public_ip None = detect it; in cluster
-    mode (endpoints given) subnet and network stay None until for_lease()."""
+    """Everything the daemon needs. public_ip/bind_ip None = detect them
+    (host/interfaces.choose_underlay); in cluster mode (endpoints given)
+    subnet and network stay None until for_lease()."""
 
-    # both modes
-    public_ip: ipaddress.IPv4Address | None = None
-    underlay_iface: str | None = None
-    iface: str = DEFAULT_IFACE
+    # both modes: the underlay (flanneld's --iface/--iface-regex/--iface-can-reach)
+    public_ip: ipaddress.IPv4Address | None = None   # advertised (lease, peers' view)
+    bind_ip: ipaddress.IPv4Address | None = None     # the chosen interface's own address
+    ifaces: tuple[str, ...] = ()                     # names or IPv4 addresses, in order
+    iface_regex: tuple[str, ...] = ()
+    iface_can_reach: ipaddress.IPv4Address | None = None
+    tun: str = DEFAULT_TUN
     mtu: int | None = None
     vtep_mac: bytes | None = None   # vxlan: None = derived, stable across restarts
     offload: bool = True            # TUN TSO/USO + UDP GSO/GRO (--no-offload: off)
     threads: bool = False           # one worker thread per direction (--threads)
+    direct_routing: bool = False    # vxlan: plain routes to directly connected peers
+    # node rules (flanneld's): masquerade, FORWARD accepts, their resync period
+    ip_masq: bool = False
+    iptables_forward_rules: bool = True
+    iptables_resync: int = DEFAULT_IPTABLES_RESYNC
+    ip_masq_fully_random_disable: bool = False
+    ip_blackhole_route: bool = False
+    healthz_ip: str = DEFAULT_HEALTHZ_IP
+    healthz_port: int = 0           # 0 = off
+    verbosity: int = 0              # -v N
     # static mode; in cluster mode these come from etcd
     subnet: ipaddress.IPv4Network | None = None
     network: ipaddress.IPv4Network | None = None
@@ -55,24 +79,31 @@ class Options:
     backend: str = "udp"
     port: int = DEFAULT_PORTS["udp"]
     vni: int = DEFAULT_VNI
+    enable_nftables: bool = False
     # cluster mode
     endpoints: tuple[str, ...] = ()
     prefix: str = DEFAULT_PREFIX
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    etcd_username: str | None = None
+    etcd_password: str | None = None
     subnet_file: str = DEFAULT_SUBNET_FILE
     lease_ttl: int = DEFAULT_LEASE_TTL
-    ip_masq: bool = False
+    renew_margin: int = DEFAULT_RENEW_MARGIN_MIN * 60   # seconds
 
     @property
     def cluster(self) -> bool:
         """Cluster (etcd) mode."""
         return bool(self.endpoints)
 
-    def with_public_ip(self, ip: str) -> "Options":
-        """The same options with a detected public IP, re-validated."""
-        return _checked(dataclasses.replace(self, public_ip=_ip(ip, "--public-ip")))
+    def with_underlay(self, bind_ip: str, public_ip: str | None = None) -> "Options":
+        """The same options with the detected underlay: the address to bind
+        and, unless --public-ip was given, the address to advertise."""
+        pub = self.public_ip if public_ip is None else _ip(public_ip, "--public-ip")
+        bind = _ip(bind_ip, "underlay address")
+        changed = dataclasses.replace(self, bind_ip=bind, public_ip=pub or bind)
+        return changed if self.cluster and self.subnet is None else _checked(changed)
 
     def for_lease(self, *, public_ip: str, subnet: str, network: str, backend: str,
                   port: int, vni: int, vtep_mac: bytes | None) -> "Options":
@@ -121,23 +152,81 @@ def _backend(value) -> str:
     return backend
 
 
-def _mtu(value) -> int | None:
+def check_mtu(value, what: str = "--mtu") -> int | None:
+    """A TUN MTU (flag or Backend.MTU); None = from the underlay."""
     if value is None:
         return None
     try:
         mtu = int(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"--mtu: bad value {value!r}") from None
+        raise ConfigError(f"{what}: bad value {value!r}") from None
     if not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]:
-        raise ConfigError(f"--mtu {mtu} out of range ({MTU_RANGE[0]}-{MTU_RANGE[1]})")
+        raise ConfigError(f"{what} {mtu} out of range ({MTU_RANGE[0]}-{MTU_RANGE[1]})")
     return mtu
 
 
-def _iface(value) -> str:
-    iface = value or DEFAULT_IFACE
-    if len(iface) > 15 or not iface.isprintable() or "/" in iface or " " in iface:
-        raise ConfigError(f"--iface: bad interface name {iface!r} (at most 15 characters)")
-    return iface
+def _tun(value) -> str:
+    tun = value or DEFAULT_TUN
+    if len(tun) > 15 or not tun.isprintable() or "/" in tun or " " in tun:
+        raise ConfigError(f"--tun: bad interface name {tun!r} (at most 15 characters)")
+    return tun
+
+
+def _int(value, what: str, low: int, high: int) -> int:
+    try:
+        number = int(str(value).strip())
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what}: bad number {value!r}") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{what} {number} out of range ({low}-{high})")
+    return number
+
+
+def _ifaces(values) -> tuple[str, ...]:
+    """--iface: names or IPv4 addresses (an address is checked as one)."""
+    out = []
+    for v in values or ():
+        v = str(v).strip()
+        if not v or len(v) > 15 or "/" in v or not v.isprintable() or " " in v:
+            raise ConfigError(f"--iface: bad interface name or address {v!r}")
+        if v[0].isdigit() and v.count(".") == 3:
+            _ip(v, "--iface")
+        out.append(v)
+    return tuple(out)
+
+
+def _regexes(values) -> tuple[str, ...]:
+    for v in values or ():
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ConfigError(f"--iface-regex: bad regular expression {v!r}: {exc}") from None
+    return tuple(values or ())
+
+
+def _common(*, public_ip=None, tun=None, iface=(), iface_regex=(), iface_can_reach=None,
+            mtu=None, vtep_mac=None, offload=True, threads=False, direct_routing=False,
+            ip_masq=False, iptables_forward_rules=True,
+            iptables_resync=DEFAULT_IPTABLES_RESYNC, ip_masq_fully_random_disable=False,
+            ip_blackhole_route=False, healthz_ip=DEFAULT_HEALTHZ_IP, healthz_port=0,
+            verbosity=0) -> dict:
+    """The flags both modes share, validated into Options fields."""
+    if isinstance(iface, str):
+        iface = [iface]
+    return dict(
+        public_ip=None if public_ip in (None, "") else _ip(public_ip, "--public-ip"),
+        tun=_tun(tun), ifaces=_ifaces(iface), iface_regex=_regexes(iface_regex),
+        iface_can_reach=None if iface_can_reach in (None, "")
+        else _ip(iface_can_reach, "--iface-can-reach"),
+        mtu=check_mtu(mtu), vtep_mac=_mac(vtep_mac, "--vtep-mac"), offload=bool(offload),
+        threads=bool(threads), direct_routing=bool(direct_routing), ip_masq=bool(ip_masq),
+        iptables_forward_rules=bool(iptables_forward_rules),
+        iptables_resync=_int(iptables_resync, "--iptables-resync", 1, 86400),
+        ip_masq_fully_random_disable=bool(ip_masq_fully_random_disable),
+        ip_blackhole_route=bool(ip_blackhole_route),
+        healthz_ip=str(_ip(healthz_ip or DEFAULT_HEALTHZ_IP, "--healthz-ip")),
+        healthz_port=_int(healthz_port or 0, "--healthz-port", 0, 65535),
+        verbosity=_int(verbosity or 0, "-v", 0, 10))
 
 
 def _mac(value, what: str) -> bytes | None:
@@ -220,45 +309,51 @@ def _checked(o: Options) -> Options:
     return o
 
 
-def build_config(*, public_ip: str | None, port: int | str | None, iface: str | None,
-                 subnet: str | None, network: str | None, peers=(),
-                 mtu: int | str | None = None, backend: str = "udp",
-                 underlay_iface: str | None = None, vni=DEFAULT_VNI,
-                 vtep_mac: str | bytes | None = None, offload: bool = True,
-                 threads: bool = False) -> Options:
+def build_config(*, subnet: str | None, network: str | None, peers=(),
+                 port: int | str | None = None, backend: str | None = None, vni=None,
+                 enable_nftables: bool = False, **common) -> Options:
     """Static mode: validate CLI values into Options. `peers` holds strings
-    in the --peer syntax or Peer objects."""
+    in the --peer syntax or Peer objects; `common` the flags of both modes
+    (see _common: public_ip, tun, iface, mtu, ...)."""
     backend = _backend(backend)
     port = DEFAULT_PORTS[backend] if port is None else _port(port, "--port")
-    iface = _iface(iface)
+    shared = _common(**common)
     if subnet is None:
         raise ConfigError("--subnet is required")
     if network is None:
         raise ConfigError("--network is required")
     net = _net(network, "--network")
     sub = _net(subnet, "--subnet")
-    pub = None if public_ip in (None, "") else _ip(public_ip, "--public-ip")
-    mtu = _mtu(mtu)
+    if shared["direct_routing"] and backend != "vxlan":
+        raise ConfigError("--direct-routing only applies to --backend vxlan")
     parsed = tuple(p if isinstance(p, Peer) else parse_peer(p, port) for p in peers or ())
-    return _checked(Options(
-        public_ip=pub, port=port, iface=iface, subnet=sub, network=net, peers=parsed,
-        mtu=mtu, backend=backend, underlay_iface=underlay_iface, vni=check_vni(vni),
-        vtep_mac=_mac(vtep_mac, "--vtep-mac"), offload=bool(offload), threads=bool(threads)))
+    return _checked(Options(subnet=sub, network=net, peers=parsed, port=port, backend=backend,
+                            vni=check_vni(DEFAULT_VNI if vni is None else vni),
+                            enable_nftables=bool(enable_nftables), **shared))
+
+
+# Flags whose value etcd's network config decides in cluster mode.
+_FROM_ETCD = (("subnet", "--subnet"), ("network", "--network"), ("peers", "--peer"),
+              ("backend", "--backend"), ("port", "--port"), ("vni", "--vni"),
+              ("enable_nftables", "--enable-nftables"))
 
 
 def build_cluster_options(*, endpoints: str, prefix: str | None = None,
                           ca_file=None, cert_file=None, key_file=None,
+                          etcd_username: str | None = None, etcd_password: str | None = None,
                           subnet_file: str | None = None, lease_ttl=DEFAULT_LEASE_TTL,
-                          ip_masq: bool = False, public_ip: str | None = None,
-                          underlay_iface: str | None = None, iface: str | None = None,
-                          mtu=None, vtep_mac: str | bytes | None = None, subnet=None,
-                          network=None, peers=(), offload: bool = True,
-                          threads: bool = False) -> Options:
-    """Cluster (etcd) mode: validate the CLI values; subnet, network and
-    peers come from etcd and must not be given."""
-    if subnet or network or peers:
-        raise ConfigError("--subnet, --network and --peer come from etcd; "
-                          "do not give them with --etcd-endpoints")
+                          renew_margin=DEFAULT_RENEW_MARGIN_MIN, subnet=None, network=None,
+                          peers=(), backend=None, port=None, vni=None, enable_nftables=None,
+                          **common) -> Options:
+    """Cluster (etcd) mode: validate the CLI values (renew_margin in
+    minutes, as the flag); what etcd decides must not be given."""
+    given = dict(subnet=subnet, network=network, peers=peers, backend=backend, port=port,
+                 vni=vni, enable_nftables=enable_nftables)
+    named = [flag for key, flag in _FROM_ETCD if given[key] not in (None, "", (), [], False)]
+    if named:
+        raise ConfigError(f"{', '.join(named)}: in cluster mode these come from etcd (the "
+                          f"network config and our lease); do not give them with "
+                          f"--etcd-endpoints")
     eps = tuple(e.strip() for e in str(endpoints).split(",") if e.strip())
     if not eps:
         raise ConfigError("--etcd-endpoints: no endpoint given")
@@ -271,12 +366,13 @@ def build_cluster_options(*, endpoints: str, prefix: str | None = None,
         raise ConfigError(f"--lease-ttl: bad value {lease_ttl!r}") from None
     if ttl < MIN_LEASE_TTL:
         raise ConfigError(f"--lease-ttl {ttl} too small (at least {MIN_LEASE_TTL} s)")
+    margin = _int(renew_margin, "--subnet-lease-renew-margin", *RENEW_MARGIN_RANGE)
     if (cert_file is None) != (key_file is None):
         raise ConfigError("--etcd-certfile and --etcd-keyfile go together")
-    pub = None if public_ip in (None, "") else _ip(public_ip, "--public-ip")
+    if bool(etcd_username) != bool(etcd_password):
+        raise ConfigError("--etcd-username and --etcd-password go together")
     return Options(endpoints=eps, prefix=prefix, ca_file=ca_file, cert_file=cert_file,
-                   key_file=key_file, subnet_file=subnet_file or DEFAULT_SUBNET_FILE,
-                   lease_ttl=ttl, ip_masq=bool(ip_masq), public_ip=pub,
-                   underlay_iface=underlay_iface, iface=_iface(iface), mtu=_mtu(mtu),
-                   vtep_mac=_mac(vtep_mac, "--vtep-mac"), offload=bool(offload),
-                   threads=bool(threads))
+                   key_file=key_file, etcd_username=etcd_username or None,
+                   etcd_password=etcd_password or None,
+                   subnet_file=subnet_file or DEFAULT_SUBNET_FILE, lease_ttl=ttl,
+                   renew_margin=margin * 60, **_common(**common))

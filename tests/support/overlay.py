@@ -76,10 +76,12 @@ class Overlay:
 
     def start(self, i: int, peers: list[int] | None = None, python_ref: bool = False,
               extra: list[str] | None = None, wait: bool = True,
-              bare: bool = False, public_ip: bool = True) -> Daemon:
+              bare: bool = False, public_ip: bool = True,
+              env: dict[str, str] | None = None) -> Daemon:
         """Start the daemon on host i with the given peer hosts (default: all
         others) and wait (bounded) until it answers on its control socket.
-        bare=True uses the form without the `run` subcommand."""
+        bare=True uses the form without the `run` subcommand; env: extra
+        environment variables (FLANNELD_*)."""
         if peers is None:
             peers = [j for j in self.hosts if j != i]
         args = [sys.executable, "-m", "udpoverlay", *([] if bare else ["run"]),
@@ -88,7 +90,7 @@ class Overlay:
         for j in peers:
             args += ["--peer", f"{underlay_of(j)}={subnet_of(j)}"]
         args += extra or []
-        return self.launch(i, args, env=self.env(python_ref), wait=wait)
+        return self.launch(i, args, env={**self.env(python_ref), **(env or {})}, wait=wait)
 
     def launch(self, i: int, args: list[str], env: dict | None = None,
                wait: bool = True, timeout: float = 15.0) -> Daemon:

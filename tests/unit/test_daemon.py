@@ -73,8 +73,8 @@ def peer_sock():
 
 
 def _opts(peer_port: int) -> Options:
-    iface = "uotest" + secrets.token_hex(4)
-    return build_config(public_ip="127.0.0.1", port=_free_port(), iface=iface,
+    tun = "uotest" + secrets.token_hex(4)
+    return build_config(public_ip="127.0.0.1", port=_free_port(), tun=tun,
                         subnet="198.19.1.0/24", network="198.19.0.0/16",
                         peers=[f"127.0.0.2:{peer_port}=198.19.2.0/24"], offload=False)
 
@@ -101,11 +101,11 @@ def test_serve_forwards_both_ways_reports_status_and_stops(loop, peer_sock):
     d = LoopbackDaemon(opts)
     d.setup()
     assert d.mtu == 1500 - 28
-    assert d.configured == (opts.iface, "198.19.1.0/24", "198.19.0.0/16", 1472)
+    assert d.configured == (opts.tun, "198.19.1.0/24", "198.19.0.0/16", 1472)
 
     async def main():
         served = asyncio.create_task(d.serve())
-        doc = await wait_until(lambda: asyncio.to_thread(_status, opts.iface), 5,
+        doc = await wait_until(lambda: asyncio.to_thread(_status, opts.tun), 5,
                                "control socket")
         # TUN -> wire: the packet leaves to the peer, TTL decremented
         out = g.ipv4("198.19.1.1", "198.19.2.5", 17, b"\0\1\0\2\0\x0cxxxx", ttl=64)
@@ -115,7 +115,7 @@ def test_serve_forwards_both_ways_reports_status_and_stops(loop, peer_sock):
         back = g.ipv4("198.19.2.5", "198.19.1.1", 17, b"\0\2\0\1\0\x0cyyyy", ttl=63)
         peer_sock.sendto(back, ("127.0.0.1", opts.port))
         into_tun = await asyncio.to_thread(d.kernel_side.recv, 65536)
-        after = await asyncio.to_thread(_status, opts.iface)
+        after = await asyncio.to_thread(_status, opts.tun)
         d.stop()
         code = await asyncio.wait_for(served, 5)
         return doc, got, src, into_tun, after, code
@@ -125,7 +125,7 @@ def test_serve_forwards_both_ways_reports_status_and_stops(loop, peer_sock):
     assert got[8] == 63 and got[12:] == out_tail(got)
     assert into_tun[8] == 63 and into_tun[12:16] == bytes([198, 19, 2, 5])
     assert doc["implementation"] == dataplane.IMPLEMENTATION and doc["dataplane"] == "loop"
-    assert doc["iface"] == opts.iface and doc["mtu"] == 1472 and doc["backend"] == "udp"
+    assert doc["iface"] == opts.tun and doc["mtu"] == 1472 and doc["backend"] == "udp"
     assert [p["subnet"] for p in doc["peers"]] == ["198.19.2.0/24"]
     assert doc["routes"] == [{"subnet": "198.19.2.0/24",
                               "via": f"127.0.0.2:{peer_sock.getsockname()[1]}"}]
@@ -135,7 +135,7 @@ def test_serve_forwards_both_ways_reports_status_and_stops(loop, peer_sock):
     # everything released: TUN closed, socket closed, control socket gone
     assert d.tun is None and d.sock is None
     with pytest.raises(ControlError):
-        query_status(opts.iface, 1.0)
+        query_status(opts.tun, 1.0)
     d.close()                                     # idempotent
 
 

@@ -15,7 +15,7 @@ from udpoverlay.errors import ConfigError
 from udpoverlay.options import build_config, parse_peer
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE = dict(public_ip="198.18.0.1", port=None, iface=None,
+BASE = dict(public_ip="198.18.0.1", port=None, tun=None,
             subnet="198.19.1.0/24", network="198.19.0.0/16")
 
 
@@ -27,7 +27,7 @@ def cfg(**kw):
 
 def test_valid_config_defaults():
     c = cfg(peers=["198.18.0.2=198.19.2.0/24", "198.18.0.3:9000=198.19.3.0/24"])
-    assert c.port == 8285 and c.iface == "udpov0" and c.backend == "udp"
+    assert c.port == 8285 and c.tun == "udpov0" and c.backend == "udp"
     assert c.public_ip == ipaddress.IPv4Address("198.18.0.1")
     assert [(str(p.public_ip), p.port, str(p.subnet)) for p in c.peers] == [
         ("198.18.0.2", 8285, "198.19.2.0/24"), ("198.18.0.3", 9000, "198.19.3.0/24")]
@@ -43,7 +43,15 @@ def test_peer_port_follows_our_port_and_vtep_mac():
 def test_public_ip_may_be_omitted():
     c = cfg(public_ip=None)
     assert c.public_ip is None
-    assert str(c.with_public_ip("198.18.0.9").public_ip) == "198.18.0.9"
+    detected = c.with_underlay("198.18.0.9")
+    assert (str(detected.public_ip), str(detected.bind_ip)) == ("198.18.0.9", "198.18.0.9")
+
+
+def test_public_ip_advertised_bind_ip_from_the_interface():
+    nat = cfg(public_ip="198.18.9.9").with_underlay("198.18.0.1")
+    assert (str(nat.public_ip), str(nat.bind_ip)) == ("198.18.9.9", "198.18.0.1")
+    with pytest.raises(ConfigError, match="our own --public-ip"):
+        cfg(public_ip=None, peers=["198.18.0.1=198.19.2.0/24"]).with_underlay("198.18.0.1")
 
 
 def test_config_is_frozen():
@@ -64,7 +72,15 @@ def test_config_is_frozen():
     (dict(port="70000"), "bad port"),
     (dict(port="http"), "bad port"),
     (dict(mtu="100"), "--mtu"),
-    (dict(iface="a-very-long-interface-name"), "interface name"),
+    (dict(tun="a-very-long-interface-name"), "interface name"),
+    (dict(iface=["eth0/1"]), "--iface"),
+    (dict(iface=["198.18.0.300"]), "bad IPv4 address"),
+    (dict(iface_regex=["(eth"]), "bad regular expression"),
+    (dict(iface_can_reach="nowhere"), "--iface-can-reach"),
+    (dict(direct_routing=True), "only applies to --backend vxlan"),
+    (dict(iptables_resync="0"), "--iptables-resync"),
+    (dict(healthz_port="70000"), "--healthz-port"),
+    (dict(healthz_ip="localhost"), "--healthz-ip"),
     (dict(backend="geneve"), "unknown backend"),
     (dict(backend="vxlan", vni=1 << 24), "out of range"),
     (dict(peers=["198.18.0.2=198.19.2.0/24,vtep-mac=02:00:00:00:00:01"]), "only applies to --backend vxlan"),
@@ -158,6 +174,6 @@ def test_cli_help_mentions_peer_syntax():
 
 
 def test_status_without_daemon_fails_cleanly():
-    r = _run_cli("status", "--iface", "nosuchdev0", "--timeout", "1")
+    r = _run_cli("status", "--tun", "nosuchdev0", "--timeout", "1")
     assert r.returncode == 1
     assert r.stderr.startswith("udpoverlay: error: ") and r.stderr.count("\n") == 1

@@ -12,7 +12,9 @@ are flannel's ParseConfig + CheckNetworkConfig (pkg/subnet/config.go):
   SubnetMax unset -> the last subnet. Both must lie in Network and sit on a
   SubnetLen boundary.
 - Backend.Port: udp 8285, vxlan 8472 (the kernel's default) when unset or 0.
-  Backend.VNI: 1 when unset.
+  Backend.VNI: 1 when unset. Backend.MTU (0/unset: from the underlay) sets
+  the TUN MTU unless --mtu is given; Backend.DirectRouting (vxlan) and the
+  top-level EnableNFTables are booleans, false when unset.
 
 Beyond flannel: IPv6-only configs and backends other than udp/vxlan are
 rejected with a clear ConfigError (udpoverlay is IPv4, udp/vxlan only), and
@@ -28,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 from udpoverlay.cluster import gojson
 from udpoverlay.errors import ConfigError
-from udpoverlay.options import BACKENDS, DEFAULT_PORTS, DEFAULT_VNI, check_vni
+from udpoverlay.options import BACKENDS, DEFAULT_PORTS, DEFAULT_VNI, check_mtu, check_vni
 
 __all__ = ["NetworkConfig", "parse_network_config"]
 
@@ -46,6 +48,9 @@ class NetworkConfig:
     vni: int = DEFAULT_VNI
     enable_ipv6: bool = False
     ipv6_network: ipaddress.IPv6Network | None = None
+    mtu: int | None = None          # Backend.MTU; None = from the underlay interface
+    direct_routing: bool = False    # Backend.DirectRouting (vxlan)
+    enable_nftables: bool = False   # EnableNFTables: flanneld's nftables rules
 
     @classmethod
     def parse(cls, text: str | bytes) -> "NetworkConfig":
@@ -136,10 +141,10 @@ def _bound(network: ipaddress.IPv4Network, subnet_len: int, name: str,
     return given
 
 
-def _backend(obj: gojson.GoObject) -> tuple[str, int, int]:
+def _backend(obj: gojson.GoObject) -> tuple[str, int, int, int | None, bool]:
     backend = obj.field("Backend")
     if backend is None:
-        return "udp", DEFAULT_PORTS["udp"], DEFAULT_VNI
+        return "udp", DEFAULT_PORTS["udp"], DEFAULT_VNI, None, False
     if not isinstance(backend, gojson.GoObject):
         raise ConfigError(f"Backend must be a JSON object, got {backend!r}")
     kind = backend.field("Type")
@@ -153,7 +158,10 @@ def _backend(obj: gojson.GoObject) -> tuple[str, int, int]:
         raise ConfigError(f"Backend.Port must be 1..65535, got {port}")
     vni = _uint(backend, "VNI", "Backend.")
     vni = DEFAULT_VNI if vni is None else check_vni(vni, "Backend.VNI")
-    return kind, port, vni
+    mtu = _uint(backend, "MTU", "Backend.") or None      # 0 means unset, as in Go
+    direct = _get(backend, "DirectRouting", lambda v: isinstance(v, bool), "true or false",
+                  "Backend.")
+    return kind, port, vni, check_mtu(mtu, "Backend.MTU"), bool(direct)
 
 
 def parse_network_config(text: str | bytes) -> NetworkConfig:
@@ -183,7 +191,9 @@ def parse_network_config(text: str | bytes) -> NetworkConfig:
                         ipaddress.IPv4Address(int(network.broadcast_address) + 1 - size))
     if subnet_min > subnet_max:
         raise ConfigError(f"SubnetMin {subnet_min} is above SubnetMax {subnet_max}")
-    kind, port, vni = _backend(obj)
+    kind, port, vni, mtu, direct = _backend(obj)
     return NetworkConfig(network=network, subnet_len=subnet_len, subnet_min=subnet_min,
                          subnet_max=subnet_max, backend_type=kind, backend_port=port, vni=vni,
-                         enable_ipv6=enable_ipv6, ipv6_network=ipv6_network)
+                         enable_ipv6=enable_ipv6, ipv6_network=ipv6_network, mtu=mtu,
+                         direct_routing=direct,
+                         enable_nftables=_bool(obj, "EnableNFTables", False))

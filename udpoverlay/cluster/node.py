@@ -1,10 +1,12 @@
 """Cluster mode: the daemon with its subnet and peers from etcd (flannel's layout).
 
 Start sequence (one event loop, uvloop when available):
-  store + membership -> load_config (waits while missing/invalid/etcd down)
-  -> bind the port and create the TUN (Daemon.open_host: nothing written to
-  etcd yet) -> acquire our lease -> Daemon.setup() with Options.for_lease
-  (subnet, network, backend, port, VNI come from etcd), in a worker thread
+  choose the underlay interface -> store + membership -> load_config (waits
+  while missing/invalid/etcd down) -> the flags checked against the config
+  (--direct-routing needs vxlan; Backend.MTU or --mtu) -> bind the port,
+  create the TUN and take the MTU (Daemon.open_host: nothing written to
+  etcd yet, so every check has run) -> acquire our lease -> Daemon.setup()
+  with Options.for_lease (subnet, network from the lease), in a worker thread
   (pyroute2's sync netlink must not run inside the running loop) -> subnet.env ->
   membership.run(dataplane.set_peers) as a task next to Daemon.serve().
 Shutdown: serve() returns on SIGINT/SIGTERM; the membership task is
@@ -20,14 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
 import logging
 
 from udpoverlay.cluster.membership import ClusterMembership
+from udpoverlay.cluster.network import NetworkConfig
 from udpoverlay.cluster.subnetenv import previous_subnet, write_subnet_env
-from udpoverlay.daemon import Daemon, run_loop
-from udpoverlay.errors import NetworkConfigChanged
-from udpoverlay.host.interfaces import detect_public_ip, interface_network
+from udpoverlay.daemon import Daemon, prepare, run_loop
+from udpoverlay.errors import ConfigError, NetworkConfigChanged
+from udpoverlay.host.interfaces import interface_network
 from udpoverlay.options import Options
 from udpoverlay.peer import derive_vtep_mac, format_mac
 
@@ -48,32 +50,46 @@ class ClusterDaemon(Daemon):
         return doc
 
 
+def with_network_config(opts: Options, config: NetworkConfig) -> Options:
+    """The options with what the network config decides (backend, port, VNI,
+    EnableNFTables, Backend.MTU unless --mtu, DirectRouting or the flag);
+    ConfigError for a flag the config makes meaningless."""
+    if opts.direct_routing and config.backend_type != "vxlan":
+        raise ConfigError(f"--direct-routing only applies to the vxlan backend (the network "
+                          f"config says {config.backend_type})")
+    return dataclasses.replace(
+        opts, backend=config.backend_type, port=config.backend_port, vni=config.vni,
+        mtu=opts.mtu if opts.mtu is not None else config.mtu,
+        direct_routing=opts.direct_routing or config.direct_routing,
+        enable_nftables=config.enable_nftables)
+
+
 async def _main(opts: Options) -> int:
     from udpoverlay.cluster.store.etcd import EtcdStore
 
-    public_ip = str(opts.public_ip) if opts.public_ip else \
-        await asyncio.to_thread(detect_public_ip, opts.underlay_iface)
-    store = EtcdStore(list(opts.endpoints), ca_file=opts.ca_file,
-                      cert_file=opts.cert_file, key_file=opts.key_file)
+    store = EtcdStore(list(opts.endpoints), ca_file=opts.ca_file,   # checks only, no I/O
+                      cert_file=opts.cert_file, key_file=opts.key_file,
+                      username=opts.etcd_username, password=opts.etcd_password)
     daemon: ClusterDaemon | None = None
     task: asyncio.Task | None = None
     try:
+        opts = await asyncio.to_thread(prepare, opts)     # bind_ip, public_ip
+        public_ip = str(opts.public_ip)
         membership = ClusterMembership(
             store, prefix=opts.prefix, public_ip=public_ip,
             previous_subnet=previous_subnet(opts.subnet_file),
-            lease_ttl=opts.lease_ttl, retry_max=2.0,
-            underlay_network=await asyncio.to_thread(interface_network, public_ip))
+            lease_ttl=opts.lease_ttl, renew_margin=opts.renew_margin, retry_max=2.0,
+            underlay_network=await asyncio.to_thread(interface_network, str(opts.bind_ip)))
         config = await membership.load_config()
+        opts = with_network_config(opts, config)
         vtep_mac = None
         if config.backend_type == "vxlan":
             vtep_mac = opts.vtep_mac or derive_vtep_mac(public_ip, opts.prefix)
             membership.backend_data = {"VtepMAC": format_mac(vtep_mac)}
-        # Bind the port and create the TUN before anything is written to
-        # etcd: a second instance on this host fails here, never having
-        # touched the first one's lease.
-        daemon = ClusterDaemon(dataclasses.replace(
-            opts, public_ip=ipaddress.IPv4Address(public_ip), port=config.backend_port,
-            backend=config.backend_type))
+        # Bind the port, create the TUN and take the MTU before anything is
+        # written to etcd: a second instance on this host fails here, never
+        # having touched the first one's lease.
+        daemon = ClusterDaemon(opts)
         daemon.membership = membership
         await asyncio.to_thread(daemon.open_host)
         lease = await membership.acquire()
@@ -90,7 +106,7 @@ async def _main(opts: Options) -> int:
         async def follow() -> None:
             assert running.engine is not None
             try:
-                await membership.run(running.engine.set_peers)
+                await membership.run(running.apply_peers)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # noqa: BLE001 - stop the daemon cleanly

@@ -3,7 +3,8 @@
   switch namespace: bridge br0 (the underlay, 198.18.0.0/24)
   hN (N=1..3):      eth0 = 198.18.0.N/24, pod address 198.19.N.1/24,
                     udpoverlay daemon owning 198.19.N.0/24 of 198.19.0.0/16,
-                    static peers = the other two hosts
+                    static peers = the other two hosts (h1, h2 given
+                    --public-ip; h3 --iface eth0, flanneld's way)
 
 It pings pod -> pod, moves a few MB over TCP through the overlay (sha256
 checked), prints each daemon's status, and removes everything in the end
@@ -63,7 +64,10 @@ def _run(lab: Lab, logdir: Path) -> bool:
     _say("== starting udpoverlay in each host")
     procs = []
     for i, h in enumerate(hosts, 1):
-        cmd = [sys.executable, "-m", "udpoverlay", "run", "--public-ip", f"198.18.0.{i}",
+        # h1, h2: the laptop one-liner (--public-ip); the last host as flanneld
+        # is told: --iface names the underlay, its address is bound and advertised.
+        where = ["--iface", "eth0"] if i == N_HOSTS else ["--public-ip", f"198.18.0.{i}"]
+        cmd = [sys.executable, "-m", "udpoverlay", "run", *where,
                "--subnet", f"198.19.{i}.0/24", "--network", NETWORK]
         for j in range(1, N_HOSTS + 1):
             if j != i:

@@ -29,7 +29,7 @@ def test_second_instance_same_public_ip_fails_before_touching_etcd(cluster: Clus
                                                 "json"))["header"]["revision"]
     second = c.ov.launch(1, [sys.executable, "-m", "udpoverlay", "run", "--public-ip",
                              underlay(1), "--etcd-endpoints", c.etcd.endpoint,
-                             "--subnet-file", str(c.tmp / "second.env"), "--iface", "udpov1",
+                             "--subnet-file", str(c.tmp / "second.env"), "--tun", "udpov1",
                              "--lease-ttl", "600"], wait=False)
     assert second.proc.wait(timeout=30) == 1, second.stderr()
     err = second.stderr().strip().splitlines()

@@ -144,3 +144,28 @@ def test_defaults_partition_the_network(prefix, base):
     assert int(c.subnet_max) + size == int(network.broadcast_address) + 1
     assert c.subnet_count() == (1 << (c.subnet_len - prefix)) - 1
     assert c.contains_subnet(N((c.subnet_max, c.subnet_len)))
+
+
+def test_mtu_direct_routing_and_nftables_default_off():
+    c = cfg(Network="198.19.0.0/16", Backend={"Type": "vxlan"})
+    assert (c.mtu, c.direct_routing, c.enable_nftables) == (None, False, False)
+
+
+def test_mtu_direct_routing_and_nftables_read_case_insensitively():
+    c = parse_network_config('{"Network": "198.19.0.0/16", "enablenftables": true, '
+                             '"Backend": {"type": "vxlan", "mtu": 1400, "directrouting": true}}')
+    assert (c.mtu, c.direct_routing, c.enable_nftables) == (1400, True, True)
+    assert cfg(Network="198.19.0.0/16", Backend={"Type": "udp", "MTU": 0}).mtu is None
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(Backend={"Type": "vxlan", "MTU": 100}), "Backend.MTU 100 out of range"),
+    (dict(Backend={"Type": "vxlan", "MTU": -1}), "Backend.MTU must be"),
+    (dict(Backend={"Type": "vxlan", "MTU": "1400"}), "Backend.MTU must be"),
+    (dict(Backend={"Type": "vxlan", "DirectRouting": "yes"}), "Backend.DirectRouting must be"),
+    (dict(EnableNFTables=1), "EnableNFTables must be"),
+])
+def test_new_fields_rejected_with_one_line_reason(fields, message):
+    with pytest.raises(ConfigError) as ei:
+        cfg(Network="198.19.0.0/16", **fields)
+    assert message in str(ei.value) and "\n" not in str(ei.value)
