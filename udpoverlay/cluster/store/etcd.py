@@ -59,6 +59,7 @@ _CHANNEL_OPTIONS = {
     "grpc.min_reconnect_backoff_ms": 100,
     "grpc.max_reconnect_backoff_ms": 1000,
 }
+CLOSE_GRACE = 5.0              # s before a dropped client's channel is closed
 FAILOVER_LOG_INTERVAL = 60.0   # s between failover WARNINGs while the store stays down
 _DISCONNECTED = (aetcd_errors.ConnectionFailedError, aetcd_errors.ConnectionTimeoutError,
                  aetcd_errors.WatchTimeoutError, asyncio.TimeoutError, OSError)
@@ -177,6 +178,7 @@ class EtcdStore:
                  ca_file: str | None = None, cert_file: str | None = None,
                  key_file: str | None = None, username: str | None = None,
                  password: str | None = None, timeout: float = 5.0) -> None:
+        self._closing: set[asyncio.Task] = set()
         self.endpoints = [parse_endpoint(e) for e in endpoints]
         if not self.endpoints:
             raise ConfigError("no etcd endpoints given")
@@ -212,12 +214,22 @@ class EtcdStore:
         return self._client
 
     async def _drop_client(self) -> None:
+        """Forget the client; close it a little later. Several tasks share
+        it (lease watch, config watch, renewals): closing it under another
+        task's call in flight could leave that call hanging on a dead
+        channel, so the others get time to fail on their own first."""
         client, self._client = self._client, None
         if client is not None:
-            try:
-                await client.close()
-            except Exception as e:  # closing a broken channel may fail; nothing to do
-                log.debug("closing etcd client for %s: %s", self.endpoint, _one_line(e))
+            task = asyncio.get_running_loop().create_task(self._close_later(client))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _close_later(self, client: aetcd.Client) -> None:
+        await asyncio.sleep(CLOSE_GRACE)
+        try:
+            await asyncio.wait_for(client.close(), CLOSE_GRACE)
+        except Exception as e:  # closing a broken channel may fail; nothing to do
+            log.debug("closing etcd client for %s: %s", self.endpoint, _one_line(e))
 
     async def _fail_over(self, error: LeaseStoreError) -> None:
         """The server is unreachable: drop the channel (the next call opens a
@@ -397,4 +409,13 @@ class EtcdStore:
         return out
 
     async def close(self) -> None:
-        await self._drop_client()
+        """Close every client now (nothing else uses the store any more)."""
+        client, self._client = self._client, None
+        for task in list(self._closing):
+            task.cancel()
+        clients = [client] if client is not None else []
+        for c in clients:
+            try:
+                await asyncio.wait_for(c.close(), CLOSE_GRACE)
+            except Exception as e:  # noqa: BLE001 - closing anyway
+                log.debug("closing etcd client: %s", _one_line(e))
