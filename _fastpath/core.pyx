@@ -175,6 +175,15 @@ cdef class Core:
         self.tx.b.gso = vnet_hdr and udp_gso
         self.rx.co.udp = vnet_hdr and tun_uso
 
+    def set_tun_mtu(self, int mtu):
+        """The TUN's MTU (0: unknown): longer accepted inner TCP packets are
+        resegmented (oversize_gso in offload.pxi)."""
+        if mtu and self.rx.split == NULL:
+            self.rx.split = <uint8_t *>malloc(SPLIT_BUF)
+            if self.rx.split == NULL:
+                raise MemoryError()
+        self.rx.co.mtu = mtu
+
     @property
     def vnet_hdr(self):
         return bool(self.cfg.vnet_hdr)
@@ -243,7 +252,8 @@ cdef class Core:
         verdict counts): a raw snapshot the facade names."""
         return ((self.tx.packets, self.tx.bytes, self.rx.packets, self.rx.bytes,
                  self.tx.icmp_sent, self.tx.super_packets, self.rx.co.merged,
-                 self.rx.co.csum_bad, self.rx.csum_partial, self.rx.mac_changed),
+                 self.rx.co.csum_bad, self.rx.csum_partial, self.rx.mac_changed,
+                 self.rx.co.resegmented),
                 tuple(self.tx.verdicts), tuple(self.rx.verdicts))
 
     def peer_stats(self):

@@ -16,6 +16,7 @@ cdef struct rx_t:
     uint64_t verdicts[N_VERDICTS]
     uint64_t csum_partial        # partial inner checksums finished
     uint64_t mac_changed         # learned VTEP MACs replaced
+    uint8_t *split               # oversized packets' segments (SPLIT_BUF), set_tun_mtu
     # scratch
     uint8_t *slots
     iovec iov[BATCH]
@@ -31,8 +32,10 @@ cdef struct rx_t:
 cdef void rx_free(rx_t *rx) noexcept nogil:
     free(rx.slots)
     free(rx.co.items)
+    free(rx.split)
     rx.slots = NULL
     rx.co.items = NULL
+    rx.split = NULL
 
 
 # -- per datagram ----------------------------------------------------------------------
@@ -230,6 +233,22 @@ cdef int rx_recv(const cfg_t *c, rx_t *rx, int sock_fd) noexcept nogil:
 
 
 # -- the loop without offloads: one datagram = one packet = one TUN write ---------------------
+cdef void write_plain(rx_t *rx, const uint8_t *p, Py_ssize_t n, int tun_fd) noexcept nogil:
+    """Write an accepted packet; an oversized one (oversize_gso) as
+    MTU-sized segments, counted."""
+    cdef int gso = oversize_gso(p, n, rx.co.mtu) if rx.split != NULL else 0
+    cdef int nseg, i, stride = 0, last = 0
+    if not gso:
+        if write(tun_fd, p, n) < 0:
+            rx.verdicts[TX_ERROR] += 1
+        return
+    rx.co.resegmented += 1
+    nseg = split_c(p, n, GSO_TCPV4, gso, rx.split, 0, &stride, &last)
+    for i in range(nseg):
+        if write(tun_fd, rx.split + <size_t>i * stride, stride if i < nseg - 1 else last) < 0:
+            rx.verdicts[TX_ERROR] += 1
+
+
 cdef int udp_to_tun_plain(const cfg_t *c, rx_t *rx, int sock_fd, int tun_fd) noexcept nogil:
     cdef int done = 0, rounds, got, i, idx, v
     cdef Py_ssize_t n
@@ -252,8 +271,7 @@ cdef int udp_to_tun_plain(const cfg_t *c, rx_t *rx, int sock_fd, int tun_fd) noe
                     rx.verdicts[TX_ERROR] += 1
             if v == OK:
                 finish_partial(rx, slot + rx.inner_off, n - rx.inner_off)
-                if write(tun_fd, slot + rx.inner_off, n - rx.inner_off) < 0:
-                    rx.verdicts[TX_ERROR] += 1
+                write_plain(rx, slot + rx.inner_off, n - rx.inner_off, tun_fd)
         done += got
         if got < BATCH:
             break

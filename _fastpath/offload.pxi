@@ -102,6 +102,24 @@ cdef int split_c(const uint8_t *pkt, Py_ssize_t n, int gso_type, int gso_size,
     return nseg
 
 
+cdef int oversize_gso(const uint8_t *p, Py_ssize_t n, int mtu) noexcept nogil:
+    """The MTU-derived segment size for an accepted inner packet that must
+    be resegmented (a kernel sender's super-frame: TCP, DF set, no IP
+    options, checksum verified), else 0."""
+    cdef int l4, gso
+    if mtu == 0 or n <= mtu or p[0] != 0x45 or p[9] != 6 or n < 40:
+        return 0
+    if (((p[6] << 8) | p[7]) & 0x7FFF) != 0x4000:
+        return 0                # DF clear or a fragment: the kernel fragments it
+    l4 = (p[32] >> 4) * 4
+    gso = mtu - 20 - l4
+    if l4 < 20 or 20 + l4 >= n or gso <= 0 or (<int>n - 20 - l4 + gso - 1) // gso > MAX_SPLIT:
+        return 0
+    if csum_fold(pseudo_sum(p, 6, <uint32_t>(n - 20)) + csum_add(p + 20, n - 20, 0)) != 0xFFFF:
+        return 0
+    return gso
+
+
 # -- TX: segments -> UDP messages ------------------------------------------------
 cdef struct txmsg_t:
     int sock            # index into the tx sockets, -1 = the main socket
@@ -165,6 +183,7 @@ cdef struct coitem_t:
     int last_flags
     uint32_t next_seq
     int nseg
+    int big             # an oversized packet: one segment, written as GSO
     uint8_t *first      # borrowed from the receive slots until the flush
     int first_len
     uint8_t vnet[10]
@@ -177,6 +196,8 @@ cdef struct coalescer_t:
     coitem_t *items
     uint64_t merged
     uint64_t csum_bad
+    uint64_t resegmented    # oversized packets written as GSO or split
+    int mtu                 # the TUN's; 0 = unknown
     uint64_t failed     # segments whose TUN write failed, not yet counted
 
 
@@ -236,10 +257,11 @@ cdef void co_add(coalescer_t *co, uint8_t *p, Py_ssize_t n, int tun_fd) noexcept
     happen here when MAX_ITEMS items are open)."""
     cdef uint8_t key[13]
     cdef bint has_key = flow_key(p, n, key)
-    cdef bint ok = has_key and co_mergeable(co, p, n)
+    cdef int big = oversize_gso(p, n, co.mtu)
+    cdef bint ok = not big and has_key and co_mergeable(co, p, n)
     cdef int i, lo, hl, payload
     cdef coitem_t *it
-    if has_key:
+    if has_key and not big:
         lo = co.n_items - SCAN_DEPTH
         if lo < 0:
             lo = 0
@@ -279,7 +301,13 @@ cdef void co_add(coalescer_t *co, uint8_t *p, Py_ssize_t n, int tun_fd) noexcept
     it.total = <int>n
     it.iov[1].iov_base = p
     it.iov[1].iov_len = n
-    if ok:
+    it.big = big > 0
+    if big:
+        it.gso = big            # one segment, closed: the kernel splits it
+        it.last = big
+        it.last_flags = p[33]
+        co.resegmented += 1
+    elif ok:
         hl = 20 + ((p[32] >> 4) * 4 if it.proto == 6 else 8)
         it.gso = <int>n - hl
         it.last = it.gso
@@ -298,7 +326,7 @@ cdef int co_render(coitem_t *it) noexcept nogil:
     memset(it.vnet, 0, 10)
     it.iov[0].iov_base = it.vnet
     it.iov[0].iov_len = 10
-    if it.nseg == 1:
+    if it.nseg == 1 and not it.big:
         return 2
     put16(&f[2], <uint16_t>it.total)
     ip_header_csum(f, 20)

@@ -79,3 +79,6 @@ cdef enum:
 cdef enum:
     TX_PER_READ = 22 + 10 + 65536 + 8 + 65536 + 512 * 144 + 8
     TX_ARENA = 64 * TX_PER_READ
+    # one oversized received packet split without a vnet header: every
+    # segment at a full stride (headers <= 120 bytes, 64 KB payload + one gso)
+    SPLIT_BUF = 2 * 65536 + MAX_SPLIT * 120

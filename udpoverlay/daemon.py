@@ -144,6 +144,7 @@ class Daemon:
             self.engine = dataplane.Engine(o.backend, self.subnet.network_address, self.subnet,
                                            self.network, vni=o.vni, vtep_mac=self.vtep_mac,
                                            port=o.port)
+            self.engine.set_tun_mtu(self.mtu)
             if o.backend == "vxlan":
                 # Each flow leaves from one of several sockets on ephemeral
                 # ports, so underlay ECMP/RSS spreads flows and keeps order.

@@ -98,6 +98,14 @@ class Engine:
         takes UDP GSO writes."""
         self.core.set_offload(bool(vnet_hdr), bool(udp_gso), bool(tun_uso))
 
+    def set_tun_mtu(self, mtu: int) -> None:
+        """Declare the TUN's MTU (0: unknown). Received inner TCP packets
+        longer than it, DF set, are written as GSO packets (vnet header) or
+        split into MTU-sized ones, so the kernel can forward them."""
+        if not 0 <= int(mtu) <= 65535:
+            raise ValueError(f"bad TUN MTU {mtu}")
+        self.core.set_tun_mtu(int(mtu))
+
     @property
     def vnet_hdr(self) -> bool:
         return bool(self.core.vnet_hdr)

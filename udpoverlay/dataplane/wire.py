@@ -43,10 +43,12 @@ N_VERDICTS = len(VERDICT_NAMES)
 # Plain counters, in the order the twins' Core.counts() returns them.
 # rx_csum_partial: inner TCP/UDP checksums a kernel vxlan sender left as the
 # pseudo-header partial sum (checksum offload), finished by us;
-# arp_mac_changed: a learned VTEP MAC replaced by a different one.
+# arp_mac_changed: a learned VTEP MAC replaced by a different one;
+# rx_resegmented: received inner TCP packets longer than the TUN MTU (a kernel
+# sender's super-frame), written as a GSO packet or split into MTU-sized ones.
 SCALAR_COUNTERS = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "icmp_sent",
                    "tx_super_packets", "rx_coalesced", "rx_csum_bad", "rx_csum_partial",
-                   "arp_mac_changed")
+                   "arp_mac_changed", "rx_resegmented")
 
 # -- the peer table as the facade hands it to a core (Core.set_peers_packed) ------
 # One record per peer, native byte order, no padding: ip, net, port, prefix

@@ -80,6 +80,11 @@ class Core(Outgoing, Incoming):
         self.tun_uso = bool(vnet_hdr and tun_uso)
         self._co.udp = self.tun_uso
 
+    def set_tun_mtu(self, mtu: int) -> None:
+        """The TUN's MTU (0: unknown): longer accepted inner TCP packets are
+        resegmented (offload.oversize_gso)."""
+        self._co.mtu = int(mtu)
+
     @property
     def udp_gso(self) -> bool:
         """UDP_SEGMENT in use (turned off for good if the kernel refuses it)."""
@@ -114,7 +119,7 @@ class Core(Outgoing, Incoming):
         verdict counts): a raw snapshot the facade names."""
         tx, rx = self._tx_c, self._rx_c
         return ((tx[0], tx[1], rx[0], rx[1], tx[2], tx[3], self._co.merged, self._co.csum_bad,
-                 rx[2], rx[3]),
+                 rx[2], rx[3], self._co.resegmented),
                 tuple(self._tx_v), tuple(self._rx_v))
 
     def peer_stats(self) -> list[tuple]:

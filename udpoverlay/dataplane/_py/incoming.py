@@ -18,6 +18,7 @@ import struct
 
 from udpoverlay.dataplane._py.checksum import checksum, fold, l4_ok, pseudo_sum
 from udpoverlay.dataplane._py.frames import BROADCAST, arp_body, check_ipv4, vxlan_hdr
+from udpoverlay.dataplane._py.offload import oversize_gso, split
 from udpoverlay.dataplane._py.routes import FIXED, LEN, MAC, NET, PORT, STATS, mask
 from udpoverlay.dataplane.wire import (
     ARP,
@@ -27,6 +28,7 @@ from udpoverlay.dataplane.wire import (
     BAD_VNI,
     BAD_VXLAN,
     BATCH,
+    GSO_TCPV4,
     MAX_ROUNDS,
     MODE_UDP,
     NOT_IPV4,
@@ -218,10 +220,20 @@ class Incoming:
             if reply:
                 self._reply(sock, reply, addr)
             if v == OK:
-                try:
-                    os.write(tun_fd, self._finish_partial(data[off:]))
-                except OSError:
-                    self._rx_v[TX_ERROR] += 1
+                for pkt in self._tun_packets(self._finish_partial(data[off:])):
+                    try:
+                        os.write(tun_fd, pkt)
+                    except OSError:
+                        self._rx_v[TX_ERROR] += 1
+
+    def _tun_packets(self, pkt) -> list:
+        """Without a vnet header: an oversized packet (offload.oversize_gso)
+        as MTU-sized segments, counted; anything else as it is."""
+        gso = oversize_gso(pkt, self._co.mtu)
+        if not gso:
+            return [pkt]
+        self._co.resegmented += 1
+        return split(bytearray(pkt), (0, GSO_TCPV4, 0, gso, 0, 0))
 
     def _rx_batch_vnet(self, got: list, sock, tun_fd: int) -> None:
         if not got:

@@ -34,6 +34,13 @@ Design notes (the rules both implementations follow exactly):
   and verified) when the TUN takes UDP GSO writes. The newest item of the
   same flow among the last SCAN_DEPTH items is the only merge candidate, so
   per-flow order is kept; items are written in the order they were opened.
+- Oversized (RX): an accepted inner TCP packet longer than the TUN MTU (a
+  kernel vxlan sender's super-frame: DF set, no IP options, checksum
+  verified) cannot be forwarded as it is. oversize_gso() gives the segment
+  size MTU - 20 - TCP header; the coalescer writes it as a one-segment GSO
+  item of that size (closed: nothing merges into it), without a vnet
+  header it is split() into MTU-sized packets. UDP is left alone: its
+  datagram boundaries are the sender's, which an MTU split would change.
 """
 
 from __future__ import annotations
@@ -148,6 +155,23 @@ def split(pkt: bytearray, vnet: tuple):
     return out
 
 
+def oversize_gso(pkt, mtu: int) -> int:
+    """The MTU-derived segment size for an accepted inner packet that must
+    be resegmented (see the design notes), else 0."""
+    n = len(pkt)
+    if not mtu or n <= mtu or pkt[0] != 0x45 or pkt[9] != 6 or n < 40:
+        return 0
+    if ((pkt[6] << 8) | pkt[7]) & 0x7FFF != 0x4000:
+        return 0                # DF clear or a fragment: the kernel fragments it
+    l4 = (pkt[32] >> 4) * 4
+    gso = mtu - 20 - l4
+    if l4 < 20 or 20 + l4 >= n or gso <= 0 or -(-(n - 20 - l4) // gso) > MAX_SPLIT:
+        return 0
+    if not l4_ok(pkt, 20, 6):
+        return 0
+    return gso
+
+
 class Packer:
     """Packs wire segments into UDP messages (UDP_SEGMENT when gso is on).
 
@@ -183,7 +207,7 @@ class Packer:
 
 # -- coalesce (RX) ---------------------------------------------------------------
 class _Item:
-    __slots__ = ("key", "proto", "pkts", "open", "gso", "last", "total", "next_seq")
+    __slots__ = ("key", "proto", "pkts", "open", "gso", "last", "total", "next_seq", "big")
 
 
 def _flow_key(pkt):
@@ -201,10 +225,12 @@ class Coalescer:
 
     def __init__(self, udp: bool) -> None:
         self.udp = udp
+        self.mtu = 0            # the TUN's; 0 = unknown
         self.items: list[_Item] = []
         self.writes: list[tuple[bytes, int]] = []
         self.merged = 0
         self.csum_bad = 0
+        self.resegmented = 0
 
     def _mergeable(self, pkt) -> bool:
         """Could pkt start or extend a GSO item? (checksum verified here)"""
@@ -248,8 +274,9 @@ class Coalescer:
 
     def add(self, pkt) -> None:
         key = _flow_key(pkt)
-        ok = key is not None and self._mergeable(pkt)
-        if key is not None:
+        big = oversize_gso(pkt, self.mtu)
+        ok = not big and key is not None and self._mergeable(pkt)
+        if key is not None and not big:
             for it in reversed(self.items[-SCAN_DEPTH:]):
                 if it.key == key:
                     if ok and self._fits(it, pkt):
@@ -264,7 +291,11 @@ class Coalescer:
         it.pkts = [pkt]
         it.open = ok
         it.total = len(pkt)
-        if ok:
+        it.big = big > 0
+        if big:
+            it.gso = it.last = big      # one segment, closed: the kernel splits it
+            self.resegmented += 1
+        elif ok:
             hl = 20 + ((pkt[32] >> 4) * 4 if it.proto == 6 else 8)
             it.gso = it.last = len(pkt) - hl
             if it.proto == 6:
@@ -292,7 +323,7 @@ class Coalescer:
 
     def _render(self, it: _Item) -> bytes:
         first = it.pkts[0]
-        if len(it.pkts) == 1:
+        if len(it.pkts) == 1 and not it.big:
             return pack_vnet() + bytes(first)
         hdr = bytearray(first[:20])
         total = it.total
