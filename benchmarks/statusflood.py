@@ -44,16 +44,16 @@ def fake_peer_args(n: int) -> list[str]:
 
 
 # -- the flood (runs inside h2's namespace) ---------------------------------
-def flood(iface: str, rate: float, limit: float) -> dict:
+def flood(tun: str, rate: float, limit: float) -> dict:
     """Ask for status `rate` times a second until SIGTERM (or `limit`
     seconds); read each answer whole, as `udpoverlay status` would."""
     import socket
 
     try:
         from udpoverlay.control import socket_path
-        path = socket_path(iface)
+        path = socket_path(tun)
     except ImportError:       # a tree from before issue 11: the abstract name
-        path = "\0udpoverlay." + iface
+        path = "\0udpoverlay." + tun
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     asked = answered = nbytes = 0
@@ -181,13 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peers", type=int, default=1000, help="fake peers on h2")
     p.add_argument("--flood", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--limit", type=float, default=60.0, help=argparse.SUPPRESS)
-    p.add_argument("--iface", default="uo0", help=argparse.SUPPRESS)
+    p.add_argument("--tun", default="uo0", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not (args.repeat >= 1 and args.duration > 0 and args.rate > 0
             and 0 <= args.peers <= 2000):
         p.error("--repeat >= 1, --duration > 0, --rate > 0, --peers 0..2000")
     if args.flood:
-        print(json.dumps(flood(args.iface, args.rate, args.limit)), flush=True)
+        print(json.dumps(flood(args.tun, args.rate, args.limit)), flush=True)
         return 0
     def _interrupt(signum, frame):
         raise KeyboardInterrupt       # unwind through the Lab: it cleans up

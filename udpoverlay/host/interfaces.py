@@ -38,13 +38,20 @@ class Underlay:
     address: str
 
 
+def _holding(ipr, ip: str):
+    """The interface address record holding `ip`, or None."""
+    for a in ipr.get_addr(family=socket.AF_INET):
+        if attr(a, "IFA_LOCAL") == ip or attr(a, "IFA_ADDRESS") == ip:
+            return a
+    return None
+
+
 def interface_mtu(ip: str) -> int:
     """MTU of the interface holding address `ip`; TunSetupError if none."""
     with netlink() as ipr:
-        for a in ipr.get_addr(family=socket.AF_INET):
-            if attr(a, "IFA_ADDRESS") == ip or attr(a, "IFA_LOCAL") == ip:
-                link = ipr.get_links(a["index"])[0]
-                return int(attr(link, "IFLA_MTU"))
+        a = _holding(ipr, ip)
+        if a is not None:
+            return int(attr(ipr.get_links(a["index"])[0], "IFLA_MTU"))
     raise TunSetupError(f"no interface holds address {ip}")
 
 
@@ -52,10 +59,9 @@ def interface_network(ip: str) -> ipaddress.IPv4Network | None:
     """The IPv4 network (address/prefix) of the interface address `ip`;
     None when no interface holds it (e.g. a 1:1 NAT public IP)."""
     with netlink() as ipr:
-        for a in ipr.get_addr(family=socket.AF_INET):
-            if attr(a, "IFA_LOCAL") == ip or attr(a, "IFA_ADDRESS") == ip:
-                return ipaddress.IPv4Network(f"{ip}/{a['prefixlen']}", strict=False)
-    return None
+        a = _holding(ipr, ip)
+    return None if a is None else ipaddress.IPv4Network(f"{ip}/{a['prefixlen']}",
+                                                         strict=False)
 
 
 def default_route_address() -> str:

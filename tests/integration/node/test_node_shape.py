@@ -14,12 +14,9 @@ flanneld's iptables mode and in its nftables mode.
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from tests.support.nodebed import OUTSIDE_IP, NodeBed
-from tests.support.probes import SENDER, start_listener
+from tests.support.nodebed import OUTSIDE_IP, bed_fixture
 from udpoverlay.lab.netns import wait_for
 
 MODES = ("iptables", "nftables")
@@ -27,11 +24,7 @@ MODES = ("iptables", "nftables")
 
 @pytest.fixture
 def bed(lab, tmp_path, request):
-    b = NodeBed(lab, tmp_path)
-    yield b
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        print(b.ov.dump_logs())
+    yield from bed_fixture(lab, tmp_path, request)
 
 
 def _installed(bed, node, mode) -> bool:
@@ -39,19 +32,6 @@ def _installed(bed, node, mode) -> bool:
     if mode == "iptables":
         return "-j FLANNEL-POSTRTG" in text and "-j FLANNEL-FWD" in text
     return "table ip flannel-ipv4" in text and "-j FLANNEL-FWD" in text
-
-
-def _udp_source(bed, src_ns: str, src_ip: str, dst, dst_ip: str, port: int) -> str:
-    """Send one datagram src -> dst_ip:port; the source address the
-    listener in dst (a Host or a Pod: a name and a netns) saw."""
-    proc, out = start_listener(bed.ov, dst, dst_ip, port)
-    r = bed.run(src_ns, [sys.executable, "-c", SENDER, src_ip, "0", dst_ip, str(port),
-                         b"legit".hex()])
-    assert r.returncode == 0, r.stderr
-    proc.wait(timeout=20)
-    words = out.read_text().split()
-    assert words[-1:] == ["legit"], f"nothing arrived at {dst_ip}:{port}: {words}"
-    return words[-2]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -72,13 +52,13 @@ def test_pods_across_drop_hosts_and_out_through_masquerade(bed, mode):
     for src, dst, port in ((a1, b1, 7101), (b2, a2, 7102)):
         r = bed.ping(src.netns, dst.address)
         assert r.returncode == 0 and "3 received" in r.stdout, r.stdout + bed.ov.dump_logs()
-        assert _udp_source(bed, src.netns, src.address, dst, dst.address, port) == src.address
+        assert bed.udp_source(src.netns, src.address, dst, dst.address, port) == src.address
 
     # out of the network: masqueraded to the node's address, replies come back
     for node, pod, port in ((nodes[0], a2, 7201), (nodes[1], b1, 7202)):
         r = bed.ping(pod.netns, OUTSIDE_IP)
         assert r.returncode == 0 and "3 received" in r.stdout, r.stdout + bed.ov.dump_logs()
-        assert _udp_source(bed, pod.netns, pod.address, outside, OUTSIDE_IP, port) == \
+        assert bed.udp_source(pod.netns, pod.address, outside, OUTSIDE_IP, port) == \
             node.public_ip
 
     # SIGTERM: a clean exit, and the rules are gone; nobody else's are touched

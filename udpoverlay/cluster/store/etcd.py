@@ -178,7 +178,8 @@ class EtcdStore:
                  ca_file: str | None = None, cert_file: str | None = None,
                  key_file: str | None = None, username: str | None = None,
                  password: str | None = None, timeout: float = 5.0) -> None:
-        self._closing: set[asyncio.Task] = set()
+        self._dropped: dict[aetcd.Client, asyncio.TimerHandle] = {}   # closed later
+        self._closers: set[asyncio.Task] = set()
         self.endpoints = [parse_endpoint(e) for e in endpoints]
         if not self.endpoints:
             raise ConfigError("no etcd endpoints given")
@@ -220,16 +221,23 @@ class EtcdStore:
         channel, so the others get time to fail on their own first."""
         client, self._client = self._client, None
         if client is not None:
-            task = asyncio.get_running_loop().create_task(self._close_later(client))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._dropped[client] = asyncio.get_running_loop().call_later(
+                CLOSE_GRACE, self._start_closing, client)
 
-    async def _close_later(self, client: aetcd.Client) -> None:
-        await asyncio.sleep(CLOSE_GRACE)
+    def _start_closing(self, client: aetcd.Client) -> None:
+        task = asyncio.get_running_loop().create_task(self._close_client(client))
+        self._closers.add(task)                  # a strong reference until done
+        task.add_done_callback(self._closers.discard)
+
+    async def _close_client(self, client: aetcd.Client) -> None:
+        """Close one client (bounded; a broken channel may fail to close)."""
+        handle = self._dropped.pop(client, None)
+        if handle is not None:
+            handle.cancel()
         try:
             await asyncio.wait_for(client.close(), CLOSE_GRACE)
-        except Exception as e:  # closing a broken channel may fail; nothing to do
-            log.debug("closing etcd client for %s: %s", self.endpoint, _one_line(e))
+        except Exception as e:  # noqa: BLE001 - nothing more to do with it
+            log.debug("closing etcd client: %s", _one_line(e))
 
     async def _fail_over(self, error: LeaseStoreError) -> None:
         """The server is unreachable: drop the channel (the next call opens a
@@ -409,13 +417,9 @@ class EtcdStore:
         return out
 
     async def close(self) -> None:
-        """Close every client now (nothing else uses the store any more)."""
-        client, self._client = self._client, None
-        for task in list(self._closing):
-            task.cancel()
-        clients = [client] if client is not None else []
-        for c in clients:
-            try:
-                await asyncio.wait_for(c.close(), CLOSE_GRACE)
-            except Exception as e:  # noqa: BLE001 - closing anyway
-                log.debug("closing etcd client: %s", _one_line(e))
+        """Close every client now, the dropped ones too (nothing else uses
+        the store any more)."""
+        clients = [*self._dropped, *([self._client] if self._client is not None else [])]
+        self._client = None
+        for client in clients:
+            await self._close_client(client)
