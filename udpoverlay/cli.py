@@ -23,14 +23,18 @@ from udpoverlay.errors import ConfigError, ControlError, TunSetupError
 from udpoverlay.options import (
     BACKENDS,
     DEFAULT_HEALTHZ_IP,
+    DEFAULT_IO_MODE,
     DEFAULT_IPTABLES_RESYNC,
     DEFAULT_LEASE_TTL,
     DEFAULT_PORTS,
     DEFAULT_PREFIX,
     DEFAULT_RENEW_MARGIN_MIN,
+    DEFAULT_RESOLVE_INTERVAL,
     DEFAULT_SUBNET_FILE,
     DEFAULT_TUN,
     DEFAULT_VNI,
+    IO_MODES,
+    LOG_FORMATS,
     Options,
 )
 
@@ -140,15 +144,37 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                     "TUN's route), so overlay traffic is dropped locally while the TUN is "
                     "gone instead of leaking to the default route; removed on exit")
     n.add_argument("--healthz-ip", default=DEFAULT_HEALTHZ_IP, metavar="IP",
-                   help=f"health endpoint address (default {DEFAULT_HEALTHZ_IP}; accepted, "
-                        f"not served yet)")
+                   help=f"address of the /healthz, /readyz and /metrics endpoint "
+                        f"(default {DEFAULT_HEALTHZ_IP})")
     n.add_argument("--healthz-port", default=0, metavar="PORT",
-                   help="health endpoint port (default 0 = off; accepted, not served yet)")
+                   help="port of that endpoint (default 0 = off)")
+    s = p.add_argument_group("static peers (no etcd: laptops, small setups)")
+    s.add_argument("--peers-file", metavar="FILE", default=None,
+                   help="a TOML file of peers, merged with --peer; re-read on SIGHUP")
+    s.add_argument("--resolve-interval", metavar="SECONDS", default=None,
+                   help=f"re-resolve peer names this often (default "
+                        f"{DEFAULT_RESOLVE_INTERVAL:g})")
+    _bool_flag(s, "--strict-peers", default=False,
+               help="a peer name that does not resolve at start is an error (default: "
+                    "the peer waits and is retried)")
+    s.add_argument("--keepalive", metavar="SECONDS", default=0,
+                   help="send a keepalive to each peer after this long without traffic, "
+                        "to hold NAT mappings open (default 0 = off)")
     _add_cluster_args(p)
-    p.add_argument("-v", "--v", "--verbose", dest="v", nargs="?", const=2, default=0,
+    g = p.add_argument_group("process")
+    g.add_argument("-v", "--v", "--verbose", dest="v", nargs="?", const=2, default=0,
                    type=envflags.parse_level, metavar="N",
                    help="log detail as flanneld's -v: 0 (default) info, 1 our debug "
                         "messages, 2 or more everything (bare -v = 2)")
+    g.add_argument("--log-format", default="text", choices=LOG_FORMATS,
+                   help="text (default; no timestamp when stderr is journald) or json, "
+                        "one object per line")
+    g.add_argument("--env-file", metavar="FILE", default=None,
+                   help="FLANNELD_* settings in a file (systemd EnvironmentFile syntax), "
+                        "read at start and again on SIGHUP")
+    g.add_argument("--io", dest="io_mode", default=DEFAULT_IO_MODE, choices=IO_MODES,
+                   help="TUN I/O: io_uring (batched), epoll (one read per packet), or "
+                        "auto (default: io_uring when the kernel allows it)")
 
 
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
@@ -230,7 +256,10 @@ def _common(args) -> dict:
                 iptables_resync=args.iptables_resync,
                 ip_masq_fully_random_disable=args.ip_masq_fully_random_disable,
                 ip_blackhole_route=args.ip_blackhole_route, healthz_ip=args.healthz_ip,
-                healthz_port=args.healthz_port, verbosity=args.v)
+                healthz_port=args.healthz_port, verbosity=args.v,
+                log_format=args.log_format, env_file=args.env_file, io_mode=args.io_mode,
+                peers_file=args.peers_file, resolve_interval=args.resolve_interval,
+                strict_peers=args.strict_peers, keepalive=args.keepalive)
 
 
 def run_options(args) -> Options:
@@ -261,8 +290,8 @@ def _cmd_run(args, env: dict[str, str]) -> int:
         if opts.cluster:
             from udpoverlay.cluster import node as cluster
             return cluster.run(opts)
-        from udpoverlay import daemon
-        return daemon.run(opts)
+        from udpoverlay.static import mode as static
+        return static.run(opts)
     except ConfigError as exc:
         return _fail(str(exc), 2, env)
     except (TunSetupError, LeaseStoreError, FirewallError) as exc:

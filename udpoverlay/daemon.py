@@ -8,14 +8,20 @@ ordered start and shutdown.
   setup()   the rest, also sync: TUN configured by netlink -> vxlan
             source sockets -> data-plane engine with the peers.
   serve()   on the loop: control socket, data-plane readers (or worker
-            threads), the vxlan ARP resolver; returns when stop() is called
-            (SIGINT/SIGTERM call it).
+            threads), the vxlan ARP resolver, the extra `services` the mode
+            runner registered; marks the Lifecycle ready; returns when
+            stop() is called (SIGINT/SIGTERM call it). SIGHUP runs the
+            registered `reloaders` in order, traffic untouched.
   close()   undoes setup in reverse, idempotent: the TUN fd first (the device
             and its routes go with it), then the engine and the sockets.
 
-Cluster mode (cluster/node.py) runs open_host() before it writes to etcd,
-setup() with the options completed from the lease, and stops the daemon
-through stop() when the membership fails.
+Static mode (static/mode.py) and cluster mode (cluster/node.py) drive it;
+cluster mode runs open_host() before it writes to etcd, setup() with the
+options completed from the lease, and stops the daemon through stop() when
+the membership fails. Extension points, so the modes and the operations
+layer (ops/) plug in without editing this file: `services` (coroutine
+functions run as tasks while serving), `reloaders` (SIGHUP),
+`status_sections` (extra top-level keys of the status document).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import os
 import signal
 import socket
 import time
+from typing import Any, Callable, Coroutine
 
 from udpoverlay import __version__, dataplane
 from udpoverlay.control import ControlServer
@@ -35,10 +42,11 @@ from udpoverlay.errors import ConfigError, TunSetupError
 from udpoverlay.host import interfaces, sockets
 from udpoverlay.host import tun as tunmod
 from udpoverlay.host.nodenet import NodeNetwork
+from udpoverlay.lifecycle import Lifecycle
 from udpoverlay.options import Options
 from udpoverlay.peer import derive_vtep_mac, format_mac
 
-__all__ = ["Daemon", "run", "run_loop", "loop_name", "prepare", "OVERHEAD"]
+__all__ = ["Daemon", "run_loop", "loop_name", "prepare", "interrupt_on_sigterm", "OVERHEAD"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +70,7 @@ def prepare(opts: Options) -> Options:
 class Daemon:
     """Holds every resource the daemon created, for status and shutdown."""
 
-    def __init__(self, opts: Options) -> None:
+    def __init__(self, opts: Options, lifecycle: Lifecycle | None = None) -> None:
         if opts.public_ip is None:
             raise ConfigError("the daemon needs a public IP")
         if opts.bind_ip is None:       # bind what we advertise (no NAT)
@@ -82,6 +90,11 @@ class Daemon:
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
+        self.lifecycle = lifecycle or Lifecycle()
+        self.services: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self.reloaders: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self.status_sections: dict[str, Callable[[], Any]] = {}
+        self._reloading: asyncio.Task | None = None
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:
@@ -155,7 +168,7 @@ class Daemon:
                 self.engine.set_offload(True, udp_gso=sockets.udp_gso_supported(self.sock),
                                         tun_uso="uso4" in self.tun.offloads)
             self.runner = dataplane.Runner(self.engine, self.tun.fd, self.sock.fileno(),
-                                           threads=o.threads)
+                                           threads=o.threads, io=o.io_mode)
             # Masquerade/forward rules, DirectRouting, blackhole route.
             self.nodenet = NodeNetwork(o, self.subnet, self.network, self.tun.name)
             self.nodenet.start()
@@ -275,6 +288,12 @@ class Daemon:
             doc["routes"] = [{"subnet": p["subnet"], "via": f"{p['public_ip']}:{p['port']}"}
                              for p in peers]
             doc["counters"] = self.engine.counters()
+        doc["phase"] = self.lifecycle.phase
+        for key, section in self.status_sections.items():
+            try:
+                doc[key] = section()
+            except Exception as exc:  # noqa: BLE001 - status must always answer
+                doc[key] = {"error": str(exc)}
         return doc
 
     # -- the loop -------------------------------------------------------
@@ -283,6 +302,23 @@ class Daemon:
         self._stop_requested = True
         if self._stop is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
+
+    def reload(self) -> None:
+        """SIGHUP: run the reloaders in order on the loop (one reload at a
+        time; a SIGHUP during a reload is folded into it). A failing
+        reloader is logged; the others still run and traffic keeps flowing."""
+        if self._reloading is not None and not self._reloading.done():
+            log.info("SIGHUP: a reload is already running")
+            return
+        self._reloading = asyncio.get_running_loop().create_task(self._reload())
+
+    async def _reload(self) -> None:
+        log.info("SIGHUP: reloading")
+        for reloader in list(self.reloaders):
+            try:
+                await reloader()
+            except Exception as exc:  # noqa: BLE001 - keep the running state
+                log.error("reload failed, running state kept: %s", exc)
 
     async def serve(self) -> int:
         """Run the data plane until stop() (SIGINT/SIGTERM call it); 0."""
@@ -293,6 +329,7 @@ class Daemon:
             self._stop.set()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         tasks: list[asyncio.Task] = []
         try:
             self.control = ControlServer(self.opts.tun, self.status)
@@ -307,10 +344,16 @@ class Daemon:
                     dataplane.arp.resolve_macs(self.engine, self.sock)))
             if self.nodenet is not None and self.nodenet.resync:
                 tasks.append(asyncio.create_task(self._resync(self.nodenet.resync)))
+            for service in self.services:
+                tasks.append(asyncio.create_task(service()))
             log.info("running; control socket %s", self.control.path)
+            self.lifecycle.set_ready()
             await self._stop.wait()
             log.info("shutting down")
         finally:
+            self.lifecycle.set_stopping()
+            if self._reloading is not None:
+                tasks.append(self._reloading)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -321,7 +364,7 @@ class Daemon:
                 await asyncio.to_thread(self.nodenet.close)
                 self.nodenet = None
             self.close()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         log.info("stopped")
         return 0
@@ -360,15 +403,7 @@ def interrupt_on_sigterm() -> None:
     def _interrupt(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, _interrupt)
+    # SIGHUP means "reload" (systemctl reload), never "exit": ignored until
+    # serve() installs the reload handler.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
-
-def run(opts: Options) -> int:
-    """Static mode: run the daemon in the foreground until SIGINT/SIGTERM;
-    the exit code. ConfigError / TunSetupError propagate to the CLI."""
-    interrupt_on_sigterm()
-    daemon = Daemon(prepare(opts))
-    daemon.setup()
-    try:
-        return run_loop(daemon.serve())
-    finally:
-        daemon.close()

@@ -26,7 +26,9 @@ from udpoverlay.peer import Peer, parse_mac
 __all__ = ["Options", "build_config", "build_cluster_options", "parse_peer", "check_vni",
            "check_mtu", "DEFAULT_TUN", "DEFAULT_PORTS", "BACKENDS", "DEFAULT_VNI", "MAX_VNI",
            "DEFAULT_PREFIX", "DEFAULT_SUBNET_FILE", "DEFAULT_LEASE_TTL", "MIN_LEASE_TTL",
-           "DEFAULT_RENEW_MARGIN_MIN", "DEFAULT_IPTABLES_RESYNC", "DEFAULT_HEALTHZ_IP"]
+           "DEFAULT_RENEW_MARGIN_MIN", "DEFAULT_IPTABLES_RESYNC", "DEFAULT_HEALTHZ_IP",
+           "LOG_FORMATS", "IO_MODES", "DEFAULT_IO_MODE", "DEFAULT_RESOLVE_INTERVAL",
+           "MAX_KEEPALIVE"]
 
 # -- defaults (flannel's where flannel has one) ----------------------------------
 DEFAULT_TUN = "udpov0"                          # the TUN device
@@ -42,6 +44,11 @@ DEFAULT_RENEW_MARGIN_MIN = 60                   # minutes, flanneld's --subnet-l
 RENEW_MARGIN_RANGE = (1, 1439)                  # minutes, as flanneld checks it
 DEFAULT_IPTABLES_RESYNC = 5                     # seconds
 DEFAULT_HEALTHZ_IP = "0.0.0.0"
+LOG_FORMATS = ("text", "json")
+IO_MODES = ("auto", "io_uring", "epoll")
+DEFAULT_IO_MODE = "auto"
+DEFAULT_RESOLVE_INTERVAL = 60.0
+MAX_KEEPALIVE = 3600
 MTU_RANGE = (576, 65535)
 
 
@@ -72,6 +79,14 @@ class Options:
     healthz_ip: str = DEFAULT_HEALTHZ_IP
     healthz_port: int = 0           # 0 = off
     verbosity: int = 0              # -v N
+    log_format: str = "text"        # text | json (--log-format)
+    env_file: str | None = None     # FLANNELD_* settings re-read on SIGHUP (--env-file)
+    io_mode: str = DEFAULT_IO_MODE  # TUN I/O: auto | io_uring | epoll (--io)
+    # static peers (laptops): a TOML peers file, name resolution, NAT keepalives
+    peers_file: str | None = None
+    resolve_interval: float = DEFAULT_RESOLVE_INTERVAL   # seconds
+    strict_peers: bool = False      # a peer name that does not resolve at start: error
+    keepalive: int = 0              # seconds; 0 = off
     # static mode; in cluster mode these come from etcd
     subnet: ipaddress.IPv4Network | None = None
     network: ipaddress.IPv4Network | None = None
@@ -209,7 +224,9 @@ def _common(*, public_ip=None, tun=None, iface=(), iface_regex=(), iface_can_rea
             ip_masq=False, iptables_forward_rules=True,
             iptables_resync=DEFAULT_IPTABLES_RESYNC, ip_masq_fully_random_disable=False,
             ip_blackhole_route=False, healthz_ip=DEFAULT_HEALTHZ_IP, healthz_port=0,
-            verbosity=0) -> dict:
+            verbosity=0, log_format="text", env_file=None, io_mode=DEFAULT_IO_MODE,
+            peers_file=None, resolve_interval=DEFAULT_RESOLVE_INTERVAL, strict_peers=False,
+            keepalive=0) -> dict:
     """The flags both modes share, validated into Options fields."""
     if isinstance(iface, str):
         iface = [iface]
@@ -226,7 +243,33 @@ def _common(*, public_ip=None, tun=None, iface=(), iface_regex=(), iface_can_rea
         ip_blackhole_route=bool(ip_blackhole_route),
         healthz_ip=str(_ip(healthz_ip or DEFAULT_HEALTHZ_IP, "--healthz-ip")),
         healthz_port=_int(healthz_port or 0, "--healthz-port", 0, 65535),
-        verbosity=_int(verbosity or 0, "-v", 0, 10))
+        verbosity=_int(verbosity or 0, "-v", 0, 10),
+        log_format=_choice(log_format or "text", "--log-format", LOG_FORMATS),
+        env_file=env_file or None,
+        io_mode=_choice(io_mode or DEFAULT_IO_MODE, "--io", IO_MODES),
+        peers_file=peers_file or None,
+        resolve_interval=_seconds(resolve_interval, "--resolve-interval", 1, 86400),
+        strict_peers=bool(strict_peers),
+        keepalive=_int(keepalive or 0, "--keepalive", 0, MAX_KEEPALIVE))
+
+
+def _choice(value, what: str, choices: tuple[str, ...]) -> str:
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise ConfigError(f"{what}: {value!r} is not one of {', '.join(choices)}")
+    return text
+
+
+def _seconds(value, what: str, low: float, high: float) -> float:
+    if value is None or value == "":
+        return DEFAULT_RESOLVE_INTERVAL
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{what}: bad number of seconds {value!r}") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{what} {number:g} out of range ({low:g}-{high:g} s)")
+    return number
 
 
 def _mac(value, what: str) -> bytes | None:

@@ -62,6 +62,13 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "--lease-ttl": ("600", "600"),
     "--subnet-lease-renew-margin": ("30", "30"),
     "--v": ("3", 3),
+    "--log-format": ("json", "json"),
+    "--env-file": ("/etc/udpoverlay/env", "/etc/udpoverlay/env"),
+    "--io": ("epoll", "epoll"),
+    "--peers-file": ("/etc/udpoverlay/peers.toml", "/etc/udpoverlay/peers.toml"),
+    "--resolve-interval": ("30", "30"),
+    "--strict-peers": ("true", True),
+    "--keepalive": ("25", "25"),
 }
 ALIASES = {"--underlay-iface": "--iface", "--verbose": "--v"}
 

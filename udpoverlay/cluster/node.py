@@ -30,6 +30,8 @@ from udpoverlay.cluster.subnetenv import previous_subnet, write_subnet_env
 from udpoverlay.daemon import Daemon, prepare, run_loop
 from udpoverlay.errors import ConfigError, NetworkConfigChanged
 from udpoverlay.host.interfaces import interface_network
+from udpoverlay.lifecycle import Lifecycle
+from udpoverlay.ops import Ops
 from udpoverlay.options import Options
 from udpoverlay.peer import derive_vtep_mac, format_mac
 
@@ -72,7 +74,11 @@ async def _main(opts: Options) -> int:
                       username=opts.etcd_username, password=opts.etcd_password)
     daemon: ClusterDaemon | None = None
     task: asyncio.Task | None = None
+    lifecycle = Lifecycle()
+    ops = Ops(opts, lifecycle)
+    await ops.start()       # /healthz answers, /readyz says why not, from here on
     try:
+        lifecycle.waiting("the underlay interface")
         opts = await asyncio.to_thread(prepare, opts)     # bind_ip, public_ip
         public_ip = str(opts.public_ip)
         membership = ClusterMembership(
@@ -80,6 +86,7 @@ async def _main(opts: Options) -> int:
             previous_subnet=previous_subnet(opts.subnet_file),
             lease_ttl=opts.lease_ttl, renew_margin=opts.renew_margin, retry_max=2.0,
             underlay_network=await asyncio.to_thread(interface_network, str(opts.bind_ip)))
+        lifecycle.waiting("the network config from etcd")
         config = await membership.load_config()
         opts = with_network_config(opts, config)
         vtep_mac = None
@@ -89,10 +96,13 @@ async def _main(opts: Options) -> int:
         # Bind the port, create the TUN and take the MTU before anything is
         # written to etcd: a second instance on this host fails here, never
         # having touched the first one's lease.
-        daemon = ClusterDaemon(opts)
+        daemon = ClusterDaemon(opts, lifecycle)
         daemon.membership = membership
+        ops.attach(daemon)
         await asyncio.to_thread(daemon.open_host)
+        lifecycle.waiting("a subnet lease from etcd")
         lease = await membership.acquire()
+        lifecycle.waiting("the data plane")
         await asyncio.to_thread(daemon.setup, opts.for_lease(
             public_ip=public_ip, subnet=str(lease.subnet), network=str(config.network),
             backend=config.backend_type, port=config.backend_port, vni=config.vni,
@@ -130,6 +140,7 @@ async def _main(opts: Options) -> int:
             pass
         if daemon is not None:
             daemon.close()
+        await ops.close()
 
 
 def run(opts: Options) -> int:

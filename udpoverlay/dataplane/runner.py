@@ -33,8 +33,10 @@ class Runner:
     event loop (threads=False) or on two worker threads. stop() is
     idempotent and joins the workers."""
 
-    def __init__(self, engine, tun_fd: int, sock_fd: int, threads: bool = False) -> None:
+    def __init__(self, engine, tun_fd: int, sock_fd: int, threads: bool = False,
+                 io: str = "auto") -> None:
         self.engine = engine
+        self.io_requested = io      # auto | io_uring | epoll (issue 14: not used yet)
         self.core = engine.core
         self.tun_fd = tun_fd
         self.sock_fd = sock_fd
