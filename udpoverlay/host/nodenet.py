@@ -67,6 +67,8 @@ class NodeNetwork:
         TunSetupError for the route, on failure)."""
         if self.firewall is not None:
             self.firewall.apply()
+        if self.direct is not None:
+            self.direct.adopt(self.network)
         if self.blackhole:
             self._route("replace")
             self._blackhole_installed = True

@@ -18,6 +18,9 @@ Design notes:
   tunnel. Every delete names the protocol and the gateway, so a route someone
   replaced meanwhile is not ours any more and the kernel keeps it (ESRCH).
   A changed peer is delete + add, never replace.
+- A daemon killed with SIGKILL cannot remove its routes. At start, adopt()
+  takes over the proto-117 routes inside our network left by such a run:
+  the first update() keeps those a peer still wants and deletes the rest.
 - Lookups cost a netlink round trip (~0.2 ms): an update looks up only public
   IPs it has not decided yet; all of them again at most every `recheck`
   seconds (an underlay change between leases changes nothing before that).
@@ -110,6 +113,27 @@ class DirectRoutes:
         """Our routes now: subnet -> gateway (for status and tests)."""
         with self._lock:
             return {str(net): r.gateway for net, r in self._installed.items()}
+
+    def adopt(self, network: ipaddress.IPv4Network) -> int:
+        """Take over our protocol's routes inside `network` that a previous
+        run left behind (killed before it could remove them): the next
+        update() keeps or deletes them like its own. The number adopted."""
+        return _off_loop(self._adopt, network)
+
+    def _adopt(self, network: ipaddress.IPv4Network) -> int:
+        adopted = 0
+        with self._lock, self._netlink() as ipr:
+            for r in ipr.get_routes(family=2, proto=ROUTE_PROTO, table=254):
+                dst, gw, oif = attr(r, "RTA_DST"), attr(r, "RTA_GATEWAY"), attr(r, "RTA_OIF")
+                if r["proto"] != ROUTE_PROTO or not dst or not gw or not oif:
+                    continue
+                net = ipaddress.IPv4Network(f"{dst}/{r['dst_len']}", strict=False)
+                if net.subnet_of(network) and net not in self._installed:
+                    self._installed[net] = _Route(str(gw), int(oif))
+                    adopted += 1
+                    log.info("DirectRouting: adopted %s via %s, left by a previous run",
+                             net, gw)
+        return adopted
 
     # -- update ------------------------------------------------------------------
     def update(self, peers: Iterable[Peer]) -> list[Peer]:

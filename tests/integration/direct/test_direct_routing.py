@@ -130,3 +130,32 @@ def test_one_sided_gateway_still_connects(overlay3):
     wait_routes(ov, 3, [1, 2])
     assert_pings(ov, 1, 3)
     assert_pings(ov, 3, 1)
+
+
+def test_routes_left_by_a_killed_run_are_adopted(overlay2):
+    """A SIGKILLed daemon cannot remove its routes. The next run takes over
+    our protocol's routes inside the network: the one a peer still wants
+    stays, the stale one goes; a proto-117 route outside the network (not
+    ours to judge) and a foreign route inside it are left alone."""
+    ov = overlay2
+    h1 = ov.hosts[1]
+    gw = underlay_of(2)
+    for route in ([str(subnet_of(2)), "via", gw, "dev", "eth0", "proto", str(ROUTE_PROTO)],
+                  ["198.19.77.0/24", "via", gw, "dev", "eth0", "proto", str(ROUTE_PROTO)],
+                  ["198.18.77.0/24", "via", gw, "dev", "eth0", "proto", str(ROUTE_PROTO)],
+                  ["198.19.78.0/24", "via", gw, "dev", "eth0", "proto", "static"]):
+        ov.run(h1, ["ip", "route", "add", *route], timeout=10)
+    start_direct(ov, 2, [1])
+    d1 = start_direct(ov, 1, [2])
+    outside = f"198.18.77.0/24 via {gw} dev eth0"
+    want = sorted([direct(2), outside])
+    try:
+        wait_for(lambda: our_routes(ov, 1) == want, 10, 0.1, "stale route removed")
+    except TimeoutError:
+        raise AssertionError(f"routes {our_routes(ov, 1)}, want {want}\n"
+                             f"{ov.dump_logs()}") from None
+    static = ov.run(h1, ["ip", "-o", "route", "show", "198.19.78.0/24"], timeout=10).stdout
+    assert "198.19.78.0/24" in static
+    assert_pings(ov, 1, 2)
+    assert ov.stop(d1) == 0, d1.stderr()
+    assert our_routes(ov, 1) == [outside]
