@@ -137,7 +137,11 @@ cdef int inbound_c(const cfg_t *c, rx_t *rx, table_t *t, const uint8_t *d, Py_ss
             v += 1
         if lo == v:
             return BAD_PORT
+        if n < IPV4_MIN:
+            return KEEPALIVE    # a NAT keepalive (issue 13): counted, not written
         return inner_c(c, t, d, n, lo, v, peer)
+    if n < IPV4_MIN:
+        return KEEPALIVE
     if n < VXLAN_HDR:
         return TOO_SHORT
     if not (d[0] & 0x08):

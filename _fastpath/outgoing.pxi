@@ -11,6 +11,10 @@
 # Only this direction touches tx_t, so run_tx may run on its own thread.
 # A full socket buffer is waited for at most MAX_WAITS times WAIT_MS per
 # batch and socket; messages that still do not fit count as tx_error.
+#
+# With io_uring (Core.set_io) a round's TUN reads are queued on the ring and
+# submitted in one kernel entry (ring_reads); each lands in the slot its
+# read() would have used, so everything after the read is the same code.
 
 
 cdef struct tx_t:
@@ -32,6 +36,14 @@ cdef struct tx_t:
     sockaddr_in *mm_addr
     uint8_t *cmsg
     uint8_t zero_vnet[VNET_HDR_LEN]
+    # io_uring: this direction's ring (NULL: read()), reads to queue next
+    # round (adaptive), the errno that closed the ring
+    uo_ring *ring
+    int want
+    int ring_err
+    uint64_t ring_batches        # submissions that read the TUN through the ring
+    iovec uiov[BATCH]
+    uo_op uops[BATCH]
 
 
 cdef int tx_alloc_offload(tx_t *tx) noexcept nogil:
@@ -49,6 +61,8 @@ cdef int tx_alloc_offload(tx_t *tx) noexcept nogil:
 
 
 cdef void tx_free(tx_t *tx) noexcept nogil:
+    uo_ring_close(tx.ring)
+    tx.ring = NULL
     free(tx.slots)
     free(tx.b.arena)
     free(tx.b.msgs)
@@ -186,18 +200,103 @@ cdef void send_all(tx_t *tx, int fd, mmsghdr *msgs, int m) noexcept nogil:
             i += sent
 
 
+# -- TUN reads through io_uring -------------------------------------------------------
+cdef int ring_reads(tx_t *tx, int tun_fd, uint8_t *first, size_t stride,
+                    size_t length) noexcept nogil:
+    """Queue tx.want reads of the TUN, read i into first + i * stride, and
+    submit them in one kernel entry: how many were queued (tx.uops[i].res:
+    bytes or -errno each), or -1 when the ring failed or the fd refuses
+    RWF_NOWAIT; the ring is then closed and the caller goes on with read()."""
+    cdef int i, n = tx.want, rc, got = 0
+    if n < 1 or n > BATCH:
+        n = BATCH
+    for i in range(n):
+        tx.uiov[i].iov_base = first + <size_t>i * stride
+        tx.uiov[i].iov_len = length
+        tx.uops[i].iov = &tx.uiov[i]
+        tx.uops[i].iovcnt = 1
+    rc = uo_ring_batch(tx.ring, 0, tun_fd, tx.uops, n)
+    for i in range(n):
+        if tx.uops[i].res >= 0:
+            got += 1
+    if rc == 0 and got == 0 and (tx.uops[0].res == -EOPNOTSUPP or tx.uops[0].res == -EINVAL):
+        rc = tx.uops[0].res
+    if rc < 0:
+        tx.ring_err = -rc
+        uo_ring_close(tx.ring)
+        tx.ring = NULL
+        return -1
+    tx.ring_batches += 1
+    # Next round: twice what this one found, so a drained queue costs a few
+    # -EAGAIN reads, not a batch of them.
+    tx.want = BATCH if 2 * got >= BATCH else (4 if got < 2 else 2 * got)
+    return n
+
+
+cdef inline bint ring_result(tx_t *tx, int i, ssize_t *r) noexcept nogil:
+    """Read i of ring_reads: True with r = its length, or False (an empty
+    TUN ends the round after this batch; other errors count as tx_error,
+    as a failed read() does)."""
+    r[0] = tx.uops[i].res
+    if r[0] >= 0:
+        return True
+    if r[0] != -EAGAIN:
+        tx.verdicts[TX_ERROR] += 1
+    return False
+
+
 # -- the loop without offloads: one TUN read = one packet = one datagram ----------------
-cdef int tun_to_udp_plain(const cfg_t *c, tx_t *tx, int tun_fd, int sock_fd) noexcept nogil:
-    cdef int done = 0, rounds, n, m, i, idx, v, s, k
-    cdef ssize_t r, h
-    cdef uint8_t *slot
+cdef int tx_plain_one(const cfg_t *c, tx_t *tx, uint8_t *slot, ssize_t r, int tun_fd,
+                      int sock_fd, int m) noexcept nogil:
+    """One packet read into slot: verdict, ICMP error back to the TUN,
+    encapsulation in place, message m of the batch; the next m."""
+    cdef int idx, v
+    cdef ssize_t h
     cdef peer_t *p
-    cdef const table_t *t
+    cdef const table_t *t = c.table
+    v = outbound_c(c, tx, t, slot, r, &idx)
+    count_out(tx, t, v, idx, r)
+    if tx.reply_len:
+        write(tun_fd, tx.reply, tx.reply_len)
+    if v != OK:
+        return m
+    p = &t.peers[idx]
+    tx.msg_fd[m] = sock_fd
+    if c.n_tx:
+        tx.msg_fd[m] = c.tx_fds[flow_hash_c(slot, r) % c.n_tx]
+    h = encap_c(c, t, slot, idx)
+    tx.iov[m].iov_base = slot - h
+    tx.iov[m].iov_len = <size_t>(r + h)
+    tx.addrs[m].sin_family = AF_INET
+    tx.addrs[m].sin_port = htons(p.port)
+    tx.addrs[m].sin_addr.s_addr = htonl(p.ip)
+    memset(&tx.msgs[m], 0, sizeof(mmsghdr))
+    tx.msgs[m].msg_hdr.msg_name = &tx.addrs[m]
+    tx.msgs[m].msg_hdr.msg_namelen = sizeof(sockaddr_in)
+    tx.msgs[m].msg_hdr.msg_iov = &tx.iov[m]
+    tx.msgs[m].msg_hdr.msg_iovlen = 1
+    return m + 1
+
+
+cdef int tun_to_udp_plain(const cfg_t *c, tx_t *tx, int tun_fd, int sock_fd) noexcept nogil:
+    cdef int done = 0, rounds, n, m, i, s, k, queued
+    cdef ssize_t r
+    cdef uint8_t *slot
     cdef bint empty = False
     for rounds in range(MAX_ROUNDS):
         n = 0
         m = 0
-        while n < BATCH:
+        queued = -1
+        if tx.ring != NULL:
+            queued = ring_reads(tx, tun_fd, tx.slots + VXLAN_HDR, STRIDE, SLOT)
+        for i in range(queued):
+            if not ring_result(tx, i, &r):
+                empty = True
+                continue
+            done += 1
+            m = tx_plain_one(c, tx, tx.slots + <size_t>i * STRIDE + VXLAN_HDR, r,
+                             tun_fd, sock_fd, m)
+        while queued < 0 and n < BATCH:
             slot = tx.slots + <size_t>n * STRIDE + VXLAN_HDR
             r = read(tun_fd, slot, SLOT)
             if r < 0:
@@ -209,29 +308,7 @@ cdef int tun_to_udp_plain(const cfg_t *c, tx_t *tx, int tun_fd, int sock_fd) noe
                 break
             n += 1
             done += 1
-            t = c.table
-            v = outbound_c(c, tx, t, slot, r, &idx)
-            count_out(tx, t, v, idx, r)
-            if tx.reply_len:
-                write(tun_fd, tx.reply, tx.reply_len)
-            if v != OK:
-                continue
-            p = &t.peers[idx]
-            tx.msg_fd[m] = sock_fd
-            if c.n_tx:
-                tx.msg_fd[m] = c.tx_fds[flow_hash_c(slot, r) % c.n_tx]
-            h = encap_c(c, t, slot, idx)
-            tx.iov[m].iov_base = slot - h
-            tx.iov[m].iov_len = <size_t>(r + h)
-            tx.addrs[m].sin_family = AF_INET
-            tx.addrs[m].sin_port = htons(p.port)
-            tx.addrs[m].sin_addr.s_addr = htonl(p.ip)
-            memset(&tx.msgs[m], 0, sizeof(mmsghdr))
-            tx.msgs[m].msg_hdr.msg_name = &tx.addrs[m]
-            tx.msgs[m].msg_hdr.msg_namelen = sizeof(sockaddr_in)
-            tx.msgs[m].msg_hdr.msg_iov = &tx.iov[m]
-            tx.msgs[m].msg_hdr.msg_iovlen = 1
-            m += 1
+            m = tx_plain_one(c, tx, slot, r, tun_fd, sock_fd, m)
         if c.n_tx == 0:
             send_all(tx, sock_fd, tx.msgs, m)
         else:
@@ -327,14 +404,29 @@ cdef inline bint tx_room(const tx_t *tx) noexcept nogil:
 
 
 cdef int tun_to_udp_vnet(const cfg_t *c, tx_t *tx, int tun_fd, int sock_fd) noexcept nogil:
-    cdef int done = 0, rounds, reads
+    cdef int done = 0, rounds, reads, i, queued
     cdef ssize_t r
     cdef uint8_t *at
     cdef bint empty = False
     for rounds in range(MAX_ROUNDS):
         tx_begin(tx)
         reads = 0
-        while reads < BATCH and tx_room(tx):
+        queued = -1
+        if tx.ring != NULL:
+            # read i and its split own arena bytes [i * TX_PER_READ, +TX_PER_READ)
+            queued = ring_reads(tx, tun_fd, tx.b.arena + VXLAN_HDR - VNET_HDR_LEN,
+                                TX_PER_READ, VNET_HDR_LEN + 65535)
+        for i in range(queued):
+            if not ring_result(tx, i, &r):
+                empty = True
+                continue
+            if not tx_room(tx):     # where read() would have stopped the batch
+                tx_send(c, tx, sock_fd)
+                tx.b.n_msgs = 0
+            done += 1
+            tx.b.pos = <size_t>i * TX_PER_READ
+            tx_read(c, tx, tx.b.arena + tx.b.pos + VXLAN_HDR, r, tun_fd)
+        while queued < 0 and reads < BATCH and tx_room(tx):
             at = tx.b.arena + tx.b.pos + VXLAN_HDR
             r = read(tun_fd, at - VNET_HDR_LEN, VNET_HDR_LEN + 65535)
             if r < 0:

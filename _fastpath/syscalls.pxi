@@ -68,6 +68,30 @@ cdef extern from *:
     """
     #define UO_LITTLE_ENDIAN (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
     #define uo_barrier() __sync_synchronize()
+    #include <time.h>
+    static inline uint64_t uo_now_ns(void) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+    }
     """
     int UO_LITTLE_ENDIAN
     void uo_barrier() nogil
+    uint64_t uo_now_ns() nogil
+
+# io_uring batches of TUN reads (uring.h: liburing, or stubs without it).
+cdef extern from "uring.h" nogil:
+    ctypedef struct uo_ring:
+        pass
+    ctypedef struct uo_op:
+        const iovec *iov
+        int iovcnt
+        int res
+    int UO_URING_BUILT
+    int UO_RING_ENTRIES
+    int uo_ring_open(uo_ring **out)
+    void uo_ring_close(uo_ring *r)
+    int uo_ring_batch(uo_ring *r, int write, int fd, uo_op *ops, int n)
+
+cdef extern from "<string.h>" nogil:
+    char *strerror(int errnum)

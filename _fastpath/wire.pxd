@@ -26,7 +26,8 @@ cdef enum:
     ARP = 14
     BAD_GSO = 15
     BAD_PORT = 16
-    N_VERDICTS = 17
+    KEEPALIVE = 17          # a known peer's datagram shorter than an IPv4 header
+    N_VERDICTS = 18
 
 cdef enum:
     BATCH = 64              # packets per syscall batch
@@ -42,6 +43,7 @@ cdef enum:
     VXLAN_HDR = 22          # VXLAN header + inner Ethernet (RFC 7348): TUN read headroom
     ARP_LEN = 28
     ICMP_TTL = 64
+    IPV4_MIN = 20           # shorter from a known peer: a keepalive (issue 13)
     PEER_SPEC_LEN = 18      # one packed peer record (wire.PEER_SPEC_FORMAT)
     REPLY_MAX = 96          # an ICMP error (20 + 8 + at most 60 + 8) or a VXLAN ARP (22 + 28)
 

@@ -1,4 +1,5 @@
-"""From raw repetitions to medians, ratios, a Markdown table and a chart.
+"""From raw repetitions to medians, their spread, ratios, a Markdown table
+and a chart.
 
 The raw results (results.json) hold, per scenario, a status and a list of
 repetitions; each repetition maps a measurement name (tcp1, tcp4, udp64,
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.stats import median
+from benchmarks.stats import median, spread
 
 BASELINE = "kernel-vxlan"
 
@@ -92,6 +93,16 @@ def summarize(scenarios: dict[str, dict]) -> dict[str, dict[str, float | None]]:
     return summary
 
 
+def spreads(scenarios: dict[str, dict]) -> dict[str, dict[str, tuple[float, float] | None]]:
+    """(min, max) of every metric over a scenario's repetitions (None with
+    fewer than two values): the noise a reader weighs the median against."""
+    out = {}
+    for name, result in scenarios.items():
+        flat = [flatten(rep) for rep in result.get("repetitions", [])]
+        out[name] = {m.key: spread(f[m.key] for f in flat) for m in METRICS}
+    return out
+
+
 def udp64_rate_pps(result: dict) -> float | None:
     """Median udp64 datagrams/s that arrived over a scenario's repetitions.
 
@@ -146,12 +157,27 @@ def status_text(result: dict) -> str:
     return "ok"
 
 
-def markdown_table(scenarios: dict[str, dict], baseline: str = BASELINE) -> str:
-    """Rows scenarios, columns metric medians with (×ratio to baseline).
+def cell_text(m: Metric, value: float | None, rng: tuple[float, float] | None,
+              ratio: float | None) -> str:
+    """One cell: median [min–max over the repetitions] (×ratio)."""
+    if value is None:
+        return "—"
+    cell = m.fmt.format(value)
+    if rng is not None:
+        cell += f" [{m.fmt.format(rng[0])}–{m.fmt.format(rng[1])}]"
+    if ratio is not None:
+        cell += f" (×{ratio:.2f})"
+    return cell
 
-    Metrics with ratio=False (loss %) show the median alone.
+
+def markdown_table(scenarios: dict[str, dict], baseline: str = BASELINE) -> str:
+    """Rows scenarios, columns metric medians with [min–max] over the
+    repetitions (where there are two or more) and (×ratio to baseline).
+
+    Metrics with ratio=False (loss %) show no ratio.
     """
     summary = summarize(scenarios)
+    spread_of = spreads(scenarios)
     rel = ratios(summary, baseline)
     header = ["scenario", *(m.label for m in METRICS), "status"]
     lines = ["| " + " | ".join(header) + " |",
@@ -159,11 +185,8 @@ def markdown_table(scenarios: dict[str, dict], baseline: str = BASELINE) -> str:
     for name, result in scenarios.items():
         cells = [name]
         for m in METRICS:
-            value, ratio = summary[name][m.key], rel[name][m.key]
-            cell = "—" if value is None else m.fmt.format(value)
-            if ratio is not None:
-                cell += f" (×{ratio:.2f})"
-            cells.append(cell)
+            cells.append(cell_text(m, summary[name][m.key], spread_of[name][m.key],
+                                   rel[name][m.key]))
         cells.append(status_text(result))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -190,12 +213,15 @@ def markdown_report(doc: dict) -> str:
         f"{meta.get('duration', '?')} s each, one run on one topology "
         f"({meta.get('started', '?')}, kernel {meta.get('kernel', '?')}, "
         f"{meta.get('cpus', '?')} CPUs).",
-        f"(×r) = ratio to {BASELINE} in the same run. Higher is better for "
+        "[a–b] = the lowest and highest of the repetitions: the noise to weigh "
+        "a median (and a ratio) against; none with a single repetition.",
+        f"(×r) = ratio of the medians to {BASELINE} in the same run. Higher is better for "
         "throughput and kpps; lower for loss, latency and CPU. Loss % has no "
         "ratio: the kernel's loss is often 0.",
         udp64_kr_note(meta),
         f"Latency: UDP ping-pong round trip, {meta.get('latency_tool', '?')}, "
         "64-byte messages.",
+        f"udpoverlay daemons' --io: {meta.get('io') or 'their default (auto)'}.",
         "CPU is sampled during the TCP one-stream test: machine = busy time "
         "(user+nice+system+irq+softirq) of the whole machine, including both "
         "iperf3 ends; daemon = utime+stime of the two udpoverlay daemons. "

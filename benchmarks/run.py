@@ -2,6 +2,7 @@
 
     python -m benchmarks.run [--repeat N] [--duration S]
                              [--scenarios a,b,...] [--udp-rate PPS] [--out DIR]
+                             [--io auto|io_uring|epoll]
 
 Run from the repository root, as root. A scenario that cannot be set up, or
 whose daemon dies, is reported as "error: ..." in the table; the run goes on.
@@ -58,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="datagrams/s for udp64_kr (UDP 64 B at a fixed rate); "
                              f"default: what {BASELINE} received in udp64 "
                              "in this run (udp64_kr is skipped if neither)")
+    parser.add_argument("--io", choices=("auto", "io_uring", "epoll"), default=None,
+                        help="the udpoverlay daemons' --io (default: theirs, auto)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default benchmarks/results/<timestamp>/)")
     args = parser.parse_args(argv)
@@ -104,7 +107,7 @@ def run_metadata(args: argparse.Namespace, tool: str) -> dict:
     return {
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "repeat": args.repeat, "duration": args.duration,
-        "scenarios": args.scenarios, "latency_tool": tool,
+        "scenarios": args.scenarios, "latency_tool": tool, "io": args.io,
         "kernel": platform.release(), "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "iperf3": _version(["iperf3", "--version"]),
@@ -172,7 +175,7 @@ def run_scenario(topo: Topology, name: str, args: argparse.Namespace,
     mark the result interrupted and propagate after the teardown.
     """
     result.update(status="ok", error=None, repetitions=[])
-    scenario = make_scenario(name)
+    scenario = make_scenario(name, args.io)
     ep = topo.endpoints(logdir)
     servers = []
     try:

@@ -176,9 +176,10 @@ class Udpoverlay(TunnelDaemons):
 
     IFACE = "uo0"
 
-    def __init__(self, backend: str, offload: bool, threads: bool = False) -> None:
+    def __init__(self, backend: str, offload: bool, threads: bool = False,
+                 io: str | None = None) -> None:
         super().__init__()
-        self.backend, self.offload, self.threads = backend, offload, threads
+        self.backend, self.offload, self.threads, self.io = backend, offload, threads, io
         self.name = (f"udpoverlay-{backend}" + ("" if offload else "-nooffload")
                      + ("-threads" if threads else ""))
 
@@ -193,6 +194,8 @@ class Udpoverlay(TunnelDaemons):
             cmd.append("--no-offload")
         if self.threads:
             cmd.append("--threads")
+        if self.io:
+            cmd += ["--io", self.io]
         return cmd
 
 
@@ -203,8 +206,8 @@ class UdpoverlayDirect(Udpoverlay):
 
     NAME = "udpoverlay-vxlan-direct"
 
-    def __init__(self) -> None:
-        super().__init__("vxlan", offload=True)
+    def __init__(self, io: str | None = None) -> None:
+        super().__init__("vxlan", offload=True, io=io)
         self.name = self.NAME
 
     def command(self, node: Node, remote: Node, logdir: Path | None = None) -> list[str]:
@@ -273,7 +276,9 @@ def _tail(path: Path, lines: int = 3) -> str:
         return "(no log)"
 
 
-def make_scenario(name: str) -> Scenario:
+def make_scenario(name: str, io: str | None = None) -> Scenario:
+    """The scenario called name; io: the udpoverlay daemons' --io (None:
+    their default)."""
     if name == HostRouting.name:
         return HostRouting()
     if name == KernelVxlan.name:
@@ -281,11 +286,11 @@ def make_scenario(name: str) -> Scenario:
     if name == FastdNull.name:
         return FastdNull()
     if name == UdpoverlayDirect.NAME:
-        return UdpoverlayDirect()
+        return UdpoverlayDirect(io)
     for backend in ("udp", "vxlan"):
         for offload in (True, False):
             for threads in (False, True):
-                scenario = Udpoverlay(backend, offload, threads)
+                scenario = Udpoverlay(backend, offload, threads, io)
                 if scenario.name == name:
                     return scenario
     raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")

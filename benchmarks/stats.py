@@ -21,3 +21,12 @@ def percentile(values: Iterable[float], pct: float) -> float | None:
 def median(values: Iterable[float | None]) -> float | None:
     """Median of the values that are not None; None if there are none."""
     return percentile((v for v in values if v is not None), 50)
+
+
+def spread(values: Iterable[float | None]) -> tuple[float, float] | None:
+    """(min, max) of the values that are not None; None if fewer than two,
+    where there is no spread to show."""
+    data = [v for v in values if v is not None]
+    if len(data) < 2:
+        return None
+    return min(data), max(data)

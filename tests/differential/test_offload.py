@@ -226,3 +226,13 @@ def test_checksum_matches_rfc1071_on_odd_and_long_input():
         d = data(n, n % 900) if n < 69000 else b""
         assert comp.testing.checksum(d) == ref.testing.checksum(d) == cs.checksum(d)
     assert cs.checksum(bytes.fromhex("450000730000400040110000c0a80001c0a800c7")) == 0xB861
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=9000), st.integers(0, 300))
+def test_checksum_identical_around_the_long_buffer_path(data, extra):
+    """Buffers from 256 bytes take csum.h's -O3/AVX2 loop: same sums as the
+    reference on either side of that length, at any length mod 4."""
+    ref, comp = both()
+    for d in (data, data[:256 + extra % 8], data[:255], bytes(extra) + data):
+        assert comp.testing.checksum(d) == ref.testing.checksum(d)

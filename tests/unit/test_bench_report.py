@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks import measure, report
 from benchmarks.run import order_scenarios, parse_args
-from benchmarks.stats import median, percentile
+from benchmarks.stats import median, percentile, spread
 from tests.support.requirements import require
 
 # Trimmed from real iperf3 3.12 --json output.
@@ -101,6 +101,13 @@ def test_percentile_and_median():
     assert median([None]) is None
 
 
+def test_spread_is_min_max_of_two_or_more():
+    assert spread([3.0, None, 1.0, 2.0]) == (1.0, 3.0)
+    assert spread([5.0, 5.0]) == (5.0, 5.0)
+    assert spread([4.0, None]) is None      # one value: nothing to show
+    assert spread([]) is None
+
+
 def _rep(gbps, machine=None, daemon=None, p50=50.0, udp=(2000.0, 0.0),
          kr=(1500.0, 0.0)):
     rep = {
@@ -171,6 +178,27 @@ def test_summary_is_median_and_ratio_is_to_kernel_vxlan():
     assert all(v is None for v in report.ratios(summary, "absent")["kernel-vxlan"].values())
 
 
+def test_spreads_follow_the_repetitions():
+    rng = report.spreads(SCENARIOS)
+    assert rng["kernel-vxlan"]["tcp1_gbps"] == (10.0, 12.0)
+    assert rng["kernel-vxlan"]["udp64_loss_pct"] == (0.0, 0.2)
+    assert rng["kernel-vxlan"]["tcp4_gbps"] is None         # every repetition failed
+    assert rng["udpoverlay-udp"]["tcp1_gbps"] is None       # one repetition
+    assert all(v is None for v in rng["udpoverlay-vxlan"].values())
+
+
+def test_markdown_table_shows_spread_next_to_the_median():
+    lines = report.markdown_table(SCENARIOS).strip().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    kernel = dict(zip(header, (c.strip() for c in lines[2].strip("|").split("|"))))
+    assert kernel["scenario"] == "kernel-vxlan"
+    assert kernel["TCP 1 stream Gbit/s"] == "11.00 [10.00–12.00] (×1.00)"
+    assert kernel["UDP 64 B rx kpps"] == "1.5 [1.4–1.6] (×1.00)"
+    assert kernel["UDP 64 B loss %"] == "0.1 [0.0–0.2]"        # spread, still no ratio
+    assert kernel["RTT p50 µs"] == "50.0 [50.0–50.0] (×1.00)"
+    assert kernel["TCP 4 streams Gbit/s"] == "—"
+
+
 def test_markdown_table_rows_columns_and_errors():
     table = report.markdown_table(SCENARIOS)
     lines = table.strip().splitlines()
@@ -205,6 +233,10 @@ def test_markdown_report_has_notes():
     assert "sockperf" in text
     assert "paced at 1.5 kpps (median udp64 rx of kernel-vxlan)" in text
     assert "Loss % has no ratio" in text
+    assert "[a–b] = the lowest and highest of the repetitions" in text
+    assert "--io: their default (auto)" in text
+    doc["meta"]["io"] = "io_uring"
+    assert "udpoverlay daemons' --io: io_uring." in report.markdown_report(doc)
     doc["meta"]["udp64_kr_rate_pps"] = None
     assert "@kernel rate: not measured" in report.markdown_report(doc)
 
@@ -225,6 +257,19 @@ def test_parse_args_validates_scenarios():
         parse_args(["--scenarios", "nope"])
     with pytest.raises(SystemExit):
         parse_args(["--duration", "0"])
+    assert args.io is None and parse_args(["--io", "epoll"]).io == "epoll"
+    with pytest.raises(SystemExit):
+        parse_args(["--io", "uring"])
+
+
+def test_io_mode_reaches_the_daemon_command_line():
+    from benchmarks.scenarios import NODES, make_scenario
+    h1, h2 = NODES
+    cmd = make_scenario("udpoverlay-udp-nooffload", "io_uring").command(h1, h2)
+    assert cmd[-3:] == ["--no-offload", "--io", "io_uring"]
+    assert "--io" not in make_scenario("udpoverlay-vxlan").command(h1, h2)
+    assert make_scenario("udpoverlay-vxlan-direct", "epoll").command(h1, h2)[-3:] == [
+        "--io", "epoll", "--direct-routing"]
 
 
 def test_parse_args_udp_rate(capsys):

@@ -186,15 +186,17 @@ class Engine:
 
     # -- counters -------------------------------------------------------------
     def counters(self) -> dict:
-        """Named counters: totals, then tx_drop_*/rx_drop_* per verdict, rx_arp."""
+        """Named counters: totals, then tx_drop_*/rx_drop_* per verdict, rx_arp,
+        rx_keepalive (neither is a drop)."""
         scalars, out_v, in_v = self.core.counts()
         c = dict(zip(wire.SCALAR_COUNTERS, scalars))
         for i in range(1, wire.N_VERDICTS):
-            if i == wire.ARP:
+            if i in (wire.ARP, wire.KEEPALIVE):
                 continue
             c["tx_drop_" + wire.VERDICT_NAMES[i]] = out_v[i]
             c["rx_drop_" + wire.VERDICT_NAMES[i]] = in_v[i]
         c["rx_arp"] = in_v[wire.ARP]
+        c["rx_keepalive"] = in_v[wire.KEEPALIVE]
         return c
 
     def close(self) -> None:

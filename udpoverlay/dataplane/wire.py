@@ -34,10 +34,11 @@ UNRESOLVED = 13
 ARP = 14            # an ARP frame consumed by the engine (not a drop)
 BAD_GSO = 15        # a TUN super-packet whose vnet header does not fit it
 BAD_PORT = 16       # udp mode: from a peer's address but not from its configured port
+KEEPALIVE = 17      # a known peer's datagram shorter than an IPv4 header (NAT keepalive; not a drop)
 VERDICT_NAMES = ("ok", "too_short", "not_ipv4", "bad_header", "no_route",
                  "ttl_expired", "unknown_peer", "spoofed_src", "not_local",
                  "tx_error", "bad_vxlan", "bad_vni", "wrong_mac", "unresolved",
-                 "arp", "bad_gso", "bad_port")
+                 "arp", "bad_gso", "bad_port", "keepalive")
 N_VERDICTS = len(VERDICT_NAMES)
 
 # Plain counters, in the order the twins' Core.counts() returns them.
@@ -57,6 +58,9 @@ SCALAR_COUNTERS = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "icmp_sen
 PEER_SPEC_FORMAT = "=IIHBB6s"
 PEER_SPEC_LEN = 18
 
+# -- TUN I/O (Core.set_io, Runner's io=, the daemon's --io) ---------------------
+IO_MODES = ("auto", "io_uring", "epoll")
+
 # -- batching --------------------------------------------------------------------
 BATCH = 64          # packets per syscall batch
 MAX_ROUNDS = 16     # batches per readable callback, so one side cannot starve the other
@@ -70,6 +74,7 @@ MAX_TX_FDS = 64     # vxlan source sockets
 VXLAN_HDR = 8 + 14  # VXLAN header + inner Ethernet header (RFC 7348)
 ARP_LEN = 28        # ARP for IPv4 over Ethernet
 ICMP_TTL = 64
+IPV4_MIN = 20       # shorter from a known peer: a keepalive (issue 13)
 ICMP_ERRORS = (3, 4, 5, 11, 12)   # never answer these with another error (RFC 1812)
 
 # -- virtio_net_hdr (IFF_VNET_HDR): 10 bytes, host byte order ------------------------

@@ -2,7 +2,8 @@
 offloads, and the pure-Python reference's offload I/O (GSO sends through
 sendmsg, GRO receives through recvmsg, coalesced TUN writes), exchange
 checked TCP transfers: the wire stays flannel's one-packet-per-datagram
-format whatever each end does internally."""
+format whatever each end does internally (worker threads, TUN reads through
+io_uring with --io io_uring)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,21 @@ import time
 import pytest
 
 from tests.support.overlay import ROOT
+from tests.support.requirements import require
+from udpoverlay import dataplane
+
+
+def require_io_uring() -> None:
+    """The compiled twin can read a TUN through io_uring here (fails under
+    UDPOVERLAY_REQUIRE_ALL=1 where it was not built in or is refused)."""
+    require(dataplane.IMPLEMENTATION == "cython", "io_uring needs the compiled data plane")
+    core = dataplane.Engine("udp", "198.19.1.0", "198.19.1.0/24", "198.19.0.0/16").core
+    try:
+        core.set_io("io_uring")
+    except OSError as exc:
+        require(False, f"io_uring path not usable: {exc}")
+    finally:
+        core.close()
 
 
 @pytest.mark.parametrize("h1, h2", [
@@ -46,13 +62,18 @@ def test_python_reference_offload_path_talks_to_compiled(overlay2, backend):
 @pytest.mark.parametrize("extra", [["--threads"], ["--threads", "--no-offload"]],
                          ids=["threads", "threads-no-offload"])
 def test_worker_threads_carry_traffic_and_stop_cleanly(overlay2, extra):
+    """Host 1 on worker threads, host 2 on the loop with its TUN read
+    through io_uring: TCP both ways, status says so."""
+    require_io_uring()
     ov = overlay2
     d1 = ov.start(1, extra=extra)
-    ov.start(2)
-    assert ov.status(ov.hosts[1])["dataplane"] == "threads"
-    assert ov.status(ov.hosts[2])["dataplane"] == "loop"
+    ov.start(2, extra=["--io", "io_uring"])
+    assert ov.status(ov.hosts[1])["dataplane"] == "threads+epoll"
+    assert ov.status(ov.hosts[2])["dataplane"] == "loop+io_uring"
     ov.transfer(1, 2, 16 * 1024 * 1024, 5405)
     ov.transfer(2, 1, 16 * 1024 * 1024, 5406)
+    # the ring read a real TUN all along (a failure would add "(io_uring failed ...)")
+    assert ov.status(ov.hosts[2])["dataplane"] == "loop+io_uring"
     started = time.monotonic()
     assert ov.stop(d1) == 0, d1.stderr()
     assert time.monotonic() - started < 5

@@ -159,8 +159,10 @@ def test_coalesce_then_kernel_segmentation_is_identity(impl, n, mss, seq, gro, m
     assert c["rx_packets"] == n and c["rx_csum_bad"] == 0
 
 
-def test_coalesce_rules(impl):
-    e = engine(impl)
+def coalesce_rules_run(impl, mode):
+    """The rule sequence of test_coalesce_rules* through an engine in mode:
+    (write kinds, counters, the first three segments written)."""
+    e = engine(impl, mode)
     s = stream(8)
     bad = bytearray(s[3])
     bad[-1] ^= 0xFF                                         # checksum no longer verifies
@@ -169,14 +171,31 @@ def test_coalesce_rules(impl):
     ttl = bytes(g.tcp("198.19.2.10", "198.19.1.5", 40000, 5201, 1000 + 5 * 1448, BODY[5 * 1448:6 * 1448],
                       opts=b"\x01\x01\x08\x0a" + bytes(8), ident=5, ttl=9))
     seq = [s[0], s[1], psh, bytes(bad), s[4], ttl, s[6], s[7]]
-    writes, _ = e.t.inbound_batch([(p, SRC, 0) for p in seq])
+    wrap = g.vxlan if mode else bytes
+    writes, _ = e.t.inbound_batch([(wrap(p), SRC, 0) for p in seq])
     kinds = [(off.parse_vnet(w)[1], len(g.resegment(w))) for w in writes]
+    return kinds, e.counters(), [s for w in writes for s in g.resegment(w)][:3], seq
+
+
+def test_coalesce_rules(impl):
+    """vxlan (no outer checksum from kernel peers): every segment verified."""
+    kinds, c, first, seq = coalesce_rules_run(impl, 1)
     # [0,1,psh] merge and close; the bad one goes alone (the kernel drops it);
     # s[4] follows a gap-free seq but its item's predecessor was bad: alone;
     # TTL differs: alone; 6 and 7 do not follow the TTL item: new item of 2
     assert kinds == [(1, 3), (0, 1), (0, 1), (0, 1), (1, 2)]
-    assert e.counters()["rx_csum_bad"] == 1
-    assert [s for w in writes for s in g.resegment(w)][:3] == [s[0], s[1], psh]
+    assert c["rx_csum_bad"] == 1
+    assert first == seq[:3]
+
+
+def test_coalesce_rules_trust_the_outer_checksum_in_udp_mode(impl):
+    """udp mode: the kernel verified the outer UDP checksum over the whole
+    inner packet, so segments are merged without a second pass: the one with
+    a bad inner checksum (which only its sender could have made) is merged
+    like the rest and nothing is counted bad."""
+    kinds, c, first, seq = coalesce_rules_run(impl, 0)
+    assert kinds == [(1, 3), (1, 2), (0, 1), (1, 2)]
+    assert c["rx_csum_bad"] == 0 and first == seq[:3]
 
 
 def test_udp_coalesced_only_when_tun_takes_uso(impl):

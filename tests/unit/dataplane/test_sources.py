@@ -39,7 +39,8 @@ def test_verdict_list_only_grew_at_the_end():
         "ok", "too_short", "not_ipv4", "bad_header", "no_route", "ttl_expired",
         "unknown_peer", "spoofed_src", "not_local", "tx_error", "bad_vxlan", "bad_vni",
         "wrong_mac", "unresolved", "arp", "bad_gso")
-    assert wire.VERDICT_NAMES[wire.BAD_PORT] == "bad_port" == wire.VERDICT_NAMES[-1]
+    assert wire.VERDICT_NAMES[wire.BAD_PORT] == "bad_port"
+    assert wire.VERDICT_NAMES[wire.KEEPALIVE] == "keepalive" == wire.VERDICT_NAMES[-1]
 
 
 def test_vxlan_mode_takes_any_source_port(impl):

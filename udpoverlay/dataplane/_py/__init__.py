@@ -19,9 +19,11 @@ passed in are borrowed for the call only.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import socket
+import time
 
 from udpoverlay.dataplane._py import testing
 from udpoverlay.dataplane._py.frames import BROADCAST, arp_body, vxlan_hdr
@@ -29,7 +31,7 @@ from udpoverlay.dataplane._py.incoming import Incoming
 from udpoverlay.dataplane._py.offload import Coalescer
 from udpoverlay.dataplane._py.outgoing import Outgoing
 from udpoverlay.dataplane._py.routes import Table, mask, unpack_specs
-from udpoverlay.dataplane.wire import MAX_TX_FDS, N_VERDICTS
+from udpoverlay.dataplane.wire import IO_MODES, MAX_ROUNDS, MAX_TX_FDS, MODE_UDP, N_VERDICTS
 
 __all__ = ["IMPLEMENTATION", "Core", "testing"]
 
@@ -64,8 +66,23 @@ class Core(Outgoing, Incoming):
         self.vnet_hdr = False
         self.tun_uso = False
         self._gso = False
-        self._co = Coalescer(udp=False)
+        self._co = Coalescer(udp=False, trusted=mode == MODE_UDP)
         self._closed = False
+
+    # -- TUN I/O -------------------------------------------------------------
+    io_mode = "epoll"   # this twin reads with os.read only: it has no io_uring ring
+    io_batches = 0
+    io_note = ""
+
+    def set_io(self, mode: str) -> str:
+        """The compiled twin's set_io: "auto" and "epoll" give "epoll";
+        "io_uring" raises OSError."""
+        if mode not in IO_MODES:
+            raise ValueError(f"unknown I/O mode {mode!r}; known: {', '.join(IO_MODES)}")
+        if mode == "io_uring":
+            raise OSError(errno.ENOSYS,
+                          "io_uring unavailable: the pure-Python data plane has no ring")
+        return self.io_mode
 
     # -- devices ------------------------------------------------------------
     def set_tx_fds(self, fds) -> None:
@@ -150,6 +167,16 @@ class Core(Outgoing, Incoming):
         """Free retired tables no worker can still hold; how many are left."""
         return 0
 
+    busy_poll = 0       # µs (set_busy_poll)
+
+    def set_busy_poll(self, usec: int) -> None:
+        """Look again for up to usec µs before sleeping: workers at their
+        input (adaptive), serve() at both sides; 0 = never (the default).
+        Costs CPU while traffic flows."""
+        if not 0 <= usec <= 100000:
+            raise ValueError(f"busy poll {usec} µs: 0 to 100000")
+        self.busy_poll = int(usec)
+
     def stop_workers(self) -> None:
         """Make run_tx/run_rx return (within 100 ms; at once if the stop fd
         they poll becomes readable)."""
@@ -163,13 +190,44 @@ class Core(Outgoing, Incoming):
         """Worker thread body: wire -> TUN until stop_workers()."""
         self._worker(sock_fd, stop_fd, lambda: self.udp_to_tun(sock_fd, tun_fd))
 
+    def serve(self, tun_fd: int, sock_fd: int, from_rx: bool) -> int:
+        """The compiled twin's serve(): drain the ready side, then both
+        sides as they become ready within busy_poll µs (at most MAX_ROUNDS
+        more drains)."""
+        done = self.udp_to_tun(sock_fd, tun_fd) if from_rx else self.tun_to_udp(tun_fd, sock_fd)
+        if self.busy_poll <= 0 or done <= 0:
+            return done
+        end, rounds = time.monotonic() + self.busy_poll / 1e6, 0
+        while rounds < MAX_ROUNDS and time.monotonic() < end:
+            ready = select.select([tun_fd, sock_fd], [], [], 0)[0]
+            if not ready:
+                continue
+            if sock_fd in ready:
+                done += self.udp_to_tun(sock_fd, tun_fd)
+            if tun_fd in ready:
+                done += self.tun_to_udp(tun_fd, sock_fd)
+            rounds += 1
+            end = time.monotonic() + self.busy_poll / 1e6
+        return done
+
     def _worker(self, in_fd: int, stop_fd: int, drain) -> None:
+        spin = self.busy_poll
         while not self._stopping and not self._closed:
             ready, _, _ = select.select([in_fd, stop_fd], [], [], 0.1)
             if self._stopping or stop_fd in ready:
                 return
-            if in_fd in ready:
-                drain()
+            if in_fd in ready and drain() and self.busy_poll:
+                spin = self._busy_wait(in_fd, spin)
+
+    def _busy_wait(self, in_fd: int, spin: int) -> int:
+        """The compiled twin's busy_wait: look at in_fd without sleeping for
+        up to spin µs; the next spin (adaptive: halved after a miss, down to
+        busy_poll / 8, restored after a hit)."""
+        end = time.monotonic() + spin / 1e6
+        while not self._stopping and time.monotonic() < end:
+            if select.select([in_fd], [], [], 0)[0]:
+                return self.busy_poll
+        return max(spin // 2, self.busy_poll // 8 if self.busy_poll >= 8 else 1)
 
     def close(self) -> None:
         """Close the dup'ed sockets; idempotent. I/O calls afterwards do

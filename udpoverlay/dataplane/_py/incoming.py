@@ -29,6 +29,8 @@ from udpoverlay.dataplane.wire import (
     BAD_VXLAN,
     BATCH,
     GSO_TCPV4,
+    IPV4_MIN,
+    KEEPALIVE,
     MAX_ROUNDS,
     MODE_UDP,
     NOT_IPV4,
@@ -99,8 +101,12 @@ class Incoming:
             cands = tuple(i for i in cands if self._t.peers[i][PORT] == sport)
             if not cands:
                 return BAD_PORT, -1, 0, b""
+            if len(d) < IPV4_MIN:
+                return KEEPALIVE, -1, 0, b""    # a NAT keepalive (issue 13): counted, not written
             v, idx = self._inner(d, cands)
             return v, idx, 0, b""
+        if len(d) < IPV4_MIN:
+            return KEEPALIVE, -1, 0, b""
         if len(d) < VXLAN_HDR:
             return TOO_SHORT, -1, 0, b""
         if not d[0] & 0x08:
