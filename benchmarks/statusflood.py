@@ -142,18 +142,26 @@ def measure_flood(args) -> dict:
     return runs
 
 
-def report(runs: dict) -> str:
+def alone_vs_flood(runs: dict, during: str) -> list[str]:
+    """The table of medians: each metric alone, during the load (`during`
+    names it: "flood", "scrapes"), and their ratio. Shared with scrapeflood."""
     from benchmarks.stats import median
 
     def med(cond: str, key: str):
         return median(r[key] for r in runs[cond])
 
-    lines = ["| metric | alone | during flood | flood / alone |", "| --- | --- | --- | --- |"]
+    lines = [f"| metric | alone | during {during} | {during} / alone |",
+             "| --- | --- | --- | --- |"]
     for key, label in (("gbps", "TCP Gbit/s"), ("p50_us", f"RTT p50 µs ({runs['tool']})"),
                        ("p99_us", "RTT p99 µs"), ("daemon_cores", "h2 daemon CPU, cores")):
         a, f = med("alone", key), med("flood", key)
         ratio = f"{f / a:.3f}" if a and f is not None else "—"
         lines.append(f"| {label} | {_fmt(a)} | {_fmt(f)} | {ratio} |")
+    return lines
+
+
+def report(runs: dict) -> str:
+    lines = alone_vs_flood(runs, "flood")
     rates = runs["flood_rate"]
     per_s = ", ".join("%.1f" % r["answered_per_s"] for r in rates)
     asked = ", ".join(str(r["asked"]) for r in rates)

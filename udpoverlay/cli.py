@@ -1,20 +1,20 @@
 """Command line: argument parsing and subcommands only.
 
-  udpoverlay [run] --public-ip IP --subnet CIDR --network CIDR --peer IP=CIDR ...
+  udpoverlay [run] --subnet CIDR --network CIDR --peer HOST=CIDR ... [--peers-file F]
   udpoverlay [run] --etcd-endpoints URL [--iface IFACE] ...     (cluster mode)
   udpoverlay status [--tun X] [--json]
   udpoverlay demo
   udpoverlay --version
 
 `run` takes flanneld's flags with flanneld's meanings, also from FLANNELD_*
-variables and in Go's `-flag=value` spelling (see envflags.py).
+variables, from an --env-file (the command line wins, then the environment,
+then the file) and in Go's `-flag=value` spelling (see envflags.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 
@@ -64,9 +64,13 @@ class _Version(argparse.Action):
 
 class _Parser(argparse.ArgumentParser):
     env_sources: dict[str, str] = {}     # flag -> FLANNELD_* variable it came from
+    raising = False                      # raise ConfigError instead of exiting (a reload)
 
     def error(self, message):  # one line, exit 2
-        self.exit(2, f"{PROG}: error: {envflags.annotate(message, self.env_sources)}\n")
+        message = envflags.annotate(message, self.env_sources)
+        if self.raising:
+            raise ConfigError(message)
+        self.exit(2, f"{PROG}: error: {message}\n")
 
 
 def _bool_flag(g, *names: str, default: bool, help: str) -> None:
@@ -102,8 +106,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--network", metavar="CIDR",
                    help="the whole overlay network, e.g. 198.19.0.0/16")
     o.add_argument("--peer", action="append", default=None, metavar="SPEC",
-                   help="a remote host: PUBLIC_IP[:PORT]=SUBNET[,vtep-mac=MAC] "
-                        "(repeat for each peer)")
+                   help="a remote host: HOST[:PORT]=SUBNET[,vtep-mac=MAC][,keepalive=SECONDS], "
+                        "HOST a DNS name or an IPv4 address (repeat for each peer)")
     o.add_argument("--mtu", type=str, default=None,
                    help="TUN MTU (default: Backend.MTU in cluster mode, else the underlay "
                         "interface's MTU - 28 for udp, - 50 for vxlan)")
@@ -171,10 +175,18 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                         "one object per line")
     g.add_argument("--env-file", metavar="FILE", default=None,
                    help="FLANNELD_* settings in a file (systemd EnvironmentFile syntax), "
-                        "read at start and again on SIGHUP")
+                        "below the command line and the environment; read at start and "
+                        "again on SIGHUP, where -v and --log-format apply live and other "
+                        "changes are logged as needing a restart")
     g.add_argument("--io", dest="io_mode", default=DEFAULT_IO_MODE, choices=IO_MODES,
-                   help="TUN I/O: io_uring (batched), epoll (one read per packet), or "
-                        "auto (default: io_uring when the kernel allows it)")
+                   help="TUN reads: epoll (one read() per packet, on the loop's epoll), "
+                        "io_uring (a round of reads per kernel entry; measured slower than "
+                        "read() on this kernel, so opt-in; an error at start if io_uring is "
+                        "blocked) or auto (default: epoll)")
+    g.add_argument("--busy-poll-us", metavar="MICROSECONDS", default=0,
+                   help="after draining, keep polling the TUN and the socket this long "
+                        "before sleeping: lower median latency for more CPU (default 0 = "
+                        "off; see the README's Performance section)")
 
 
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
@@ -237,15 +249,6 @@ def _fail(message: str, code: int = 2, env: dict[str, str] | None = None) -> int
     return code
 
 
-def _setup_logging(verbosity: int) -> None:
-    """flanneld's -v: 0 info; 1 our debug messages; 2+ everyone's."""
-    logging.basicConfig(level=logging.DEBUG if verbosity >= 2 else logging.INFO,
-                        format="%(asctime)s udpoverlay %(levelname)s %(message)s",
-                        stream=sys.stderr)
-    if verbosity >= 1:
-        logging.getLogger("udpoverlay").setLevel(logging.DEBUG)
-
-
 def _common(args) -> dict:
     """The flags both modes share, as build_config/build_cluster_options take them."""
     return dict(public_ip=args.public_ip, tun=args.tun, iface=args.iface or (),
@@ -259,7 +262,8 @@ def _common(args) -> dict:
                 healthz_port=args.healthz_port, verbosity=args.v,
                 log_format=args.log_format, env_file=args.env_file, io_mode=args.io_mode,
                 peers_file=args.peers_file, resolve_interval=args.resolve_interval,
-                strict_peers=args.strict_peers, keepalive=args.keepalive)
+                strict_peers=args.strict_peers, keepalive=args.keepalive,
+                busy_poll_us=args.busy_poll_us)
 
 
 def run_options(args) -> Options:
@@ -285,7 +289,8 @@ def _cmd_run(args, env: dict[str, str]) -> int:
         opts = run_options(args)
     except ConfigError as exc:
         return _fail(str(exc), 2, env)
-    _setup_logging(opts.verbosity)
+    from udpoverlay.ops import logs
+    logs.setup(opts.verbosity, opts.log_format)
     try:
         if opts.cluster:
             from udpoverlay.cluster import node as cluster
@@ -325,10 +330,27 @@ def _cmd_demo(args) -> int:
     return demo.main()
 
 
-def parse_args(argv: list[str], environ=None) -> tuple[argparse.Namespace, dict[str, str]]:
+def _env_file_settings(run: argparse.ArgumentParser, flags: list[str],
+                       environ) -> tuple[str | None, dict[str, str]]:
+    """--env-file's path (command line, else FLANNELD_ENV_FILE) and its
+    FLANNELD_* settings (not FLANNELD_ENV_FILE itself: no chaining)."""
+    path = envflags.flag_value(flags, "--env-file") or environ.get("FLANNELD_ENV_FILE") or None
+    if path is None:
+        return None, {}
+    try:
+        settings = envflags.read_env_file(path)
+    except ValueError as exc:
+        run.error(str(exc))
+    settings.pop("FLANNELD_ENV_FILE", None)
+    return path, settings
+
+
+def parse_args(argv: list[str], environ=None, *,
+               raising: bool = False) -> tuple[argparse.Namespace, dict[str, str]]:
     """argv as `main` takes it -> (arguments, {flag: FLANNELD_* variable it
-    came from}); `run` flags also from `environ` (default os.environ).
-    Bad arguments exit 2 with one line (argparse's SystemExit)."""
+    came from}); `run` flags also from `environ` (default os.environ) and
+    from --env-file. Bad arguments exit 2 with one line (argparse's
+    SystemExit), or raise ConfigError with `raising` (a SIGHUP reload)."""
     argv = list(argv)
     # Bare form: `udpoverlay --public-ip ...` means `udpoverlay run --public-ip ...`.
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
@@ -337,9 +359,13 @@ def parse_args(argv: list[str], environ=None) -> tuple[argparse.Namespace, dict[
     env: dict[str, str] = {}
     if argv and argv[0] == "run":
         run = parser.run_parser     # type: ignore[attr-defined]
+        run.raising = raising
+        environ = os.environ if environ is None else environ
         flags = envflags.go_spelling(run, argv[1:])
-        injected, env = envflags.from_environment(
-            run, flags, os.environ if environ is None else environ)
+        path, settings = _env_file_settings(run, flags, environ)
+        injected, env = envflags.from_environment(run, flags, {**settings, **environ})
+        env = {flag: var if var in environ else f"{var} in {path}"
+               for flag, var in env.items()}
         argv = ["run", *injected, *flags]
         run.env_sources = env
     args = parser.parse_args(argv)

@@ -14,6 +14,13 @@ item's `,vtep-mac=MAC` option stays with its peer and a comma inside a
 regex's `{m,n}` stays in the regex. Empty variables are ignored, as
 flanneld does. Errors about a flag that came from the environment name the
 variable, so the one-line message points at what to fix.
+
+--env-file FILE reads FLANNELD_* settings from a file in systemd's
+EnvironmentFile syntax (KEY=VALUE lines, '#' or ';' comments, single or
+double quotes, a trailing backslash continues a line). Precedence: the
+command line, then the real environment, then the file. Other keys in the
+file are ignored (it may be shared with other units), a malformed line is
+an error naming FILE:LINE.
 """
 
 from __future__ import annotations
@@ -22,10 +29,15 @@ import argparse
 import re
 from typing import Iterable, Mapping
 
+from udpoverlay.textfile import read_text
+
 __all__ = ["ENV_PREFIX", "env_name", "from_environment", "go_spelling", "parse_bool",
-           "parse_level", "split_list", "annotate"]
+           "parse_level", "split_list", "annotate", "parse_env_file", "flag_value", "read_env_file",
+           "ENV_FILE_LIMIT"]
 
 ENV_PREFIX = "FLANNELD_"
+ENV_FILE_LIMIT = 1 << 20       # bytes: an env file is a few lines, never megabytes
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _TRUE = ("1", "t", "true")          # Go's strconv.ParseBool, case-insensitive
 _FALSE = ("0", "f", "false")
 
@@ -96,6 +108,17 @@ def _named(action: argparse.Action, argv: Iterable[str]) -> bool:
     return False
 
 
+def flag_value(argv: list[str], flag: str) -> str | None:
+    """The last value given to `flag` in argv (`--f V` or `--f=V`), or None."""
+    value = None
+    for i, token in enumerate(argv):
+        if token == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif token.startswith(flag + "="):
+            value = token[len(flag) + 1:]
+    return value
+
+
 def go_spelling(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     """Go's `-flag[=value]` spelling of our long flags -> `--flag[=value]`."""
     known = {o for a in parser._actions for o in _long_flags(a)}
@@ -138,3 +161,61 @@ def annotate(message: str, sources: Mapping[str, str]) -> str:
         if re.search(re.escape(flag) + r"(?![\w-])", message):
             return f"{message} (from {var})"
     return message
+
+
+def _unquote(value: str, where: str) -> str:
+    """A value as systemd reads it: quotes removed, escapes in "..." resolved."""
+    if value[:1] in ("'", '"'):
+        quote = value[0]
+        end = value.find(quote, 1) if quote == "'" else _closing(value)
+        if end < 0 or value[end + 1:].strip():
+            raise ValueError(f"{where}: unterminated or trailing text after a quoted value")
+        inner = value[1:end]
+        return inner if quote == "'" else re.sub(r'\\([\\"$`])', r"\1", inner)
+    return value
+
+
+def _closing(value: str) -> int:
+    i = 1
+    while i < len(value):
+        if value[i] == "\\":
+            i += 2
+            continue
+        if value[i] == '"':
+            return i
+        i += 1
+    return -1
+
+
+def parse_env_file(text: str, name: str = "env file") -> dict[str, str]:
+    """KEY=VALUE lines (systemd EnvironmentFile syntax) -> {KEY: VALUE};
+    ValueError naming name:line for a malformed line."""
+    out: dict[str, str] = {}
+    lines = text.splitlines()
+    n = 0
+    while n < len(lines):
+        start = n
+        line = lines[n]
+        n += 1
+        while line.endswith("\\") and n < len(lines):   # continuation
+            line = line[:-1] + lines[n]
+            n += 1
+        line = line.strip()
+        if not line or line[0] in "#;":
+            continue
+        where = f"{name}:{start + 1}"
+        key, eq, value = line.partition("=")
+        key = key.strip()
+        if not eq or not _ENV_KEY.match(key):
+            raise ValueError(f"{where}: not KEY=VALUE")
+        out[key] = _unquote(value.strip(), where)
+    return out
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """The FLANNELD_* settings of an env file; ValueError in one line."""
+    try:
+        text = read_text(path, ENV_FILE_LIMIT)
+    except ValueError as exc:
+        raise ValueError(f"cannot read env file {path}: {exc}") from None
+    return {k: v for k, v in parse_env_file(text, path).items() if k.startswith(ENV_PREFIX)}

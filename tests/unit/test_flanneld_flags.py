@@ -63,12 +63,13 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "--subnet-lease-renew-margin": ("30", "30"),
     "--v": ("3", 3),
     "--log-format": ("json", "json"),
-    "--env-file": ("/etc/udpoverlay/env", "/etc/udpoverlay/env"),
+    "--env-file": (os.devnull, os.devnull),    # read at start: must exist
     "--io": ("epoll", "epoll"),
     "--peers-file": ("/etc/udpoverlay/peers.toml", "/etc/udpoverlay/peers.toml"),
     "--resolve-interval": ("30", "30"),
     "--strict-peers": ("true", True),
     "--keepalive": ("25", "25"),
+    "--busy-poll-us": ("50", "50"),
 }
 ALIASES = {"--underlay-iface": "--iface", "--verbose": "--v"}
 

@@ -178,9 +178,13 @@ class LeaseAcquisition:
                          self.config.subnet_max, self.config.backend_type,
                          self.config.backend_port)
                 return self.config
-            except LeaseStoreError as e:
+            except LeaseStoreError as e:     # store down: a WARNING about once a minute
                 self._set_disconnected(e)
-                reason = str(e)
+                delay = backoff.next()
+                self._warn_down("waiting for the network config (%s); retrying in %.1fs",
+                                e, delay)
+                await asyncio.sleep(delay)
+                continue
             except ConfigError as e:
                 reason = f"{key}: {e}"
             delay = backoff.next()

@@ -115,6 +115,7 @@ class ClusterMembership(LeaseGuard):
         self._down_logged: float | None = None
         self.feed = PeerFeed(self._publish_context, self._validator, clock, retry_max, coalesce)
         self._store_state = "disconnected: not contacted yet"
+        self._last_contact: float | None = None     # clock() of the last store success
         self._on_lease_changed: Callable[[Lease], Any] | None = None
         self._lost_lock = asyncio.Lock()
         self._rewake = asyncio.Event()
@@ -168,6 +169,7 @@ class ClusterMembership(LeaseGuard):
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
+            self._set_connected()
             if lease_id != self._lease_id:
                 continue  # restored or adopted meanwhile: renew the new one
             if ttl is None:
@@ -250,6 +252,29 @@ class ClusterMembership(LeaseGuard):
             assert self._on_lease_changed is not None
             await call_back(self._on_lease_changed, lease)
         await self.feed.publish()
+
+    # -- store health, for metrics (ops/metrics.py) --------------------------
+    def _set_connected(self) -> None:
+        super()._set_connected()
+        self._last_contact = self.clock()
+
+    def _wall(self, at: float | None) -> float | None:
+        """A clock() reading as unix time (metrics speak wall time)."""
+        return None if at is None else time.time() - (self.clock() - at)
+
+    @property
+    def store_connected(self) -> bool:
+        return self._store_state == "connected"
+
+    @property
+    def last_contact(self) -> float | None:
+        """Unix time of the last successful store call or watch event."""
+        return self._wall(self._last_contact)
+
+    @property
+    def lease_expiry(self) -> float | None:
+        """Unix time our subnet lease expires unless renewed (None: no lease)."""
+        return None if self.lease is None else self._wall(self.lease.expires)
 
     # -- peers and status ---------------------------------------------------
     def _publish_context(self) -> Context:

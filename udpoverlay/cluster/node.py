@@ -13,6 +13,12 @@ Shutdown: serve() returns on SIGINT/SIGTERM; the membership task is
 cancelled and the store closed. While etcd is down the membership keeps the
 last applied peers, so traffic keeps flowing.
 
+Operations (udpoverlay/ops): the /healthz, /readyz, /metrics endpoint runs
+from the first moment (/readyz says what start-up waits for), the
+membership is attached for the store and lease metrics, and every change
+of the peer list is logged one line per peer (added, removed, moved).
+SIGTERM during start-up unwinds cleanly; SIGHUP is ignored until serving.
+
 For vxlan the lease must carry our VTEP MAC before the subnet is known, so
 the default MAC is derived from the public IP and the etcd prefix (stable
 across restarts, like the lease itself).
@@ -27,7 +33,7 @@ import logging
 from udpoverlay.cluster.membership import ClusterMembership
 from udpoverlay.cluster.network import NetworkConfig
 from udpoverlay.cluster.subnetenv import previous_subnet, write_subnet_env
-from udpoverlay.daemon import Daemon, prepare, run_loop
+from udpoverlay.daemon import Daemon, interrupt_on_sigterm, prepare, run_loop
 from udpoverlay.errors import ConfigError, NetworkConfigChanged
 from udpoverlay.host.interfaces import interface_network
 from udpoverlay.lifecycle import Lifecycle
@@ -38,6 +44,8 @@ from udpoverlay.peer import derive_vtep_mac, format_mac
 __all__ = ["ClusterDaemon", "run"]
 
 log = logging.getLogger(__name__)
+
+EVENT_LINES = 50     # per peer-list change: one line each, then a count
 
 
 class ClusterDaemon(Daemon):
@@ -66,6 +74,24 @@ def with_network_config(opts: Options, config: NetworkConfig) -> Options:
         enable_nftables=config.enable_nftables)
 
 
+def peer_events(known: dict, peers: list, limit: int = EVENT_LINES) -> list[str]:
+    """One line per peer added, removed or moved (by subnet), at most
+    `limit` and a count of the rest; `known` (subnet -> peer) is updated."""
+    def via(p) -> str:
+        return f"{p.public_ip}:{p.port}"
+    now = {p.subnet: p for p in peers}
+    lines = [f"peer added: {s} via {via(p)}" for s, p in now.items() if s not in known]
+    lines += [f"peer removed: {s} (was via {via(p)})" for s, p in known.items() if s not in now]
+    lines += [f"peer changed: {s} via {via(p)} (was via {via(known[s])})"
+              for s, p in now.items() if s in known and via(known[s]) != via(p)]
+    known.clear()
+    known.update(now)
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"... and {len(lines) - limit} more peer changes "
+                                 f"(`udpoverlay status` lists them all)"]
+    return lines
+
+
 async def _main(opts: Options) -> int:
     from udpoverlay.cluster.store.etcd import EtcdStore
 
@@ -86,6 +112,7 @@ async def _main(opts: Options) -> int:
             previous_subnet=previous_subnet(opts.subnet_file),
             lease_ttl=opts.lease_ttl, renew_margin=opts.renew_margin, retry_max=2.0,
             underlay_network=await asyncio.to_thread(interface_network, str(opts.bind_ip)))
+        ops.attach_cluster(membership)
         lifecycle.waiting("the network config from etcd")
         config = await membership.load_config()
         opts = with_network_config(opts, config)
@@ -113,10 +140,18 @@ async def _main(opts: Options) -> int:
         failure: list[BaseException] = []
         running = daemon
 
+        known: dict = {}
+
+        async def apply(peers) -> None:
+            peers = list(peers)
+            await running.apply_peers(peers)
+            for line in peer_events(known, peers):
+                log.info("%s", line)
+
         async def follow() -> None:
             assert running.engine is not None
             try:
-                await membership.run(running.apply_peers)
+                await membership.run(apply)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # noqa: BLE001 - stop the daemon cleanly
@@ -145,5 +180,8 @@ async def _main(opts: Options) -> int:
 
 def run(opts: Options) -> int:
     """Run the daemon in etcd mode until SIGINT/SIGTERM; exit code.
-    ConfigError / TunSetupError / LeaseStoreError propagate to the CLI."""
+    ConfigError / TunSetupError / LeaseStoreError propagate to the CLI.
+    SIGTERM during start-up (waiting for etcd) unwinds cleanly; SIGHUP is
+    ignored until the daemon serves (then it reloads)."""
+    interrupt_on_sigterm()
     return run_loop(_main(opts))

@@ -1,0 +1,216 @@
+"""/metrics: a prometheus_client custom Collector over what the daemon
+already counts.
+
+Why a collector and not Counter objects: the fast path keeps plain uint64
+counters in the engine's core (both twins) and must pay nothing per packet;
+this collector reads one snapshot of them (engine.counters(),
+engine.peer_status()) when Prometheus scrapes, on the event loop's thread,
+as `udpoverlay status` does. Rendering the text (prometheus_client, ~35 ms
+for 1000 peers) is the costly part, so Ops renders a snapshot in a worker
+thread and at most once per RENDER_INTERVAL (ops/__init__.py). Nothing is
+registered in prometheus_client's global registry.
+
+Names follow Prometheus conventions: the `udpoverlay_` prefix, `_total`
+for counters, base units (bytes, seconds), `direction` = "tx" (TUN -> wire)
+or "rx" (wire -> TUN). METRICS lists every family with its help text; the
+README's table is made from it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from udpoverlay import __version__
+from udpoverlay.host.tun import TUN_F
+from udpoverlay.lifecycle import Lifecycle
+
+__all__ = ["OpsCollector", "METRICS", "SCALAR_METRICS", "render", "render_snapshot",
+           "make_registry", "families"]
+
+P = "udpoverlay_"
+# Engine counters other than packets/bytes and drops: counter name -> metric
+# family (without _total), help. A counter not listed is exported as
+# udpoverlay_<name>_total, so a new engine counter is never silently lost.
+SCALAR_METRICS = {
+    "icmp_sent": ("icmp_errors_sent", "ICMP errors (unreachable, TTL exceeded) written "
+                                      "back into the TUN"),
+    "tx_super_packets": ("tx_super_packets", "TUN reads that carried a GSO super-packet"),
+    "rx_coalesced": ("rx_coalesced", "received datagrams coalesced into one TUN write"),
+    "rx_csum_bad": ("rx_checksum_bad", "received inner packets with a bad checksum"),
+    "rx_csum_partial": ("rx_checksum_partial", "received inner checksums finished by us "
+                                               "(a kernel vxlan sender's partial sum)"),
+    "arp_mac_changed": ("vtep_mac_changes", "vxlan: learned VTEP MACs replaced by another"),
+    "rx_resegmented": ("rx_resegmented", "received inner TCP packets longer than the TUN "
+                                         "MTU, written as GSO or split"),
+    "rx_arp": ("rx_arp", "vxlan: ARP frames consumed by the engine (not drops)"),
+    "rx_keepalive": ("rx_keepalives", "NAT keepalives received from peers (not drops)"),
+}
+METRICS = {
+    "build_info": ("gauge", "version, fast path and event loop; always 1"),
+    "uptime_seconds": ("gauge", "seconds since the process started"),
+    "ready": ("gauge", "1 once ready (lease held, data plane up, subnet.env written)"),
+    "packets_total": ("counter", "packets forwarded, by direction"),
+    "bytes_total": ("counter", "bytes forwarded (inner IP packets), by direction"),
+    "peer_packets_total": ("counter", "packets per peer, by direction"),
+    "peer_bytes_total": ("counter", "bytes per peer, by direction"),
+    "drops_total": ("counter", "packets dropped, by direction and reason"),
+    "routes": ("gauge", "peer subnets in the data plane's route table"),
+    "offload_enabled": ("gauge", "offloads in use (1) or not (0), by feature"),
+    "lease_expiry_timestamp_seconds": ("gauge", "cluster mode: when our subnet lease "
+                                                "expires unless renewed (unix time)"),
+    "store_connected": ("gauge", "cluster mode: 1 while the lease store (etcd) answers"),
+    "store_last_contact_timestamp_seconds": ("gauge", "cluster mode: last successful call "
+                                                      "or watch event from the store "
+                                                      "(unix time)"),
+    "http_connections_rejected_total": ("counter", "connections to this endpoint closed "
+                                                   "unanswered (over the cap or too slow)"),
+}
+_OFFLOAD_FEATURES = ("vnet_hdr", *(f"tun_{n}" for n in TUN_F), "udp_gso", "udp_gro")
+
+
+def _gauge(name: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(P + name, METRICS[name][1], labels=list(labels))
+
+
+def _counter(name: str, labels: Iterable[str] = (), doc: str | None = None
+             ) -> CounterMetricFamily:
+    return CounterMetricFamily(P + name, doc or METRICS[name + "_total"][1],
+                               labels=list(labels))
+
+
+class OpsCollector:
+    """Reads the daemon's state at scrape time. daemon / cluster may be None
+    (not created yet); `rejected` gives the HTTP server's refusals.
+
+    snapshot() copies everything into plain data (on the loop's thread: the
+    engine is read there, as status does; ~1 ms for 1000 peers); families()
+    turns a snapshot into metric families anywhere, so the costly text
+    rendering can run off the loop (render_snapshot)."""
+
+    def __init__(self, lifecycle: Lifecycle, implementation: Callable[[], str],
+                 loop: Callable[[], str]) -> None:
+        self.lifecycle = lifecycle
+        self.implementation, self.loop = implementation, loop
+        self.daemon: Any = None
+        self.cluster: Any = None
+        self.rejected: Callable[[], int] = lambda: 0
+
+    def snapshot(self) -> dict:
+        snap: dict = {"info": [__version__, self.implementation(), self.loop()],
+                      "uptime": round(time.monotonic() - self.lifecycle.started, 3),
+                      "ready": int(self.lifecycle.ready), "rejected": self.rejected()}
+        engine = getattr(self.daemon, "engine", None)
+        if engine is not None:
+            snap["engine"] = (engine.counters(), engine.peer_status(),
+                              self.daemon.offload_status())
+        if self.cluster is not None:
+            c = self.cluster
+            snap["cluster"] = (c.store_connected, c.last_contact, c.lease_expiry)
+        return snap
+
+    def collect(self) -> Iterable[Metric]:
+        return families(self.snapshot())
+
+
+def families(snap: dict) -> Iterable[Metric]:
+    """The metric families of one snapshot."""
+    info = _gauge("build_info", ("version", "fastpath", "loop"))
+    info.add_metric(snap["info"], 1)
+    yield info
+    yield GaugeMetricFamily(P + "uptime_seconds", METRICS["uptime_seconds"][1],
+                            value=snap["uptime"])
+    yield GaugeMetricFamily(P + "ready", METRICS["ready"][1], value=snap["ready"])
+    yield CounterMetricFamily(P + "http_connections_rejected",
+                              METRICS["http_connections_rejected_total"][1],
+                              value=snap["rejected"])
+    if "engine" in snap:
+        counters, peers, offload = snap["engine"]
+        yield from _engine_metrics(counters, peers)
+        yield _offload(offload)
+    if "cluster" in snap:
+        yield from _cluster_metrics(*snap["cluster"])
+
+
+class _Fixed:
+    """A collector over one snapshot (rendered in a worker thread)."""
+
+    def __init__(self, snap: dict) -> None:
+        self.snap = snap
+
+    def collect(self) -> Iterable[Metric]:
+        return families(self.snap)
+
+
+def _engine_metrics(counters: dict, peers: list[dict]) -> Iterable[Metric]:
+    for what in ("packets", "bytes"):
+        fam = _counter(what, ["direction"])
+        for d in ("tx", "rx"):
+            fam.add_metric([d], counters.get(f"{d}_{what}", 0))
+        yield fam
+    drops = _counter("drops", ["direction", "reason"])
+    for key, value in sorted(counters.items()):
+        direction, _, reason = key.partition("_drop_")
+        if reason:
+            drops.add_metric([direction, reason], value)
+    yield drops
+    for key, value in sorted(counters.items()):
+        if "_drop_" in key or key in ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes"):
+            continue
+        name, doc = SCALAR_METRICS.get(key, (key, f"engine counter {key}"))
+        yield CounterMetricFamily(P + name, doc, value=value)
+    for what in ("packets", "bytes"):
+        fam = _counter("peer_" + what, ["subnet", "peer", "direction"])
+        for p in peers:
+            where = f"{p['public_ip']}:{p['port']}"
+            for d in ("tx", "rx"):
+                fam.add_metric([p["subnet"], where, d], p[f"{d}_{what}"])
+        yield fam
+    yield GaugeMetricFamily(P + "routes", METRICS["routes"][1], value=len(peers))
+
+
+def _offload(status: dict) -> Metric:
+    fam = _gauge("offload_enabled", ["feature"])
+    tun = set(status.get("tun", ()))
+    for feature in _OFFLOAD_FEATURES:
+        if feature == "vnet_hdr":
+            on = status.get("enabled", False)
+        elif feature.startswith("tun_"):
+            on = feature[4:] in tun
+        else:
+            on = status.get(feature, False)
+        fam.add_metric([feature], int(bool(on)))
+    return fam
+
+
+def _cluster_metrics(connected: bool, last: float | None,
+                     expiry: float | None) -> Iterable[Metric]:
+    yield GaugeMetricFamily(P + "store_connected", METRICS["store_connected"][1],
+                            value=int(bool(connected)))
+    if last is not None:
+        yield GaugeMetricFamily(P + "store_last_contact_timestamp_seconds",
+                                METRICS["store_last_contact_timestamp_seconds"][1],
+                                value=round(last, 3))
+    if expiry is not None:
+        yield GaugeMetricFamily(P + "lease_expiry_timestamp_seconds",
+                                METRICS["lease_expiry_timestamp_seconds"][1],
+                                value=round(expiry, 3))
+
+
+def make_registry(collector: Any) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition format (version 0.0.4)."""
+    return generate_latest(registry)
+
+
+def render_snapshot(snap: dict) -> bytes:
+    """One snapshot as the text format; pure, safe in a worker thread."""
+    return render(make_registry(_Fixed(snap)))
