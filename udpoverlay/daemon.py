@@ -3,15 +3,20 @@ ordered start and shutdown.
 
   open_host()  sync, before the event loop (pyroute2's sync netlink must not
             run inside it): bind the underlay UDP port on the chosen
-            interface's address (bind_ip; public_ip is only advertised),
-            create the TUN device, take the MTU from that interface.
+            interface's address (bind_ip; public_ip is only advertised) or,
+            static mode with nothing pinning one (bind_any), on 0.0.0.0 so
+            the kernel picks the source per packet and an address change
+            needs no rebind; create the TUN device, take the MTU from the
+            chosen interface.
   setup()   the rest, also sync: TUN configured by netlink -> vxlan
             source sockets -> data-plane engine with the peers.
   serve()   on the loop: control socket, data-plane readers (or worker
-            threads), the vxlan ARP resolver, the extra `services` the mode
-            runner registered; marks the Lifecycle ready; returns when
-            stop() is called (SIGINT/SIGTERM call it). SIGHUP runs the
-            registered `reloaders` in order, traffic untouched.
+            threads), the vxlan ARP resolver, peer liveness and keepalives
+            (liveness.py, both modes), the underlay address watch,
+            the extra `services` the mode runner registered; marks the
+            Lifecycle ready; returns when stop() is called (SIGINT/SIGTERM
+            call it). SIGHUP runs the registered `reloaders` in order,
+            traffic untouched.
   close()   undoes setup in reverse, idempotent: the TUN fd first (the device
             and its routes go with it), then the engine and the sockets.
 
@@ -21,7 +26,13 @@ options completed from the lease, and stops the daemon through stop() when
 the membership fails. Extension points, so the modes and the operations
 layer (ops/) plug in without editing this file: `services` (coroutine
 functions run as tasks while serving), `reloaders` (SIGHUP),
-`status_sections` (extra top-level keys of the status document).
+`status_sections` (extra top-level keys of the status document),
+`peer_details` (extra keys per peer entry, by subnet).
+
+Address changes: bound to 0.0.0.0 the daemon only notes the new source
+address (status, one log line); bound to one address (--iface/--public-ip,
+and cluster mode, whose lease advertises it) it says in one ERROR line
+that the address is gone and a restart is needed.
 """
 
 from __future__ import annotations
@@ -43,8 +54,10 @@ from udpoverlay.host import interfaces, sockets
 from udpoverlay.host import tun as tunmod
 from udpoverlay.host.nodenet import NodeNetwork
 from udpoverlay.lifecycle import Lifecycle
+from udpoverlay.liveness import Liveness
 from udpoverlay.options import Options
 from udpoverlay.peer import derive_vtep_mac, format_mac
+from udpoverlay.status import setup_summary
 
 __all__ = ["Daemon", "run_loop", "loop_name", "prepare", "interrupt_on_sigterm", "OVERHEAD"]
 
@@ -53,6 +66,8 @@ log = logging.getLogger(__name__)
 UDP_OVERHEAD = 28          # outer IPv4 (20) + UDP (8): flannel's udp backend
 # + VXLAN header (8) + inner Ethernet (14): flannel's vxlan backend, MTU - 50
 OVERHEAD = {"udp": UDP_OVERHEAD, "vxlan": UDP_OVERHEAD + 22}
+ANY = "0.0.0.0"
+ADDRESS_POLL = 1.0         # seconds between checks of our underlay address
 
 
 def prepare(opts: Options) -> Options:
@@ -94,7 +109,22 @@ class Daemon:
         self.services: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self.reloaders: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self.status_sections: dict[str, Callable[[], Any]] = {}
+        self.peer_details: list[Callable[[], dict[str, dict]]] = []
         self._reloading: asyncio.Task | None = None
+        self._reload_again = False
+        self.liveness = Liveness(lambda: self.engine, self._send, opts.keepalive)
+        self.address = sockets.AddressWatch(None if opts.bind_any else str(opts.bind_ip),
+                                            str(opts.bind_ip))
+
+    @property
+    def bind_addr(self) -> str:
+        """What the underlay sockets bind: the wildcard or one address."""
+        return ANY if self.opts.bind_any else str(self.opts.bind_ip)
+
+    def _send(self, data: bytes, addr: tuple) -> None:
+        if self.sock is None:
+            raise OSError("no underlay socket")
+        self.sock.sendto(data, addr)
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:
@@ -128,7 +158,7 @@ class Daemon:
             return
         o = self.opts
         try:
-            self.sock = sockets.open_socket(str(o.bind_ip), o.port)
+            self.sock = sockets.open_socket(self.bind_addr, o.port)
             self.tun = self.create_tun(o.tun, o.offload)
             # MTU from the interface we bind (not from --public-ip, which
             # may be a 1:1 NAT address no interface holds); known before
@@ -161,14 +191,15 @@ class Daemon:
             if o.backend == "vxlan":
                 # Each flow leaves from one of several sockets on ephemeral
                 # ports, so underlay ECMP/RSS spreads flows and keeps order.
-                self.tx_socks = sockets.open_tx_sockets(str(o.bind_ip))
+                self.tx_socks = sockets.open_tx_sockets(self.bind_addr)
                 self.engine.set_tx_fds([s.fileno() for s in self.tx_socks])
             if self.tun.vnet_hdr:
                 self.udp_gro = sockets.enable_udp_gro(self.sock)
                 self.engine.set_offload(True, udp_gso=sockets.udp_gso_supported(self.sock),
                                         tun_uso="uso4" in self.tun.offloads)
             self.runner = dataplane.Runner(self.engine, self.tun.fd, self.sock.fileno(),
-                                           threads=o.threads, io=o.io_mode)
+                                           threads=o.threads, io=o.io_mode,
+                                           busy_poll_us=o.busy_poll_us)
             # Masquerade/forward rules, DirectRouting, blackhole route.
             self.nodenet = NodeNetwork(o, self.subnet, self.network, self.tun.name)
             self.nodenet.start()
@@ -180,36 +211,13 @@ class Daemon:
         self._log_setup()
 
     def _log_setup(self) -> None:
-        o = self.opts
-        assert self.tun is not None and self.engine is not None
-        log.info("udpoverlay %s (fast path: %s) backend=%s", __version__,
-                 self.engine.implementation, o.backend)
-        nat = "" if o.bind_ip == o.public_ip else f" (advertised as {o.public_ip})"
-        log.info("underlay: udp %s:%d%s; tun %s: address %s/32 mtu %d, route %s",
-                 o.bind_ip, o.port, nat, self.tun.name, self.subnet.network_address,
-                 self.mtu, self.network)
-        log.info("local subnet %s", self.subnet)
-        if o.backend == "vxlan":
-            log.info("vxlan: vni %d, our VTEP %s at %s", o.vni,
-                     format_mac(self.vtep_mac), self.subnet.network_address)
-        off = self.offload_status()
-        if off["vnet_hdr_refused"]:
-            log.info("offloads: off (the kernel refused IFF_VNET_HDR): one packet per TUN "
-                     "read and write")
-        elif not off["enabled"]:
-            log.info("offloads: off (--no-offload): one packet per TUN read and write")
-        else:
-            log.info("offloads: tun %s; udp gso %s, gro %s",
-                     ",".join(off["tun"]) or "none (kernel refused TUNSETOFFLOAD)",
-                     "on" if off["udp_gso"] else "off", "on" if off["udp_gro"] else "off")
-        if not o.peers:
-            log.info("no peers configured")
-        for p in o.peers:
-            log.info("peer %s:%d -> %s", p.public_ip, p.port, p.subnet)
+        for line in setup_summary(self.status()):
+            log.info("%s", line)
 
     async def apply_peers(self, peers) -> None:
-        """A new full peer list (cluster mode): DirectRouting peers get
-        kernel routes (netlink, off the loop); the engine gets them all."""
+        """A new full peer list (cluster mode's lease changes; static mode's
+        name changes and reloads): DirectRouting peers get kernel routes
+        (netlink, off the loop); the engine gets them all in one swap."""
         assert self.engine is not None
         peers = list(peers)
         if self.nodenet is not None and self.nodenet.direct is not None:
@@ -226,6 +234,23 @@ class Daemon:
                 await asyncio.to_thread(self.nodenet.check)
             except Exception as exc:  # noqa: BLE001 - keep forwarding; say it, retry
                 log.warning("re-asserting firewall rules failed: %s", exc)
+
+    def check_address(self) -> None:
+        """Note an underlay address change (see the module doc)."""
+        o = self.opts
+        peers = self.engine.peers if self.engine is not None else ()
+        self.address.check(
+            (str(peers[0].public_ip), peers[0].port) if peers else None,
+            f"the lease still advertises {o.public_ip}" if o.cluster
+            else "pinned by --iface/--public-ip")
+
+    async def _watch_address(self) -> None:
+        while True:
+            await asyncio.sleep(ADDRESS_POLL)
+            try:
+                self.check_address()
+            except OSError as exc:
+                log.debug("address check: %s", exc)
 
     def close(self) -> None:
         """Release everything setup() made, in reverse; idempotent."""
@@ -270,7 +295,9 @@ class Daemon:
             "iface": o.tun,           # the TUN's name (key kept for compatibility)
             "tun": o.tun,
             "public_ip": str(o.public_ip),
-            "bind_ip": str(o.bind_ip),
+            "bind_ip": self.bind_addr,
+            "underlay_ip": self.address.current,     # the source address in use
+            "underlay_address_gone": self.address.gone,
             "port": o.port,
             "subnet": str(o.subnet),
             "network": str(o.network),
@@ -283,11 +310,13 @@ class Daemon:
             "node_network": self.nodenet.status() if self.nodenet is not None else None,
         }
         if self.engine is not None:
-            peers = self.engine.peer_status()
+            peers = self.liveness.peer_entries(self.engine, self.peer_details)
             doc["peers"] = peers
             doc["routes"] = [{"subnet": p["subnet"], "via": f"{p['public_ip']}:{p['port']}"}
                              for p in peers]
             doc["counters"] = self.engine.counters()
+            doc["counters"]["tx_keepalive"] = self.liveness.tx_keepalive
+            doc["counters"]["tx_keepalive_errors"] = self.liveness.tx_keepalive_errors
         doc["phase"] = self.lifecycle.phase
         for key, section in self.status_sections.items():
             try:
@@ -305,20 +334,26 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: run the reloaders in order on the loop (one reload at a
-        time; a SIGHUP during a reload is folded into it). A failing
-        reloader is logged; the others still run and traffic keeps flowing."""
+        time; SIGHUPs during a reload make one more run after it, so the
+        last change of a file is never missed). A failing reloader is
+        logged; the others still run and traffic keeps flowing."""
         if self._reloading is not None and not self._reloading.done():
-            log.info("SIGHUP: a reload is already running")
+            log.info("SIGHUP: a reload is running; another follows it")
+            self._reload_again = True
             return
         self._reloading = asyncio.get_running_loop().create_task(self._reload())
 
     async def _reload(self) -> None:
-        log.info("SIGHUP: reloading")
-        for reloader in list(self.reloaders):
-            try:
-                await reloader()
-            except Exception as exc:  # noqa: BLE001 - keep the running state
-                log.error("reload failed, running state kept: %s", exc)
+        while True:
+            self._reload_again = False
+            log.info("SIGHUP: reloading")
+            for reloader in list(self.reloaders):
+                try:
+                    await reloader()
+                except Exception as exc:  # noqa: BLE001 - keep the running state
+                    log.error("reload failed, running state kept: %s", exc)
+            if not self._reload_again:
+                return
 
     async def serve(self) -> int:
         """Run the data plane until stop() (SIGINT/SIGTERM call it); 0."""
@@ -344,6 +379,8 @@ class Daemon:
                     dataplane.arp.resolve_macs(self.engine, self.sock)))
             if self.nodenet is not None and self.nodenet.resync:
                 tasks.append(asyncio.create_task(self._resync(self.nodenet.resync)))
+            tasks.append(asyncio.create_task(self.liveness.run()))
+            tasks.append(asyncio.create_task(self._watch_address()))
             for service in self.services:
                 tasks.append(asyncio.create_task(service()))
             log.info("running; control socket %s", self.control.path)

@@ -21,9 +21,11 @@ import re
 from dataclasses import dataclass, field
 
 from udpoverlay.errors import ConfigError
-from udpoverlay.peer import Peer, parse_mac
+from udpoverlay.peer import Peer, PeerSpec, parse_mac
+from udpoverlay.static.checks import check_host, check_peer_addresses, check_peer_specs
 
-__all__ = ["Options", "build_config", "build_cluster_options", "parse_peer", "check_vni",
+__all__ = ["Options", "build_config", "build_cluster_options", "parse_peer", "parse_peer_spec",
+           "check_keepalive", "check_vni",
            "check_mtu", "DEFAULT_TUN", "DEFAULT_PORTS", "BACKENDS", "DEFAULT_VNI", "MAX_VNI",
            "DEFAULT_PREFIX", "DEFAULT_SUBNET_FILE", "DEFAULT_LEASE_TTL", "MIN_LEASE_TTL",
            "DEFAULT_RENEW_MARGIN_MIN", "DEFAULT_IPTABLES_RESYNC", "DEFAULT_HEALTHZ_IP",
@@ -49,6 +51,7 @@ IO_MODES = ("auto", "io_uring", "epoll")
 DEFAULT_IO_MODE = "auto"
 DEFAULT_RESOLVE_INTERVAL = 60.0
 MAX_KEEPALIVE = 3600
+MAX_BUSY_POLL_US = 10000
 MTU_RANGE = (576, 65535)
 
 
@@ -82,15 +85,22 @@ class Options:
     log_format: str = "text"        # text | json (--log-format)
     env_file: str | None = None     # FLANNELD_* settings re-read on SIGHUP (--env-file)
     io_mode: str = DEFAULT_IO_MODE  # TUN I/O: auto | io_uring | epoll (--io)
+    busy_poll_us: int = 0           # poll this long after a drain before sleeping; 0 = off
     # static peers (laptops): a TOML peers file, name resolution, NAT keepalives
     peers_file: str | None = None
     resolve_interval: float = DEFAULT_RESOLVE_INTERVAL   # seconds
     strict_peers: bool = False      # a peer name that does not resolve at start: error
     keepalive: int = 0              # seconds; 0 = off
+    # static mode, laptops: bind 0.0.0.0 (nothing pinned the address), so the
+    # kernel picks the source per packet and an address change needs no rebind
+    bind_any: bool = False
     # static mode; in cluster mode these come from etcd
     subnet: ipaddress.IPv4Network | None = None
     network: ipaddress.IPv4Network | None = None
-    peers: tuple[Peer, ...] = field(default_factory=tuple)
+    peers: tuple[Peer, ...] = field(default_factory=tuple)   # resolved: what the engine gets
+    # every --peer as given (names and literals); static mode resolves the
+    # names (static/names.py) and merges the peers file
+    peer_specs: tuple[PeerSpec, ...] = field(default_factory=tuple)
     backend: str = "udp"
     port: int = DEFAULT_PORTS["udp"]
     vni: int = DEFAULT_VNI
@@ -226,7 +236,7 @@ def _common(*, public_ip=None, tun=None, iface=(), iface_regex=(), iface_can_rea
             ip_blackhole_route=False, healthz_ip=DEFAULT_HEALTHZ_IP, healthz_port=0,
             verbosity=0, log_format="text", env_file=None, io_mode=DEFAULT_IO_MODE,
             peers_file=None, resolve_interval=DEFAULT_RESOLVE_INTERVAL, strict_peers=False,
-            keepalive=0) -> dict:
+            keepalive=0, busy_poll_us=0) -> dict:
     """The flags both modes share, validated into Options fields."""
     if isinstance(iface, str):
         iface = [iface]
@@ -250,7 +260,8 @@ def _common(*, public_ip=None, tun=None, iface=(), iface_regex=(), iface_can_rea
         peers_file=peers_file or None,
         resolve_interval=_seconds(resolve_interval, "--resolve-interval", 1, 86400),
         strict_peers=bool(strict_peers),
-        keepalive=_int(keepalive or 0, "--keepalive", 0, MAX_KEEPALIVE))
+        keepalive=_int(keepalive or 0, "--keepalive", 0, MAX_KEEPALIVE),
+        busy_poll_us=_int(busy_poll_us or 0, "--busy-poll-us", 0, MAX_BUSY_POLL_US))
 
 
 def _choice(value, what: str, choices: tuple[str, ...]) -> str:
@@ -294,11 +305,16 @@ def check_vni(value, what: str = "--vni") -> int:
     return vni
 
 
-def parse_peer(text: str, default_port: int) -> Peer:
-    """`PUBLIC_IP[:PORT]=SUBNET[,vtep-mac=MAC]` -> Peer; ConfigError if bad."""
+def check_keepalive(value, what: str) -> int:
+    return _int(value, what, 0, MAX_KEEPALIVE)
+
+
+def parse_peer_spec(text: str, default_port: int) -> PeerSpec:
+    """`HOST[:PORT]=SUBNET[,vtep-mac=MAC][,keepalive=N]` -> PeerSpec (HOST:
+    a DNS name or an IPv4 address); ConfigError if bad."""
     what = f"--peer {text!r}"
     if "=" not in text:
-        raise ConfigError(f"{what}: expected PUBLIC_IP[:PORT]=SUBNET")
+        raise ConfigError(f"{what}: expected HOST[:PORT]=SUBNET (e.g. PUBLIC_IP=SUBNET)")
     left, right = text.split("=", 1)
     left = left.strip()
     if ":" in left:
@@ -306,22 +322,42 @@ def parse_peer(text: str, default_port: int) -> Peer:
         port = _port(port_text, what)
     else:
         host, port = left, default_port
-    ip = _ip(host, what)
+    host = check_host(host, what)
     parts = right.split(",")
     subnet = _net(parts[0], what)
-    mac = None
+    mac, keepalive = None, None
     for opt in parts[1:]:
         key, _, val = opt.partition("=")
-        if key.strip() != "vtep-mac" or not val:
-            raise ConfigError(f"{what}: unknown option {opt!r} (only vtep-mac=MAC)")
-        mac = _mac(val, what)
-    return Peer(public_ip=ip, port=port, subnet=subnet, vtep_mac=mac)
+        key = key.strip()
+        if key == "vtep-mac" and val:
+            mac = _mac(val, what)
+        elif key == "keepalive" and val:
+            keepalive = check_keepalive(val, what + " keepalive")
+        else:
+            raise ConfigError(f"{what}: unknown option {opt!r} (vtep-mac=MAC, keepalive=SECONDS)")
+    return PeerSpec(host=host, port=port, subnet=subnet, vtep_mac=mac, keepalive=keepalive)
+
+
+def parse_peer(text: str, default_port: int) -> Peer:
+    """`PUBLIC_IP[:PORT]=SUBNET[,...]` -> Peer; ConfigError if bad or a name."""
+    spec = parse_peer_spec(text, default_port)
+    if spec.literal is None:
+        raise ConfigError(f"--peer {text!r}: {spec.host!r} is a name; resolve it first")
+    return spec.resolved(spec.literal)
+
+
+def _spec_of(p: Peer | PeerSpec | str, port: int) -> PeerSpec:
+    if isinstance(p, PeerSpec):
+        return p
+    if isinstance(p, Peer):
+        return PeerSpec(str(p.public_ip), p.port, p.subnet, p.vtep_mac, p.keepalive)
+    return parse_peer_spec(p, port)
 
 
 # -- whole-object checks -----------------------------------------------------------
 def _checked(o: Options) -> Options:
     """Static-mode consistency: subnet in network, peers sane."""
-    net, sub, pub = o.network, o.subnet, o.public_ip
+    net, sub = o.network, o.subnet
     if sub is None:
         raise ConfigError("--subnet is required")
     if net is None:
@@ -330,25 +366,8 @@ def _checked(o: Options) -> Options:
         raise ConfigError(f"--subnet {sub} is outside --network {net}")
     if sub == net:
         raise ConfigError(f"--subnet {sub} must be smaller than --network {net}")
-    seen_ips: dict[ipaddress.IPv4Address, Peer] = {}
-    for p in o.peers:
-        if pub is not None and p.public_ip == pub:
-            raise ConfigError(f"peer {p.public_ip}={p.subnet}: that is our own --public-ip")
-        if not p.subnet.subnet_of(net):
-            raise ConfigError(f"peer {p.public_ip}={p.subnet}: subnet outside --network {net}")
-        if p.subnet.overlaps(sub):
-            raise ConfigError(f"peer {p.public_ip}={p.subnet}: overlaps our --subnet {sub}")
-        if p.public_ip in seen_ips:
-            raise ConfigError(f"peer {p.public_ip} given twice "
-                              f"({seen_ips[p.public_ip].subnet} and {p.subnet})")
-        seen_ips[p.public_ip] = p
-    for i, a in enumerate(o.peers):
-        for b in o.peers[i + 1:]:
-            if a.subnet.overlaps(b.subnet):
-                raise ConfigError(f"peer subnets overlap: {a.public_ip}={a.subnet} "
-                                  f"and {b.public_ip}={b.subnet}")
-    if o.backend != "vxlan" and any(p.vtep_mac for p in o.peers):
-        raise ConfigError("vtep-mac in --peer only applies to --backend vxlan")
+    check_peer_specs(o.peer_specs or [_spec_of(p, o.port) for p in o.peers], sub, net, o.backend)
+    check_peer_addresses(o.peers, o.public_ip, o.backend)
     return o
 
 
@@ -369,8 +388,12 @@ def build_config(*, subnet: str | None, network: str | None, peers=(),
     sub = _net(subnet, "--subnet")
     if shared["direct_routing"] and backend != "vxlan":
         raise ConfigError("--direct-routing only applies to --backend vxlan")
-    parsed = tuple(p if isinstance(p, Peer) else parse_peer(p, port) for p in peers or ())
-    return _checked(Options(subnet=sub, network=net, peers=parsed, port=port, backend=backend,
+    given = [(p, _spec_of(p, port)) for p in peers or ()]
+    specs = tuple(s for _, s in given)
+    resolved = tuple(p if isinstance(p, Peer) else s.resolved(s.literal)
+                     for p, s in given if s.literal is not None)
+    return _checked(Options(subnet=sub, network=net, peers=resolved, peer_specs=specs,
+                            port=port, backend=backend,
                             vni=check_vni(DEFAULT_VNI if vni is None else vni),
                             enable_nftables=bool(enable_nftables), **shared))
 
@@ -393,6 +416,8 @@ def build_cluster_options(*, endpoints: str, prefix: str | None = None,
     given = dict(subnet=subnet, network=network, peers=peers, backend=backend, port=port,
                  vni=vni, enable_nftables=enable_nftables)
     named = [flag for key, flag in _FROM_ETCD if given[key] not in (None, "", (), [], False)]
+    named += [flag for key, flag in (("peers_file", "--peers-file"),
+                                     ("strict_peers", "--strict-peers")) if common.get(key)]
     if named:
         raise ConfigError(f"{', '.join(named)}: in cluster mode these come from etcd (the "
                           f"network config and our lease); do not give them with "

@@ -10,7 +10,7 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass
 
-__all__ = ["Peer", "format_mac", "parse_mac", "derive_vtep_mac"]
+__all__ = ["Peer", "PeerSpec", "format_mac", "parse_mac", "derive_vtep_mac"]
 
 
 def parse_mac(text: str) -> bytes:
@@ -37,7 +37,10 @@ class Peer:
 
     vtep_mac is the remote VTEP's MAC for the vxlan backend (None: unknown,
     to be learned by ARP). `since` is when the control plane first saw this
-    peer's current lease (clock seconds), for status only.
+    peer's current lease (clock seconds), for status only. `host` is the
+    name the address was resolved from (static mode; None for a literal or
+    a lease) and `keepalive` the peer's own NAT keepalive period in seconds
+    (None: --keepalive); the data plane reads neither.
     """
 
     public_ip: ipaddress.IPv4Address
@@ -47,6 +50,8 @@ class Peer:
     source: str = "static"
     since: float | None = None
     expires: float | None = None
+    host: str | None = None
+    keepalive: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -73,3 +78,34 @@ def derive_vtep_mac(*parts: str) -> bytes:
     digest = bytearray(hashlib.sha256(seed.encode()).digest()[:6])
     digest[0] = (digest[0] & 0xFC) | 0x02
     return bytes(digest)
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    """A peer as configured (a --peer flag or a peers-file entry): `host` is
+    a DNS name or an IPv4 literal. A name becomes a Peer only once resolved
+    (static/names.py); `origin` says where it was given, for messages."""
+
+    host: str
+    port: int
+    subnet: ipaddress.IPv4Network
+    vtep_mac: bytes | None = None
+    keepalive: int | None = None
+    origin: str = "--peer"
+
+    @property
+    def literal(self) -> ipaddress.IPv4Address | None:
+        """The address if `host` is an IPv4 literal, else None (a name)."""
+        try:
+            return ipaddress.IPv4Address(self.host)
+        except ValueError:
+            return None
+
+    def resolved(self, ip: ipaddress.IPv4Address) -> Peer:
+        """The Peer the data plane gets once `host` stands for `ip`."""
+        return Peer(public_ip=ip, port=self.port, subnet=self.subnet, vtep_mac=self.vtep_mac,
+                    host=None if self.literal is not None else self.host,
+                    keepalive=self.keepalive)
+
+    def label(self) -> str:
+        return f"{self.host}:{self.port}={self.subnet}"

@@ -1,9 +1,13 @@
 """The status document (what the daemon serves on its control socket) as
-the text `udpoverlay status` prints."""
+the text `udpoverlay status` prints: per peer its liveness (active / idle /
+never, seconds since the last datagram received and sent), the name it was
+resolved from and when; static mode's waiting peers and peers file. Also
+the few lines the daemon logs once its set-up is done (setup_summary), from
+the same document, so the log and `status` never tell two stories."""
 
 from __future__ import annotations
 
-__all__ = ["format_status"]
+__all__ = ["format_status", "setup_summary"]
 
 
 def _fmt_bytes(n: float) -> str:
@@ -14,6 +18,40 @@ def _fmt_bytes(n: float) -> str:
     return str(n)
 
 
+def _ago(value) -> str:
+    return "-" if value is None else f"{value:.0f}s" if value >= 10 else f"{value:.1f}s"
+
+
+def _peer_lines(p: dict) -> list[str]:
+    lines = [f"  {p['subnet']:<18} {p['public_ip'] + ':' + str(p['port']):<21} "
+             f"{p.get('state', '?'):<7} {_ago(p.get('last_rx')):>6} {_ago(p.get('last_tx')):>6} "
+             f"{p['tx_packets']:>9} {_fmt_bytes(p['tx_bytes']):>10} "
+             f"{p['rx_packets']:>9} {_fmt_bytes(p['rx_bytes']):>10}"]
+    notes = []
+    if p.get("host"):
+        note = f"name {p['host']}, resolved {_ago(p.get('resolved_ago'))} ago"
+        if p.get("resolve_error"):
+            note += f" (last lookup failed: {p['resolve_error']})"
+        notes.append(note)
+    if p.get("keepalive"):
+        notes.append(f"keepalive every {p['keepalive']}s, {p.get('tx_keepalive', 0)} sent")
+    if notes:
+        lines.append(f"  {'':<18} " + "; ".join(notes))
+    return lines
+
+
+def _static_lines(st: dict) -> list[str]:
+    lines = [f"  static peers: names re-resolved every {st.get('resolve_interval', 0):g}s, "
+             f"{st.get('lookups', 0)} lookups, {st.get('lookup_failures', 0)} failed"]
+    if st.get("peers_file"):
+        err = st.get("reload_error")
+        lines.append(f"  peers file {st['peers_file']}: reloaded {st.get('reloads', 0)} times"
+                     + (f"; last reload refused: {err}" if err else ""))
+    for w in st.get("waiting") or []:
+        lines.append(f"  waiting {w['subnet']:<18} {w['host']}:{w['port']}: {w['reason']}")
+    return lines
+
+
 def format_status(doc: dict) -> str:
     lines = [
         f"udpoverlay {doc.get('version', '?')} on {doc.get('iface')} "
@@ -22,15 +60,21 @@ def format_status(doc: dict) -> str:
         f"  public {doc.get('public_ip')}:{doc.get('port')}  subnet {doc.get('subnet')}  "
         f"network {doc.get('network')}  mtu {doc.get('mtu')}  uptime {doc.get('uptime', 0):.0f}s",
         "",
-        f"  {'SUBNET':<20} {'PEER':<22} {'TX PKTS':>10} {'TX BYTES':>11} "
-        f"{'RX PKTS':>10} {'RX BYTES':>11}",
+        f"  {'SUBNET':<18} {'PEER':<21} {'STATE':<7} {'RX AGO':>6} {'TX AGO':>6} "
+        f"{'TX PKTS':>9} {'TX BYTES':>10} {'RX PKTS':>9} {'RX BYTES':>10}",
     ]
+    if doc.get("bind_ip") == "0.0.0.0" and doc.get("underlay_ip"):
+        lines.insert(2, f"  underlay: bound to 0.0.0.0, source now {doc['underlay_ip']} "
+                        f"(follows address changes)")
+    if doc.get("underlay_address_gone"):
+        lines.insert(2, f"  underlay: address {doc.get('bind_ip')} is GONE from this host: "
+                        f"restart needed")
     for p in doc.get("peers", []):
-        lines.append(f"  {p['subnet']:<20} {p['public_ip'] + ':' + str(p['port']):<22} "
-                     f"{p['tx_packets']:>10} {_fmt_bytes(p['tx_bytes']):>11} "
-                     f"{p['rx_packets']:>10} {_fmt_bytes(p['rx_bytes']):>11}")
+        lines += _peer_lines(p)
     if not doc.get("peers"):
         lines.append("  (no peers)")
+    if doc.get("static"):
+        lines += _static_lines(doc["static"])
     off = doc.get("offload") or {}
     if off.get("enabled"):
         lines.insert(2, f"  offload: tun {','.join(off.get('tun') or []) or 'none'}; "
@@ -70,3 +114,35 @@ def format_status(doc: dict) -> str:
             lines.append("    rejected lease keys: " + ", ".join(
                 f"{reason} {n}" for reason, n in sorted(rejected.items())))
     return "\n".join(lines)
+
+
+def setup_summary(doc: dict) -> list[str]:
+    """What set-up made, as the daemon logs it at INFO (one event per line)."""
+    nat = "" if doc["bind_ip"] == doc["public_ip"] else f" (advertised as {doc['public_ip']})"
+    if doc["bind_ip"] == "0.0.0.0":
+        nat = f" (now {doc['underlay_ip']}; the source follows address changes)"
+    tun_addr = doc["subnet"].split("/")[0]
+    lines = [f"udpoverlay {doc['version']} (fast path: {doc['implementation']}) "
+             f"backend={doc['backend']}",
+             f"underlay: udp {doc['bind_ip']}:{doc['port']}{nat}; tun {doc['tun']}: address "
+             f"{tun_addr}/32 mtu {doc['mtu']}, route {doc['network']}",
+             f"local subnet {doc['subnet']}"]
+    if doc["backend"] == "vxlan":
+        lines.append(f"vxlan: vni {doc['vni']}, our VTEP {doc['vtep_mac']} at {tun_addr}")
+    off = doc["offload"]
+    if off["vnet_hdr_refused"]:
+        lines.append("offloads: off (the kernel refused IFF_VNET_HDR): one packet per TUN "
+                     "read and write")
+    elif not off["enabled"]:
+        lines.append("offloads: off (--no-offload): one packet per TUN read and write")
+    else:
+        lines.append(f"offloads: tun {','.join(off['tun']) or 'none (kernel refused TUNSETOFFLOAD)'}"
+                     f"; udp gso {'on' if off['udp_gso'] else 'off'}, gro "
+                     f"{'on' if off['udp_gro'] else 'off'}")
+    peers = doc.get("peers") or []
+    if not peers:
+        lines.append("no peers configured")
+    for p in peers:
+        name = f" ({p['host']})" if p.get("host") else ""
+        lines.append(f"peer {p['public_ip']}:{p['port']}{name} -> {p['subnet']}")
+    return lines

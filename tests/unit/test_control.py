@@ -321,3 +321,36 @@ def test_status_text_shows_the_control_counters():
                                       "failed": 0, "builds": 4, "active": 0}})
     assert ("control socket: served 7, rejected busy 3, timed out 2, documents built 4"
             in text)
+
+
+def test_status_text_shows_liveness_names_keepalives_and_waiting_peers():
+    peer = {"subnet": "198.19.2.0/24", "public_ip": "198.18.0.2", "port": 8285,
+            "tx_packets": 5, "tx_bytes": 500, "rx_packets": 4, "rx_bytes": 400,
+            "state": "active", "last_rx": 0.42, "last_tx": 12.3, "host": "bob.example.net",
+            "resolved_ago": 3.0, "resolve_error": "Temporary failure in name resolution",
+            "keepalive": 25, "tx_keepalive": 7}
+    never = {"subnet": "198.19.3.0/24", "public_ip": "198.18.0.3", "port": 8285,
+             "tx_packets": 0, "tx_bytes": 0, "rx_packets": 0, "rx_bytes": 0,
+             "state": "never", "last_rx": None, "last_tx": None, "host": None}
+    text = format_status({
+        "peers": [peer, never], "bind_ip": "0.0.0.0", "underlay_ip": "198.18.0.1",
+        "counters": {"tx_keepalive": 7, "rx_keepalive": 9},
+        "static": {"resolve_interval": 60.0, "lookups": 3, "lookup_failures": 1,
+                   "peers_file": "/etc/udpoverlay/peers.toml", "reloads": 2,
+                   "reload_error": "peers.toml:4: peer 1 (b!b): bad host name",
+                   "waiting": [{"subnet": "198.19.4.0/24", "host": "carol", "port": 8285,
+                                "reason": "does not resolve: Name or service not known"}]}})
+    lines = text.splitlines()
+    row = next(line for line in lines if line.lstrip().startswith("198.19.2.0/24"))
+    assert row.split()[:5] == ["198.19.2.0/24", "198.18.0.2:8285", "active", "0.4s", "12s"]
+    assert ("name bob.example.net, resolved 3.0s ago (last lookup failed: Temporary failure "
+            "in name resolution); keepalive every 25s, 7 sent") in text
+    row = next(line for line in lines if line.lstrip().startswith("198.19.3.0/24"))
+    assert row.split()[2:5] == ["never", "-", "-"]
+    assert "underlay: bound to 0.0.0.0, source now 198.18.0.1" in text
+    gone = format_status({"bind_ip": "198.18.0.1", "underlay_address_gone": True})
+    assert "address 198.18.0.1 is GONE from this host: restart needed" in gone
+    assert "waiting 198.19.4.0/24" in text and "carol:8285: does not resolve" in text
+    assert "reloaded 2 times; last reload refused: peers.toml:4" in text
+    assert "tx_keepalive                 7" in text and "rx_keepalive                 9" in text
+    assert "drops: none" in text          # keepalives are not drops

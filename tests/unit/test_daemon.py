@@ -9,7 +9,9 @@ addresses from 198.19.0.0/16."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
+import logging
 import secrets
 import socket
 
@@ -124,7 +126,7 @@ def test_serve_forwards_both_ways_reports_status_and_stops(loop, peer_sock):
     assert src == ("127.0.0.1", opts.port)
     assert got[8] == 63 and got[12:] == out_tail(got)
     assert into_tun[8] == 63 and into_tun[12:16] == bytes([198, 19, 2, 5])
-    assert doc["implementation"] == dataplane.IMPLEMENTATION and doc["dataplane"] == "loop"
+    assert doc["implementation"] == dataplane.IMPLEMENTATION and doc["dataplane"].startswith("loop")
     assert doc["iface"] == opts.tun and doc["mtu"] == 1472 and doc["backend"] == "udp"
     assert [p["subnet"] for p in doc["peers"]] == ["198.19.2.0/24"]
     assert doc["routes"] == [{"subnet": "198.19.2.0/24",
@@ -168,3 +170,104 @@ def _status(iface: str):
         return query_status(iface, 1.0)
     except ControlError:
         return None
+
+
+def test_keepalives_both_ways_counted_never_written_and_liveness_in_status(loop, peer_sock):
+    """--keepalive 1: the daemon sends 1-byte datagrams to its silent peer;
+    one from the peer is counted as rx_keepalive and not written to the TUN."""
+    opts = dataclasses.replace(_opts(peer_sock.getsockname()[1]), keepalive=1)
+    d = LoopbackDaemon(opts)
+    d.setup()
+    d.kernel_side.settimeout(0.3)
+
+    async def main():
+        served = asyncio.create_task(d.serve())
+        got, src = await asyncio.to_thread(peer_sock.recvfrom, 2048)
+        peer_sock.sendto(b"\0", ("127.0.0.1", opts.port))
+        await wait_until(lambda: d.engine.counters()["rx_keepalive"] == 1, 5, "rx_keepalive")
+        written = await asyncio.to_thread(_recv_or_none, d.kernel_side)
+        doc = d.status()
+        d.stop()
+        await asyncio.wait_for(served, 5)
+        return got, src, written, doc
+
+    got, src, written, doc = run(main())
+    assert got == b"\0" and src == ("127.0.0.1", opts.port) and written is None
+    assert doc["counters"]["tx_keepalive"] >= 1 and doc["counters"]["rx_keepalive"] == 1
+    (peer,) = doc["peers"]
+    assert peer["keepalive"] == 1 and peer["tx_keepalive"] >= 1 and peer["last_tx"] is not None
+    assert peer["host"] is None and peer["state"] in ("never", "active")
+
+
+def _recv_or_none(s: socket.socket):
+    try:
+        return s.recv(65536)
+    except (socket.timeout, BlockingIOError):
+        return None
+
+
+def test_wildcard_bind_and_peer_details_joined_into_status(peer_sock):
+    opts = dataclasses.replace(_opts(peer_sock.getsockname()[1]), bind_any=True)
+    d = LoopbackDaemon(opts)
+    d.setup()
+    try:
+        assert d.sock.getsockname()[0] == "0.0.0.0"
+        d.peer_details.append(lambda: {"198.19.2.0/24": {"origin": "peers.toml:3"},
+                                       "198.19.9.0/24": {"origin": "elsewhere"}})
+        d.peer_details.append(lambda: 1 / 0)          # a broken source: status still answers
+        doc = d.status()
+    finally:
+        d.close()
+    assert doc["bind_ip"] == "0.0.0.0" and doc["underlay_ip"] == "127.0.0.1"
+    (peer,) = doc["peers"]
+    assert (peer["origin"], peer["state"], peer["last_rx"]) == ("peers.toml:3", "never", None)
+    assert doc["counters"]["tx_keepalive"] == 0
+
+
+def test_address_changes_followed_when_bound_to_any_else_one_error(peer_sock, caplog):
+    d = LoopbackDaemon(dataclasses.replace(_opts(peer_sock.getsockname()[1]), bind_any=True))
+    d.setup()
+    try:
+        d.address.current = "127.0.0.9"     # as if we had another address before
+        with caplog.at_level(logging.INFO, logger="udpoverlay"):
+            d.check_address()
+        assert d.address.current == "127.0.0.1" and "underlay address changed" in caplog.text
+    finally:
+        d.close()
+    for cluster in (False, True):
+        gone = Options(public_ip=ipaddress.IPv4Address("198.18.0.99"),
+                       endpoints=("http://127.0.0.1:2379",) if cluster else ())
+        d = Daemon(gone)                    # bound to an address this host does not hold
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="udpoverlay"):
+            for _ in range(3):
+                d.check_address()
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and "198.18.0.99 is gone" in errors[0] and "restart" in errors[0]
+        assert ("lease still advertises" in errors[0]) == cluster
+        assert d.address.gone and d.status()["underlay_address_gone"]
+
+
+def test_sighups_during_a_reload_make_exactly_one_more_run(loop, peer_sock):
+    d = LoopbackDaemon(_opts(peer_sock.getsockname()[1]))
+    runs = []
+
+    async def slow():
+        runs.append(len(runs))
+        await asyncio.sleep(0.05)
+
+    async def broken():
+        raise RuntimeError("bad reloader")
+
+    d.reloaders += [broken, slow]
+
+    async def main():
+        for _ in range(3):
+            d.reload()
+        await asyncio.sleep(0.01)
+        d.reload()
+        d.reload()
+        await d._reloading
+        await d._reloading
+    run(main())
+    assert runs == [0, 1]

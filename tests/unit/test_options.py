@@ -34,6 +34,30 @@ def test_valid_config_defaults():
     assert c.mtu is None
 
 
+def test_peers_by_name_wait_for_resolution_literals_are_resolved_at_once():
+    c = cfg(peers=["Bob.Example.NET.:9000=198.19.2.0/24,keepalive=25",
+                   "198.18.0.3=198.19.3.0/24", "carol=198.19.4.0/24"])
+    assert [(s.host, s.port, str(s.subnet), s.keepalive) for s in c.peer_specs] == [
+        ("bob.example.net", 9000, "198.19.2.0/24", 25), ("198.18.0.3", 8285, "198.19.3.0/24", None),
+        ("carol", 8285, "198.19.4.0/24", None)]
+    # only the literal is a Peer yet: names become Peers once resolved
+    assert [(str(p.public_ip), p.host) for p in c.peers] == [("198.18.0.3", None)]
+    bob = c.peer_specs[0].resolved(ipaddress.IPv4Address("198.18.0.2"))
+    assert (str(bob.public_ip), bob.host, bob.keepalive) == ("198.18.0.2", "bob.example.net", 25)
+
+
+def test_peers_behind_one_nat_differ_by_port_in_udp_mode_only():
+    peers = ["198.18.0.254:8301=198.19.2.0/24", "198.18.0.254:8302=198.19.3.0/24"]
+    assert len(cfg(peers=peers).peers) == 2
+    with pytest.raises(ConfigError, match="given twice"):
+        cfg(peers=peers, backend="vxlan")
+
+
+def test_parse_peer_refuses_a_name_it_cannot_resolve():
+    with pytest.raises(ConfigError, match="is a name"):
+        parse_peer("bob.example.net=198.19.2.0/24", 8285)
+
+
 def test_peer_port_follows_our_port_and_vtep_mac():
     c = cfg(port="9999", backend="vxlan", peers=["198.18.0.2=198.19.2.0/24,vtep-mac=02:00:00:00:00:02"])
     assert c.port == 9999 and c.peers[0].port == 9999
@@ -93,10 +117,22 @@ def test_config_is_frozen():
     (dict(peers=["198.18.0.2=198.18.5.0/24"]), "outside --network"),
     (dict(peers=["198.18.0.2:0=198.19.2.0/24"]), "bad port"),
     (dict(peers=["198.18.0.2:x=198.19.2.0/24"]), "bad port"),
-    (dict(peers=["198.18.0.2"]), "expected PUBLIC_IP"),
+    (dict(peers=["198.18.0.2"]), "expected HOST[:PORT]=SUBNET"),
     (dict(peers=["198.18.0.2=198.19.2.0/24,vtep-mac=zz"]), "bad MAC"),
     (dict(peers=["198.18.0.2=198.19.2.0/24,color=red"]), "unknown option"),
-    (dict(peers=["host=198.19.2.0/24"]), "bad IPv4 address"),
+    (dict(peers=["198.18.0.300=198.19.2.0/24"]), "bad IPv4 address"),
+    (dict(peers=["198.18.0=198.19.2.0/24"]), "bad IPv4 address"),       # all digits: an address
+    (dict(peers=["bob_.example.net!=198.19.2.0/24"]), "bad host name"),
+    (dict(peers=["-bob.example.net=198.19.2.0/24"]), "bad host name"),
+    (dict(peers=["bob..example.net=198.19.2.0/24"]), "bad host name"),
+    (dict(peers=["[2001:db8::1]=198.19.2.0/24"]), "bad"),
+    (dict(peers=["bob=198.19.2.0/24,keepalive=-1"]), "keepalive"),
+    (dict(peers=["bob=198.19.2.0/24,keepalive=99999"]), "out of range"),
+    (dict(peers=["bob=198.19.2.0/24", "carol=198.19.2.128/25"]), "overlap"),
+    (dict(peers=["bob=198.19.1.0/24"]), "overlaps our --subnet"),
+    (dict(peers=["bob=198.19.2.0/24,vtep-mac=02:00:00:00:00:01"]), "only applies to --backend vxlan"),
+    (dict(keepalive="-5"), "--keepalive"),
+    (dict(resolve_interval="0"), "--resolve-interval"),
 ])
 def test_bad_config_is_one_line_config_error(kw, needle):
     with pytest.raises(ConfigError) as ei:
@@ -170,10 +206,20 @@ def test_cli_version_python_reference():
 
 def test_cli_help_mentions_peer_syntax():
     r = _run_cli("run", "--help")
-    assert r.returncode == 0 and "PUBLIC_IP[:PORT]=SUBNET" in r.stdout
+    assert r.returncode == 0 and "HOST[:PORT]=SUBNET" in r.stdout
 
 
 def test_status_without_daemon_fails_cleanly():
     r = _run_cli("status", "--tun", "nosuchdev0", "--timeout", "1")
     assert r.returncode == 1
     assert r.stderr.startswith("udpoverlay: error: ") and r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("kw, flag", [(dict(peers_file="/etc/peers.toml"), "--peers-file"),
+                                      (dict(strict_peers=True), "--strict-peers")])
+def test_static_peer_flags_are_refused_in_cluster_mode(kw, flag):
+    from udpoverlay.options import build_cluster_options
+    with pytest.raises(ConfigError, match=f"{flag}: in cluster mode"):
+        build_cluster_options(endpoints="http://127.0.0.1:2379", **kw)
+    # keepalives and liveness work in both modes
+    assert build_cluster_options(endpoints="http://127.0.0.1:2379", keepalive=25).keepalive == 25

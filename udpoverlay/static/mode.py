@@ -1,18 +1,28 @@
 """Static mode's runner: options -> a running Daemon until SIGINT/SIGTERM.
 
 Order: the operations endpoint first (so /healthz answers and /readyz says
-503 while set-up runs) -> the underlay chosen and the daemon set up, off the
-loop (pyroute2's sync netlink must not run inside it) -> serve().
+503 while set-up runs) -> the underlay chosen -> the peers file read and
+the peer names resolved (static/peers.py; --strict-peers: a name that does
+not resolve is an error) -> the daemon set up, off the loop (pyroute2's
+sync netlink must not run inside it) -> serve(), with the re-resolution
+task, the SIGHUP reloader and the peers' status registered.
+
+With none of --iface/--iface-regex/--iface-can-reach/--public-ip the
+underlay is the default route's interface, which on a laptop changes
+address with the network: the socket then binds 0.0.0.0 (bind_any), so
+the kernel picks the source per packet and no rebind is ever needed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from udpoverlay.daemon import Daemon, interrupt_on_sigterm, prepare, run_loop
 from udpoverlay.lifecycle import Lifecycle
 from udpoverlay.ops import Ops
 from udpoverlay.options import Options
+from udpoverlay.static.peers import StaticPeers
 
 __all__ = ["run"]
 
@@ -24,8 +34,18 @@ async def _main(opts: Options) -> int:
     daemon: Daemon | None = None
     try:
         lifecycle.waiting("the underlay interface")
+        pinned = bool(opts.ifaces or opts.iface_regex or opts.iface_can_reach
+                      or opts.public_ip or opts.bind_ip)
         opts = await asyncio.to_thread(prepare, opts)
+        lifecycle.waiting("the peer names")
+        peers = StaticPeers(opts)
+        opts = dataclasses.replace(opts, peers=tuple(await peers.start()), bind_any=not pinned)
         daemon = Daemon(opts, lifecycle)
+        peers.apply = daemon.apply_peers
+        daemon.services.append(peers.run)
+        daemon.reloaders.append(peers.reload)
+        daemon.status_sections["static"] = peers.status
+        daemon.peer_details.append(peers.peer_details)
         ops.attach(daemon)
         lifecycle.waiting("the data plane")
         await asyncio.to_thread(daemon.setup)

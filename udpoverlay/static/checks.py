@@ -1,0 +1,70 @@
+"""Checks of configured static peers, in the order they can be made: the
+shape of a HOST (before any lookup), what holds for the specs without
+addresses (subnets), and what holds once addresses are known (not ours, not
+twice). options.py runs them on the flags, static/peers.py again on the
+merged flags + peers file and on every resolution. ConfigError, one line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from udpoverlay.errors import ConfigError
+from udpoverlay.peer import Peer
+
+__all__ = ["check_host", "check_peer_specs", "check_peer_addresses"]
+
+_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def check_host(host: str, what: str) -> str:
+    """A peer's HOST: an IPv4 literal or a DNS name (checked for shape only;
+    it is resolved later)."""
+    host = str(host).strip()
+    host = host[:-1] if host.endswith(".") else host    # a fully qualified name
+    labels = host.split(".")
+    if all(label.isdigit() for label in labels):     # all-numeric: meant as an address
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ConfigError(f"{what}: bad IPv4 address {host!r}") from None
+        return host
+    if not host or len(host) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise ConfigError(f"{what}: bad host name {host!r} (a DNS name or an IPv4 address)")
+    return host.lower()
+
+
+def check_peer_specs(specs, subnet: ipaddress.IPv4Network, network: ipaddress.IPv4Network,
+                     backend: str) -> None:
+    """What holds for configured peers before any name is resolved: each
+    subnet inside the network, none overlapping ours or another's, vtep-mac
+    only for vxlan. ConfigError naming the peer(s)."""
+    for p in specs:
+        if not p.subnet.subnet_of(network):
+            raise ConfigError(f"peer {p.host}={p.subnet}: subnet outside --network {network}")
+        if p.subnet.overlaps(subnet):
+            raise ConfigError(f"peer {p.host}={p.subnet}: overlaps our --subnet {subnet}")
+    ordered = sorted(specs, key=lambda p: (int(p.subnet.network_address), p.subnet.prefixlen))
+    for a, b in zip(ordered, ordered[1:]):
+        if a.subnet.overlaps(b.subnet):
+            raise ConfigError(f"peer subnets overlap: {a.host}={a.subnet} ({a.origin}) "
+                              f"and {b.host}={b.subnet} ({b.origin})")
+    if backend != "vxlan" and any(p.vtep_mac for p in specs):
+        raise ConfigError("vtep-mac in --peer only applies to --backend vxlan")
+
+
+def check_peer_addresses(peers, public_ip, backend: str) -> None:
+    """What holds once addresses are known: no peer at our own --public-ip,
+    no address twice (udp mode tells peers behind one NAT apart by port, so
+    there it is address and port)."""
+    seen: dict[tuple, Peer] = {}
+    for p in peers:
+        if public_ip is not None and p.public_ip == public_ip:
+            raise ConfigError(f"peer {p.host or p.public_ip}={p.subnet}: that is our own "
+                              f"--public-ip")
+        key = (p.public_ip, p.port) if backend == "udp" else (p.public_ip,)
+        if key in seen:
+            raise ConfigError(f"peer {':'.join(map(str, key))} given twice "
+                              f"({seen[key].subnet} and {p.subnet})")
+        seen[key] = p
