@@ -364,7 +364,7 @@ cdef class Core:
 
     def peer_stats(self):
         """Per peer, in table order: (tx_packets, tx_bytes, rx_packets,
-        rx_bytes, VTEP MAC or None)."""
+        rx_bytes, VTEP MAC or None, rx_keepalive)."""
         cdef int i
         cdef peer_t *p
         cdef table_t *t = self.cfg.table
@@ -372,7 +372,7 @@ cdef class Core:
         for i in range(t.n_peers):
             p = &t.peers[i]
             res.append((p.st.tx_packets, p.st.tx_bytes, p.st.rx_packets, p.st.rx_bytes,
-                        (<char *>p.mac)[:6] if p.has_mac else None))
+                        (<char *>p.mac)[:6] if p.has_mac else None, p.st.rx_keepalive))
         return res
 
     def arp_request(self, int idx):

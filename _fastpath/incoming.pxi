@@ -138,9 +138,11 @@ cdef int inbound_c(const cfg_t *c, rx_t *rx, table_t *t, const uint8_t *d, Py_ss
         if lo == v:
             return BAD_PORT
         if n < IPV4_MIN:
-            return KEEPALIVE    # a NAT keepalive (issue 13): counted, not written
+            peer[0] = t.by_ip[lo].peer   # a NAT keepalive: counted for it, not written
+            return KEEPALIVE
         return inner_c(c, t, d, n, lo, v, peer)
     if n < IPV4_MIN:
+        peer[0] = t.by_ip[lo].peer
         return KEEPALIVE
     if n < VXLAN_HDR:
         return TOO_SHORT
@@ -206,6 +208,8 @@ cdef inline void count_in(rx_t *rx, const table_t *t, int v, int idx,
         rx.packets += 1
         rx.bytes += n
     else:
+        if v == KEEPALIVE and idx >= 0:
+            t.peers[idx].st.rx_keepalive += 1
         rx.verdicts[v] += 1
 
 

@@ -18,6 +18,7 @@ cdef struct pstats_t:
     uint64_t tx_bytes
     uint64_t rx_packets
     uint64_t rx_bytes
+    uint64_t rx_keepalive      # NAT keepalives from this peer (liveness, not packets)
 
 cdef struct peer_t:
     uint32_t ip

@@ -67,12 +67,15 @@ class Liveness:
         for peer, st in zip(engine.peers, engine.peer_status()):   # type: ignore[attr-defined]
             key = (st["public_ip"], st["port"], st["subnet"])
             t = self._tracks.get(key)
+            # received = packets and keepalives: a peer that only keeps its
+            # NAT mapping open is alive too
+            rx = st["rx_packets"] + st.get("rx_keepalive", 0)
             if t is None:       # new: only what moves from here on counts
-                t = _Track(st["tx_packets"], st["rx_packets"])
+                t = _Track(st["tx_packets"], rx)
             if st["tx_packets"] != t.tx:
                 t.tx, t.last_tx = st["tx_packets"], now
-            if st["rx_packets"] != t.rx:
-                t.rx, t.last_rx = st["rx_packets"], now
+            if rx != t.rx:
+                t.rx, t.last_rx = rx, now
             period = t.period = peer.keepalive if peer.keepalive is not None else self.keepalive
             if period and (t.last_tx is None or now - t.last_tx >= period - 0.05):
                 self._keepalive(t, key, now)

@@ -15,11 +15,12 @@ from udpoverlay.peer import Peer
 class FakeEngine:
     def __init__(self, *peers: Peer) -> None:
         self.peers = peers
-        self.stats = {p.subnet: [0, 0] for p in peers}      # tx, rx packets
+        self.stats = {p.subnet: [0, 0, 0] for p in peers}   # tx, rx packets, rx keepalives
 
     def peer_status(self) -> list[dict]:
         return [{"public_ip": str(p.public_ip), "port": p.port, "subnet": str(p.subnet),
-                 "tx_packets": self.stats[p.subnet][0], "rx_packets": self.stats[p.subnet][1]}
+                 "tx_packets": self.stats[p.subnet][0], "rx_packets": self.stats[p.subnet][1],
+                 "rx_keepalive": self.stats[p.subnet][2]}
                 for p in self.peers]
 
 
@@ -39,7 +40,7 @@ def test_states_follow_the_counters():
     live.sample()
     assert live.details()[_key(a)] == {"state": "never", "last_rx": None, "last_tx": None,
                                        "keepalive": 0, "tx_keepalive": 0}
-    eng.stats[a.subnet] = [3, 1]
+    eng.stats[a.subnet] = [3, 1, 0]
     clock.advance(1)
     live.sample()
     clock.advance(2.5)
@@ -86,14 +87,30 @@ def test_a_moved_peer_starts_again_and_no_engine_is_no_sample():
     a = _peer(2)
     eng, clock = FakeEngine(a), FakeClock()
     live = Liveness(lambda: eng, lambda d, addr: None, clock=clock)
-    eng.stats[a.subnet] = [1, 1]
+    eng.stats[a.subnet] = [1, 1, 0]
     live.sample()
-    eng.stats[a.subnet] = [2, 2]
+    eng.stats[a.subnet] = [2, 2, 0]
     live.sample()
     assert live.details()[_key(a)]["state"] == "active"
     moved = Peer(ipaddress.IPv4Address("198.18.0.12"), 8285, a.subnet)
     eng.peers = (moved,)
-    eng.stats[a.subnet] = [0, 0]
+    eng.stats[a.subnet] = [0, 0, 0]
     live.sample()
     assert list(live.details()) == [_key(moved)] and live.details()[_key(moved)]["state"] == "never"
     Liveness(lambda: None, lambda d, addr: None).sample()
+
+
+def test_a_peer_heard_only_through_keepalives_is_active():
+    """A NAT'd peer with nothing to say still proves it is there."""
+    a = _peer(2)
+    eng, clock = FakeEngine(a), FakeClock()
+    live = Liveness(lambda: eng, lambda d, addr: None, clock=clock)
+    live.sample()
+    clock.advance(1)
+    live.sample()
+    assert live.details()[_key(a)]["state"] == "never"
+    eng.stats[a.subnet][2] = 1
+    clock.advance(1)
+    live.sample()
+    d = live.details()[_key(a)]
+    assert (d["state"], d["last_rx"]) == ("active", 0)

@@ -153,6 +153,7 @@ class Engine:
             d = dict(zip(("public_ip", "port", "subnet"), ent[1]))
             d.update(zip(_PEER_STATS, st))
             d["vtep_mac"] = format_mac(st[4])
+            d["rx_keepalive"] = st[5]
             d["source"] = p.source
             out.append(d)
         return out

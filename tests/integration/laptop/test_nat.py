@@ -104,6 +104,11 @@ def test_keepalives_hold_a_nat_mapping_open_and_are_never_written(overlay3, tmp_
         assert tun_after[i] == tun_before[i], f"keepalives reached h{i}'s TUN"
         assert c_after[i]["rx_packets"] == c_before[i]["rx_packets"]
     assert counters(ov, 3)["tx_keepalive"] == 0 and counters(ov, 3)["rx_keepalive"] == 0
+    # heard only through keepalives for 3x the mapping timeout: still alive
+    h2 = peer_entry(ov, 1, subnet_of(2))
+    assert h2 is not None and h2["state"] == "active", h2
+    assert h2["last_rx"] is not None and h2["last_rx"] <= 2.0, h2
+    assert h2["rx_keepalive"] >= 2 * MAPPING, h2
 
     assert ov.ping(1, 2, count=2).returncode == 0, "the kept mapping let nothing through"
     lost = ov.run(ov.hosts[1], ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "1",

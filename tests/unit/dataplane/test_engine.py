@@ -32,7 +32,7 @@ def test_peers_round_trip_in_table_order(impl):
         ("198.18.0.3", 8472, "198.19.3.0/24", "static"),
         ("198.18.0.2", 8472, "198.19.2.0/24", "static")]
     assert list(st[0]) == ["public_ip", "port", "subnet", "tx_packets", "tx_bytes",
-                           "rx_packets", "rx_bytes", "vtep_mac", "source"]
+                           "rx_packets", "rx_bytes", "vtep_mac", "rx_keepalive", "source"]
     assert st[0]["vtep_mac"] == "02:bb:00:00:00:02" and st[1]["vtep_mac"] is None
 
 

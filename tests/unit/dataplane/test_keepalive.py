@@ -24,10 +24,12 @@ def drops(e) -> int:
 def test_short_from_the_configured_peer_is_a_keepalive_in_udp_mode(impl):
     e = engine(impl, "udp")
     for n in (0, 1, 4, 19):
-        assert e.t.inbound(b"\xff" * n, KNOWN, 8285) == (wire.KEEPALIVE, -1, b"", b"")
+        # attributed to the peer (its liveness), nothing to write
+        assert e.t.inbound(b"\xff" * n, KNOWN, 8285) == (wire.KEEPALIVE, 0, b"", b"")
     c = e.counters()
     assert c["rx_keepalive"] == 4 and drops(e) == 0
     assert c["rx_packets"] == 0 and e.peer_status()[0]["rx_packets"] == 0
+    assert [p["rx_keepalive"] for p in e.peer_status()] == [4, 0, 0]
     assert wire.VERDICT_NAMES[-1] == "keepalive" and "rx_drop_keepalive" not in c
 
 
@@ -52,6 +54,7 @@ def test_vxlan_keepalive_from_any_port_of_a_known_address(impl):
     assert e.t.inbound(b"\x08", STRANGER, 8472)[0] == wire.UNKNOWN_PEER
     c = e.counters()
     assert c["rx_keepalive"] == 3 and c["rx_drop_too_short"] == 2
+    assert e.peer_status()[0]["rx_keepalive"] == 3
     assert c["rx_drop_unknown_peer"] == 1 and c["rx_packets"] == 0
 
 

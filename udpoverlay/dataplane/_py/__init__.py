@@ -141,8 +141,8 @@ class Core(Outgoing, Incoming):
 
     def peer_stats(self) -> list[tuple]:
         """Per peer, in table order: (tx_packets, tx_bytes, rx_packets,
-        rx_bytes, VTEP MAC or None)."""
-        return [(*p[5], p[4]) for p in self._t.peers]
+        rx_bytes, VTEP MAC or None, rx_keepalive)."""
+        return [(*p[5][:4], p[4], p[5][4]) for p in self._t.peers]
 
     def arp_request(self, idx: int) -> bytes:
         """VXLAN datagram asking peer idx for the MAC of its VTEP address."""

@@ -102,11 +102,11 @@ class Incoming:
             if not cands:
                 return BAD_PORT, -1, 0, b""
             if len(d) < IPV4_MIN:
-                return KEEPALIVE, -1, 0, b""    # a NAT keepalive (issue 13): counted, not written
+                return KEEPALIVE, cands[0], 0, b""   # a NAT keepalive: counted for it, not written
             v, idx = self._inner(d, cands)
             return v, idx, 0, b""
         if len(d) < IPV4_MIN:
-            return KEEPALIVE, -1, 0, b""
+            return KEEPALIVE, cands[0], 0, b""
         if len(d) < VXLAN_HDR:
             return TOO_SHORT, -1, 0, b""
         if not d[0] & 0x08:
@@ -176,6 +176,8 @@ class Incoming:
             self._rx_c[PACKETS] += 1
             self._rx_c[BYTES] += n
         else:
+            if v == KEEPALIVE and idx >= 0:
+                self._t.peers[idx][STATS][4] += 1
             self._rx_v[v] += 1
 
     # -- receiving -------------------------------------------------------------------

@@ -56,7 +56,7 @@ class Table:
             if not 0 <= length <= 32:
                 raise ValueError(f"bad prefix length {length}")
             q = prev.pop((ip, port, net, length), None)
-            stats = q[STATS] if q else [0, 0, 0, 0]
+            stats = q[STATS] if q else [0, 0, 0, 0, 0]   # tx/rx packets/bytes, rx_keepalive
             fixed = mac is not None
             # A MAC learned by ARP survives a table swap that does not name one.
             mac = bytes(mac) if fixed else (q[MAC] if q else None)
