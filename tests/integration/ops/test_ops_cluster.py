@@ -33,6 +33,9 @@ def test_readyz_waits_for_etcd_and_the_lease(cluster):  # noqa: F811 - the fixtu
         status, body = get(cl.ov, h1, path, addr)
         return (status, body) if status else None
     wait_for(lambda: answered("/healthz"), 15, 0.1, "/healthz answering")
+    # start-up passes "the underlay interface" first, then blocks on etcd
+    wait_for(lambda: "etcd" in get(cl.ov, h1, "/readyz", addr)[1], 10, 0.1,
+             "/readyz naming etcd")
     status, body = get(cl.ov, h1, "/readyz", addr)
     assert status == 503 and "waiting for" in body and "etcd" in body, (status, body)
     assert get(cl.ov, h1, "/healthz", addr) == (200, "ok\n")
