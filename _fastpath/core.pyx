@@ -75,7 +75,7 @@ include "outgoing.pxi"
 include "incoming.pxi"
 
 IMPLEMENTATION = "cython"
-IO_MODES = ("auto", "io_uring", "epoll")
+from udpoverlay.dataplane.wire import IO_MODES   # the one list, shared with the reference
 
 import struct as _struct
 _SPEC = _struct.Struct("=IIHBB6s")     # wire.PEER_SPEC_FORMAT

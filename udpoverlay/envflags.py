@@ -32,8 +32,8 @@ from typing import Iterable, Mapping
 from udpoverlay.textfile import read_text
 
 __all__ = ["ENV_PREFIX", "env_name", "from_environment", "go_spelling", "parse_bool",
-           "parse_level", "split_list", "annotate", "parse_env_file", "flag_value", "read_env_file",
-           "ENV_FILE_LIMIT"]
+           "parse_level", "split_list", "annotate", "parse_env_file", "flag_names", "flag_value",
+           "read_env_file", "ENV_FILE_LIMIT"]
 
 ENV_PREFIX = "FLANNELD_"
 ENV_FILE_LIMIT = 1 << 20       # bytes: an env file is a few lines, never megabytes
@@ -95,6 +95,11 @@ def split_list(flag: str, text: str) -> list[str]:
 
 def _long_flags(action: argparse.Action) -> list[str]:
     return [o for o in action.option_strings if o.startswith("--")]
+
+
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """argparse dest -> the flag's first long name (`v` -> `--v`)."""
+    return {a.dest: longs[0] for a in parser._actions if (longs := _long_flags(a))}
 
 
 def _named(action: argparse.Action, argv: Iterable[str]) -> bool:

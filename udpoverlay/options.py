@@ -20,6 +20,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from udpoverlay.dataplane.wire import IO_MODES
 from udpoverlay.errors import ConfigError
 from udpoverlay.peer import Peer, PeerSpec, parse_mac
 from udpoverlay.static.checks import check_host, check_peer_addresses, check_peer_specs
@@ -47,7 +48,6 @@ RENEW_MARGIN_RANGE = (1, 1439)                  # minutes, as flanneld checks it
 DEFAULT_IPTABLES_RESYNC = 5                     # seconds
 DEFAULT_HEALTHZ_IP = "0.0.0.0"
 LOG_FORMATS = ("text", "json")
-IO_MODES = ("auto", "io_uring", "epoll")
 DEFAULT_IO_MODE = "auto"
 DEFAULT_RESOLVE_INTERVAL = 60.0
 MAX_KEEPALIVE = 3600

@@ -32,7 +32,6 @@ import logging
 import os
 import threading
 
-from udpoverlay.dataplane.wire import IO_MODES
 from udpoverlay.errors import ConfigError
 
 __all__ = ["Runner"]
@@ -48,13 +47,10 @@ class Runner:
 
     def __init__(self, engine, tun_fd: int, sock_fd: int, threads: bool = False,
                  io: str = "auto", busy_poll_us: int = 0) -> None:
-        if io not in IO_MODES:
-            raise ValueError(f"unknown I/O mode {io!r}; known: {', '.join(IO_MODES)}")
         self.engine = engine
-        self.io_requested = io
         self.core = engine.core
         try:
-            self.core.set_io(io)
+            self.core.set_io(io)        # ValueError for an unknown mode
         except OSError as exc:      # io_uring asked for, impossible here: one line
             raise ConfigError(f"--io {io}: {exc.strerror or exc} (--io auto reads with "
                               "epoll)") from exc

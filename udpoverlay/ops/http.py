@@ -62,8 +62,7 @@ class OpsServer:
         self.answered = 0
         self._server: asyncio.Server | None = None
         self._clients: dict[str, int] = {}
-        self._active = 0
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._writers: set[asyncio.StreamWriter] = set()    # the open connections
         self._idle = asyncio.Event()
 
     @property
@@ -90,19 +89,18 @@ class OpsServer:
         self._server = None
 
     async def _wait_idle(self) -> None:
-        while self._active:
+        while self._writers:
             self._idle.clear()
             await self._idle.wait()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         client = peer[0] if isinstance(peer, tuple) else "?"
-        if self._active >= self.max_connections or \
+        if len(self._writers) >= self.max_connections or \
                 self._clients.get(client, 0) >= self.max_per_client:
             self.rejected += 1
             writer.transport.abort()
             return
-        self._active += 1
         self._clients[client] = self._clients.get(client, 0) + 1
         self._writers.add(writer)
         # drain() then waits until everything is handed to the kernel, so a
@@ -118,7 +116,6 @@ class OpsServer:
             self.rejected += 1
             log.debug("ops endpoint: connection from %s dropped: %r", client, exc)
         finally:
-            self._active -= 1
             left = self._clients[client] - 1
             if left:
                 self._clients[client] = left

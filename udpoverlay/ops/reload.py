@@ -44,18 +44,6 @@ def _parse(argv: list[str], environ: Mapping[str, str]) -> tuple[argparse.Namesp
     return args, sources, cli.run_options(args)   # the same checks as at start
 
 
-def _flags() -> dict[str, str]:
-    """argparse dest -> the flag's first long name, for the `run` flags."""
-    from udpoverlay import cli
-    run = cli.build_parser().run_parser      # type: ignore[attr-defined]
-    out = {}
-    for action in run._actions:
-        longs = [o for o in action.option_strings if o.startswith("--")]
-        if longs:
-            out[action.dest] = longs[0]
-    return out
-
-
 class EnvReload:
     """Holds the settings at start; reload() applies the live changes."""
 
@@ -91,7 +79,8 @@ class EnvReload:
             return
         args, sources, _ = _parse(self.argv, self.environ)
         new = vars(args)
-        flags = _flags()
+        from udpoverlay import cli
+        flags = envflags.flag_names(cli.build_parser().run_parser)  # type: ignore[attr-defined]
         for dest in sorted(new):
             if dest in LIVE or new[dest] == self.start.get(dest):
                 continue

@@ -104,11 +104,14 @@ class Names:
     async def _one(self, state: NameState) -> bool:
         self.lookups += 1
         try:
-            found = await asyncio.wait_for(self._lookup(state.host), self.timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow
+            # the cancellation that stops the daemon
+            async with asyncio.timeout(self.timeout):
+                found = await self._lookup(state.host)
             addrs = [ipaddress.IPv4Address(a) for a in found]
             if not addrs:
                 raise OSError("no IPv4 address")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return self._failed(state, f"no answer within {self.timeout:g} s")
         except (OSError, ValueError) as exc:
             return self._failed(state, getattr(exc, "strerror", None) or str(exc))

@@ -98,7 +98,7 @@ def test_silent_slow_and_non_reading_clients_time_out(loop):
                 assert await slow[0].read() == b""
                 while srv.rejected < 3:
                     await asyncio.sleep(0.02)
-            assert srv._active == 0 and srv._clients == {}
+            assert len(srv._writers) == 0 and srv._clients == {}
             assert _status(await _get(srv.port)) == 200
             for _, w in (silent, slow, lazy):
                 w.close()
