@@ -62,10 +62,13 @@ cdef struct cfg_t:
     int tx_fds[MAX_TX_FDS]
     int n_tx
     int vnet_hdr
-    # worker threads: stop flag, and quiescent-state counters bumped with a
-    # full barrier whenever a worker holds no table (see Core.reclaim)
+    # worker threads: stop flag, and quiescent-state counters (one per
+    # queue and direction) bumped with a full barrier whenever a worker
+    # holds no table (see Core.reclaim)
     int stopping
-    uint64_t q_tx, q_rx
+    int nq                      # queues (set_queues); queue 0 is the loop's
+    uint64_t q_tx[MAX_QUEUES]
+    uint64_t q_rx[MAX_QUEUES]
     int busy_us                 # workers: look again this long before sleeping (0: never)
 
 
@@ -81,12 +84,12 @@ import struct as _struct
 _SPEC = _struct.Struct("=IIHBB6s")     # wire.PEER_SPEC_FORMAT
 
 
-cdef inline void quiesce(cfg_t *c, bint is_rx) noexcept nogil:
+cdef inline void quiesce(cfg_t *c, bint is_rx, int q) noexcept nogil:
     uo_barrier()
     if is_rx:
-        c.q_rx += 1
+        c.q_rx[q] += 1
     else:
-        c.q_tx += 1
+        c.q_tx[q] += 1
     uo_barrier()
 
 
@@ -142,10 +145,10 @@ cdef int serve_c(cfg_t *c, tx_t *tx, rx_t *rx, int tun_fd, int sock_fd,
     return done
 
 
-cdef void worker(cfg_t *c, tx_t *tx, rx_t *rx, bint is_rx, int in_fd, int out_fd,
+cdef void worker(cfg_t *c, tx_t *tx, rx_t *rx, bint is_rx, int q, int in_fd, int out_fd,
                  int stop_fd) noexcept nogil:
-    """A worker thread's loop: poll the input and the stop fd, drain,
-    (busy-poll if asked), repeat."""
+    """A worker thread's loop (queue q, one direction): poll the input and
+    the stop fd, drain, (busy-poll if asked), repeat."""
     cdef pollfd p[2]
     cdef int n, got
     cdef int spin = c.busy_us
@@ -154,13 +157,13 @@ cdef void worker(cfg_t *c, tx_t *tx, rx_t *rx, bint is_rx, int in_fd, int out_fd
     p[1].fd = stop_fd
     p[1].events = POLLIN
     while True:
-        quiesce(c, is_rx)
+        quiesce(c, is_rx, q)
         if c.stopping:
             break
         p[0].revents = 0
         p[1].revents = 0
         n = poll(p, 2, 100)
-        quiesce(c, is_rx)
+        quiesce(c, is_rx, q)
         if c.stopping or p[1].revents:
             break
         if n <= 0 or not p[0].revents:
@@ -170,9 +173,9 @@ cdef void worker(cfg_t *c, tx_t *tx, rx_t *rx, bint is_rx, int in_fd, int out_fd
         else:
             got = tun_to_udp_c(c, tx, in_fd, out_fd)
         if c.busy_us > 0 and got > 0:
-            quiesce(c, is_rx)       # holds no table while it spins
+            quiesce(c, is_rx, q)       # holds no table while it spins
             busy_wait(c, p, &spin)
-    quiesce(c, is_rx)
+    quiesce(c, is_rx, q)
 
 
 cdef class Core:
@@ -183,15 +186,20 @@ cdef class Core:
     them."""
 
     cdef cfg_t cfg
-    cdef tx_t tx
+    cdef tx_t tx                # queue 0 (the event loop's, or the first workers')
     cdef rx_t rx
-    cdef list retired          # [(table address, q_tx, q_rx at retirement)]
+    cdef tx_t *txq[MAX_QUEUES]  # every queue's direction state; [0] = &tx
+    cdef rx_t *rxq[MAX_QUEUES]
+    cdef list retired          # [(table address, quiescent counters at retirement)]
     cdef readonly bint threaded
     cdef bint closed
     cdef readonly int local_port
 
     def __cinit__(self):
         self.retired = []
+        self.cfg.nq = 1
+        self.txq[0] = &self.tx
+        self.rxq[0] = &self.rx
         self.cfg.table = <table_t *>calloc(1, sizeof(table_t))
         self.tx.slots = <uint8_t *>malloc(BATCH * STRIDE)
         self.rx.slots = <uint8_t *>malloc(BATCH * STRIDE)
@@ -200,8 +208,9 @@ cdef class Core:
 
     def __dealloc__(self):
         free_table(self.cfg.table)
-        for ptr, _, _ in self.retired or ():
+        for ptr, _ in self.retired or ():
             free_table(<table_t *><size_t>ptr)
+        self.free_queues(1)
         tx_free(&self.tx)
         rx_free(&self.rx)
 
@@ -231,23 +240,98 @@ cdef class Core:
 
     def set_offload(self, bint vnet_hdr, bint udp_gso, bint tun_uso):
         """Declare what the devices were set up with, before any I/O."""
-        if vnet_hdr:
-            if self.rx.co.items == NULL:
-                self.rx.co.items = <coitem_t *>malloc(MAX_ITEMS * sizeof(coitem_t))
-            if tx_alloc_offload(&self.tx) < 0 or self.rx.co.items == NULL:
-                raise MemoryError()
+        cdef int q
         self.cfg.vnet_hdr = vnet_hdr
-        self.tx.b.gso = vnet_hdr and udp_gso
-        self.rx.co.udp = vnet_hdr and tun_uso
+        for q in range(self.cfg.nq):
+            self.offload_queue(q, udp_gso, tun_uso)
+
+    cdef int offload_queue(self, int q, bint udp_gso, bint tun_uso) except -1:
+        cdef tx_t *tx = self.txq[q]
+        cdef rx_t *rx = self.rxq[q]
+        if self.cfg.vnet_hdr:
+            if rx.co.items == NULL:
+                rx.co.items = <coitem_t *>malloc(MAX_ITEMS * sizeof(coitem_t))
+            if tx_alloc_offload(tx) < 0 or rx.co.items == NULL:
+                raise MemoryError()
+        tx.b.gso = self.cfg.vnet_hdr and udp_gso
+        rx.co.udp = self.cfg.vnet_hdr and tun_uso
+        return 0
 
     def set_tun_mtu(self, int mtu):
         """The TUN's MTU (0: unknown): longer accepted inner TCP packets are
         resegmented (oversize_gso in offload.pxi)."""
-        if mtu and self.rx.split == NULL:
-            self.rx.split = <uint8_t *>malloc(SPLIT_BUF)
-            if self.rx.split == NULL:
+        cdef int q
+        for q in range(self.cfg.nq):
+            self.mtu_queue(q, mtu)
+
+    cdef int mtu_queue(self, int q, int mtu) except -1:
+        cdef rx_t *rx = self.rxq[q]
+        if mtu and rx.split == NULL:
+            rx.split = <uint8_t *>malloc(SPLIT_BUF)
+            if rx.split == NULL:
                 raise MemoryError()
-        self.rx.co.mtu = mtu
+        rx.co.mtu = mtu
+        return 0
+
+    # -- queues (multi-queue TUN, worker threads) -------------------------------
+    def set_queues(self, int n):
+        """Use n queues (1..MAX_QUEUES), before workers start: queues past
+        the first get their own direction state, set up like queue 0's
+        (offloads, MTU, io_uring). run_tx/run_rx take the queue index; the
+        loop callbacks always use queue 0. Per-peer counters are then added
+        atomically, since several workers count into the same peer."""
+        cdef int q
+        if not 1 <= n <= MAX_QUEUES:
+            raise ValueError(f"{n} queues: 1 to {MAX_QUEUES}")
+        if self.threaded:
+            raise RuntimeError("set_queues while workers run")
+        if self.closed:
+            return
+        self.free_queues(n)
+        for q in range(self.cfg.nq, n):
+            self.txq[q] = <tx_t *>calloc(1, sizeof(tx_t))
+            self.rxq[q] = <rx_t *>calloc(1, sizeof(rx_t))
+            self.cfg.nq = q + 1     # counted before filling: free_queues frees it on error
+            if self.txq[q] == NULL or self.rxq[q] == NULL:
+                raise MemoryError()
+            self.txq[q].slots = <uint8_t *>malloc(BATCH * STRIDE)
+            self.rxq[q].slots = <uint8_t *>malloc(BATCH * STRIDE)
+            if self.txq[q].slots == NULL or self.rxq[q].slots == NULL:
+                raise MemoryError()
+            self.rxq[q].co.trusted = self.rx.co.trusted
+            self.offload_queue(q, self.tx.b.gso, self.rx.co.udp)
+            self.mtu_queue(q, self.rx.co.mtu)
+            if self.tx.ring != NULL:
+                self.ring_queue(q)
+        for q in range(n):
+            self.txq[q].shared = n > 1
+            self.rxq[q].shared = n > 1
+
+    cdef void free_queues(self, int keep):
+        """Free queues keep.. (never queue 0, which is part of the object)."""
+        cdef int q
+        for q in range(keep if keep > 1 else 1, self.cfg.nq):
+            if self.txq[q] != NULL:
+                tx_free(self.txq[q])
+                free(self.txq[q])
+                self.txq[q] = NULL
+            if self.rxq[q] != NULL:
+                rx_free(self.rxq[q])
+                free(self.rxq[q])
+                self.rxq[q] = NULL
+        if keep < self.cfg.nq:
+            self.cfg.nq = keep if keep > 1 else 1
+        self.tx.shared = self.cfg.nq > 1
+        self.rx.shared = self.cfg.nq > 1
+
+    @property
+    def queues(self):
+        return self.cfg.nq
+
+    def queue_counts(self):
+        """Per queue: (tx packets, tx bytes, rx packets, rx bytes)."""
+        return [(self.txq[q].packets, self.txq[q].bytes, self.rxq[q].packets,
+                 self.rxq[q].bytes) for q in range(self.cfg.nq)]
 
     @property
     def vnet_hdr(self):
@@ -270,21 +354,35 @@ cdef class Core:
         which is epoll: on kernel 6.18 a batched io_uring read measured
         about 35 % dearer than read() (issue 14's closing note). The mode
         in effect."""
-        cdef int rc
+        cdef int q
         if mode not in IO_MODES:
             raise ValueError(f"unknown I/O mode {mode!r}; known: {', '.join(IO_MODES)}")
-        uo_ring_close(self.tx.ring)
-        self.tx.ring = NULL
-        self.tx.ring_err = 0
+        for q in range(self.cfg.nq):
+            uo_ring_close(self.txq[q].ring)
+            self.txq[q].ring = NULL
+            self.txq[q].ring_err = 0
         if mode != "io_uring" or self.closed:
             return self.io_mode
-        rc = uo_ring_open(&self.tx.ring)
+        try:
+            for q in range(self.cfg.nq):
+                self.ring_queue(q)
+        except OSError:
+            for q in range(self.cfg.nq):
+                uo_ring_close(self.txq[q].ring)
+                self.txq[q].ring = NULL
+            raise
+        return self.io_mode
+
+    cdef int ring_queue(self, int q) except -1:
+        """Open queue q's io_uring (OSError: refused, with the reason)."""
+        cdef int rc = uo_ring_open(&self.txq[q].ring)
         if rc < 0:
+            self.txq[q].ring = NULL
             reason = ("built without liburing" if not UO_URING_BUILT
                       else f"io_uring_setup: {strerror(-rc).decode()}")
             raise OSError(-rc, f"io_uring unavailable: {reason}")
-        self.tx.want = BATCH
-        return self.io_mode
+        self.txq[q].want = BATCH
+        return 0
 
     @property
     def io_mode(self):
@@ -294,13 +392,16 @@ cdef class Core:
     @property
     def io_batches(self):
         """TUN read batches submitted through io_uring so far."""
-        return self.tx.ring_batches
+        return sum(self.txq[q].ring_batches for q in range(self.cfg.nq))
 
     @property
     def io_note(self):
         """Why TUN reads left io_uring at run time ("" if they did not)."""
-        if self.tx.ring_err:
-            return f"io_uring failed, back to read(): {strerror(self.tx.ring_err).decode()}"
+        cdef int q
+        for q in range(self.cfg.nq):
+            if self.txq[q].ring_err:
+                return ("io_uring failed, back to read(): "
+                        f"{strerror(self.txq[q].ring_err).decode()}")
         return ""
 
     # -- the table ------------------------------------------------------------
@@ -329,23 +430,29 @@ cdef class Core:
 
     cdef void retire(self, table_t *t):
         """Free a table nobody can use any more: at once without workers, else
-        once both workers passed a quiescent point after the swap."""
+        once every worker passed a quiescent point after the swap."""
         if not self.threaded:
             free_table(t)
             return
-        uo_barrier()
-        self.retired.append((<size_t>t, self.cfg.q_tx, self.cfg.q_rx))
+        self.retired.append((<size_t>t, self.quiescent()))
         self.reclaim()
+
+    cdef tuple quiescent(self):
+        """Every worker's quiescent-state counter, read after a barrier."""
+        cdef int q
+        uo_barrier()
+        return (tuple(self.cfg.q_tx[q] for q in range(self.cfg.nq))
+                + tuple(self.cfg.q_rx[q] for q in range(self.cfg.nq)))
 
     def reclaim(self):
         """Free retired tables no worker can still hold; how many are left."""
         keep = []
-        uo_barrier()
-        for ptr, qtx, qrx in self.retired:
-            if not self.threaded or (self.cfg.q_tx != qtx and self.cfg.q_rx != qrx):
+        now = self.quiescent()
+        for ptr, then in self.retired:
+            if not self.threaded or all(a != b for a, b in zip(now, then)):
                 free_table(<table_t *><size_t>ptr)
             else:
-                keep.append((ptr, qtx, qrx))
+                keep.append((ptr, then))
         self.retired = keep
         return len(keep)
 
@@ -356,11 +463,24 @@ cdef class Core:
     def counts(self):
         """(scalars in wire.SCALAR_COUNTERS order, TX verdict counts, RX
         verdict counts): a raw snapshot the facade names."""
-        return ((self.tx.packets, self.tx.bytes, self.rx.packets, self.rx.bytes,
-                 self.tx.icmp_sent, self.tx.super_packets, self.rx.co.merged,
-                 self.rx.co.csum_bad, self.rx.csum_partial, self.rx.mac_changed,
-                 self.rx.co.resegmented),
-                tuple(self.tx.verdicts), tuple(self.rx.verdicts))
+        cdef int q, i
+        cdef tx_t *tx
+        cdef rx_t *rx
+        scalars = [0] * 11
+        out_v = [0] * N_VERDICTS
+        in_v = [0] * N_VERDICTS
+        for q in range(self.cfg.nq):     # summed over queues (one without them)
+            tx = self.txq[q]
+            rx = self.rxq[q]
+            for i, v in enumerate((tx.packets, tx.bytes, rx.packets, rx.bytes,
+                                   tx.icmp_sent, tx.super_packets, rx.co.merged,
+                                   rx.co.csum_bad, rx.csum_partial, rx.mac_changed,
+                                   rx.co.resegmented)):
+                scalars[i] += v
+            for i in range(N_VERDICTS):
+                out_v[i] += tx.verdicts[i]
+                in_v[i] += rx.verdicts[i]
+        return tuple(scalars), tuple(out_v), tuple(in_v)
 
     def peer_stats(self):
         """Per peer, in table order: (tx_packets, tx_bytes, rx_packets,
@@ -444,19 +564,27 @@ cdef class Core:
         self.cfg.stopping = 1
         uo_barrier()
 
-    def run_tx(self, int tun_fd, int sock_fd, int stop_fd):
-        """Worker thread body, GIL released: TUN -> wire until stop_workers()."""
+    def run_tx(self, int tun_fd, int sock_fd, int stop_fd, int queue=0):
+        """Worker thread body, GIL released: TUN -> wire until
+        stop_workers(), on queue `queue` (its TUN queue fd, its socket)."""
+        if not 0 <= queue < self.cfg.nq:
+            raise IndexError(f"queue {queue} of {self.cfg.nq}")
         if self.closed:
             return
         with nogil:
-            worker(&self.cfg, &self.tx, &self.rx, False, tun_fd, sock_fd, stop_fd)
+            worker(&self.cfg, self.txq[queue], self.rxq[queue], False, queue,
+                   tun_fd, sock_fd, stop_fd)
 
-    def run_rx(self, int sock_fd, int tun_fd, int stop_fd):
-        """Worker thread body, GIL released: wire -> TUN until stop_workers()."""
+    def run_rx(self, int sock_fd, int tun_fd, int stop_fd, int queue=0):
+        """Worker thread body, GIL released: wire -> TUN until
+        stop_workers(), on queue `queue`."""
+        if not 0 <= queue < self.cfg.nq:
+            raise IndexError(f"queue {queue} of {self.cfg.nq}")
         if self.closed:
             return
         with nogil:
-            worker(&self.cfg, &self.tx, &self.rx, True, sock_fd, tun_fd, stop_fd)
+            worker(&self.cfg, self.txq[queue], self.rxq[queue], True, queue,
+                   sock_fd, tun_fd, stop_fd)
 
     def close(self):
         """Free the I/O buffers (about 30 MB with offloads); idempotent. I/O
@@ -465,6 +593,7 @@ cdef class Core:
         if self.closed or self.threaded:
             return
         self.closed = True
+        self.free_queues(1)
         tx_free(&self.tx)
         rx_free(&self.rx)
         self.reclaim()

@@ -16,6 +16,7 @@ cdef struct rx_t:
     uint64_t verdicts[N_VERDICTS]
     uint64_t csum_partial        # partial inner checksums finished
     uint64_t mac_changed         # learned VTEP MACs replaced
+    int shared                   # other queues' workers count into the same peers
     uint8_t *split               # oversized packets' segments (SPLIT_BUF), set_tun_mtu
     # scratch
     uint8_t *slots
@@ -203,13 +204,17 @@ cdef inline void count_in(rx_t *rx, const table_t *t, int v, int idx,
     cdef pstats_t *st
     if v == OK:
         st = t.peers[idx].st
-        st.rx_packets += 1
-        st.rx_bytes += n
+        if rx.shared:
+            uo_add(&st.rx_packets, 1)
+            uo_add(&st.rx_bytes, n)
+        else:
+            st.rx_packets += 1
+            st.rx_bytes += n
         rx.packets += 1
         rx.bytes += n
     else:
         if v == KEEPALIVE and idx >= 0:
-            t.peers[idx].st.rx_keepalive += 1
+            uo_add(&t.peers[idx].st.rx_keepalive, 1)
         rx.verdicts[v] += 1
 
 

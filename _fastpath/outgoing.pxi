@@ -21,6 +21,7 @@ cdef struct tx_t:
     # counters, written by the TX side only
     uint64_t packets, bytes, icmp_sent, super_packets
     uint64_t verdicts[N_VERDICTS]
+    int shared                   # other queues' workers count into the same peers
     # scratch without offloads: BATCH slots, iovecs, headers, addresses
     uint8_t *slots
     iovec iov[BATCH]
@@ -152,8 +153,12 @@ cdef inline void count_out(tx_t *tx, const table_t *t, int v, int idx,
     cdef pstats_t *st
     if v == OK:
         st = t.peers[idx].st
-        st.tx_packets += 1
-        st.tx_bytes += n
+        if tx.shared:
+            uo_add(&st.tx_packets, 1)
+            uo_add(&st.tx_bytes, n)
+        else:
+            st.tx_packets += 1
+            st.tx_bytes += n
         tx.packets += 1
         tx.bytes += n
     else:

@@ -68,6 +68,8 @@ cdef extern from *:
     """
     #define UO_LITTLE_ENDIAN (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
     #define uo_barrier() __sync_synchronize()
+    /* per-peer counters shared by several queues' workers: no lost adds */
+    #define uo_add(p, v) __atomic_fetch_add((p), (v), __ATOMIC_RELAXED)
     #include <time.h>
     static inline uint64_t uo_now_ns(void) {
         struct timespec t;
@@ -77,6 +79,7 @@ cdef extern from *:
     """
     int UO_LITTLE_ENDIAN
     void uo_barrier() nogil
+    void uo_add(uint64_t *p, uint64_t v) nogil
     uint64_t uo_now_ns() nogil
 
 # io_uring batches of TUN reads (uring.h: liburing, or stubs without it).

@@ -38,6 +38,7 @@ cdef enum:
     MAX_WAITS = 5           # waits for a full socket buffer, per batch and socket
     WAIT_MS = 20            # one such wait
     MAX_TX_FDS = 64         # vxlan source sockets
+    MAX_QUEUES = 16         # TUN queues / worker pairs (Core.set_queues)
 
 cdef enum:
     VXLAN_HDR = 22          # VXLAN header + inner Ethernet (RFC 7348): TUN read headroom

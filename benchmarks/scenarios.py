@@ -177,11 +177,13 @@ class Udpoverlay(TunnelDaemons):
     IFACE = "uo0"
 
     def __init__(self, backend: str, offload: bool, threads: bool = False,
-                 io: str | None = None) -> None:
+                 io: str | None = None, queues: int = 1) -> None:
         super().__init__()
         self.backend, self.offload, self.threads, self.io = backend, offload, threads, io
+        self.queues = queues
         self.name = (f"udpoverlay-{backend}" + ("" if offload else "-nooffload")
-                     + ("-threads" if threads else ""))
+                     + ("-threads" if threads else "")
+                     + (f"-queues{queues}" if queues > 1 else ""))
 
     def command(self, node: Node, remote: Node, logdir: Path | None = None) -> list[str]:
         cmd = [sys.executable, "-m", "udpoverlay", "run", "--tun", self.IFACE,
@@ -194,6 +196,8 @@ class Udpoverlay(TunnelDaemons):
             cmd.append("--no-offload")
         if self.threads:
             cmd.append("--threads")
+        if self.queues > 1:
+            cmd += ["--queues", str(self.queues)]
         if self.io:
             cmd += ["--io", self.io]
         return cmd
@@ -293,13 +297,16 @@ def make_scenario(name: str, io: str | None = None) -> Scenario:
                 scenario = Udpoverlay(backend, offload, threads, io)
                 if scenario.name == name:
                     return scenario
+        if name == f"udpoverlay-{backend}-queues2":     # --queues implies threads
+            return Udpoverlay(backend, True, False, io, queues=2)
     raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
 
 
 SCENARIOS = ("host-routing", "kernel-vxlan", "udpoverlay-udp",
              "udpoverlay-vxlan", "udpoverlay-udp-nooffload",
              "udpoverlay-vxlan-nooffload", "udpoverlay-udp-threads",
-             "udpoverlay-vxlan-threads", "udpoverlay-vxlan-direct", "fastd-null")
+             "udpoverlay-vxlan-threads", "udpoverlay-udp-queues2", "udpoverlay-vxlan-queues2",
+             "udpoverlay-vxlan-direct", "fastd-null")
 
 
 def clear_overlay_routes(topo: Topology) -> None:

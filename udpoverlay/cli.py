@@ -35,6 +35,7 @@ from udpoverlay.options import (
     DEFAULT_VNI,
     IO_MODES,
     LOG_FORMATS,
+    MAX_QUEUES,
     Options,
 )
 
@@ -130,6 +131,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     _bool_flag(o, "--threads", default=False,
                help="run each direction (TUN->wire, wire->TUN) on its own worker "
                     "thread instead of the event loop")
+    o.add_argument("--queues", metavar="N", default=1,
+                   help="multi-queue TUN: N TUN queues and N underlay sockets on the "
+                        "port, each with its own pair of worker threads (implies "
+                        f"--threads; 1 to {MAX_QUEUES}; default 1). Flows are spread by "
+                        "hash, each flow stays on one queue: for hosts with cores to spare")
     n = p.add_argument_group("node rules (as flanneld)")
     _bool_flag(n, "--ip-masq", default=False,
                help="masquerade traffic leaving the network; FLANNEL_IPMASQ=true in the "
@@ -254,7 +260,8 @@ def _common(args) -> dict:
     return dict(public_ip=args.public_ip, tun=args.tun, iface=args.iface or (),
                 iface_regex=args.iface_regex or (), iface_can_reach=args.iface_can_reach,
                 mtu=args.mtu, vtep_mac=args.vtep_mac, offload=not args.no_offload,
-                threads=args.threads, direct_routing=args.direct_routing,
+                threads=args.threads, queues=args.queues,
+                direct_routing=args.direct_routing,
                 ip_masq=args.ip_masq, iptables_forward_rules=args.iptables_forward_rules,
                 iptables_resync=args.iptables_resync,
                 ip_masq_fully_random_disable=args.ip_masq_fully_random_disable,

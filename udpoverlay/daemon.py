@@ -50,7 +50,7 @@ from typing import Any, Callable, Coroutine
 from udpoverlay import __version__, dataplane
 from udpoverlay.control import ControlServer
 from udpoverlay.errors import ConfigError, TunSetupError
-from udpoverlay.host import interfaces, sockets
+from udpoverlay.host import interfaces, queues, sockets
 from udpoverlay.host import tun as tunmod
 from udpoverlay.host.nodenet import NodeNetwork
 from udpoverlay.lifecycle import Lifecycle
@@ -97,6 +97,7 @@ class Daemon:
         self.udp_gro = False
         self.sock: socket.socket | None = None
         self.tx_socks: list[socket.socket] = []
+        self.queue_socks: list[socket.socket] = []     # queues 1.. (--queues)
         self.tun: tunmod.TunDevice | None = None
         self.engine: dataplane.Engine | None = None
         self.runner: dataplane.Runner | None = None
@@ -143,7 +144,7 @@ class Daemon:
         return interfaces.interface_mtu(ip)
 
     def create_tun(self, name: str, offload: bool) -> tunmod.TunDevice:
-        return tunmod.create_tun(name, offload)
+        return tunmod.create_tun(name, offload, self.opts.queues)
 
     def configure_tun(self, tun: tunmod.TunDevice, subnet: str, network: str,
                       mtu: int) -> None:
@@ -158,7 +159,11 @@ class Daemon:
             return
         o = self.opts
         try:
-            self.sock = sockets.open_socket(self.bind_addr, o.port)
+            if o.queues > 1:
+                self.sock, *self.queue_socks = queues.open_socket_group(
+                    self.bind_addr, o.port, o.queues, o.backend)
+            else:
+                self.sock = sockets.open_socket(self.bind_addr, o.port)
             self.tun = self.create_tun(o.tun, o.offload)
             # MTU from the interface we bind (not from --public-ip, which
             # may be a 1:1 NAT address no interface holds); known before
@@ -194,12 +199,15 @@ class Daemon:
                 self.tx_socks = sockets.open_tx_sockets(self.bind_addr)
                 self.engine.set_tx_fds([s.fileno() for s in self.tx_socks])
             if self.tun.vnet_hdr:
-                self.udp_gro = sockets.enable_udp_gro(self.sock)
+                self.udp_gro = all([sockets.enable_udp_gro(s)
+                                    for s in (self.sock, *self.queue_socks)])
                 self.engine.set_offload(True, udp_gso=sockets.udp_gso_supported(self.sock),
                                         tun_uso="uso4" in self.tun.offloads)
             self.runner = dataplane.Runner(self.engine, self.tun.fd, self.sock.fileno(),
                                            threads=o.threads, io=o.io_mode,
-                                           busy_poll_us=o.busy_poll_us)
+                                           busy_poll_us=o.busy_poll_us,
+                                           extra=list(zip(self.tun.queue_fds,
+                                                          [s.fileno() for s in self.queue_socks])))
             # Masquerade/forward rules, DirectRouting, blackhole route.
             self.nodenet = NodeNetwork(o, self.subnet, self.network, self.tun.name)
             self.nodenet.start()
@@ -267,9 +275,10 @@ class Daemon:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        for s in self.tx_socks:
+        for s in (*self.tx_socks, *self.queue_socks):
             s.close()
         self.tx_socks = []
+        self.queue_socks = []
 
     # -- status -------------------------------------------------------
     def offload_status(self) -> dict:
@@ -315,6 +324,8 @@ class Daemon:
             doc["routes"] = [{"subnet": p["subnet"], "via": f"{p['public_ip']}:{p['port']}"}
                              for p in peers]
             doc["counters"] = self.engine.counters()
+            if self.engine.queues > 1:
+                doc["queues"] = self.engine.queue_counters()
             doc["counters"]["tx_keepalive"] = self.liveness.tx_keepalive
             doc["counters"]["tx_keepalive_errors"] = self.liveness.tx_keepalive_errors
         doc["phase"] = self.lifecycle.phase

@@ -20,7 +20,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from udpoverlay.dataplane.wire import IO_MODES
+from udpoverlay.dataplane.wire import IO_MODES, MAX_QUEUES
 from udpoverlay.errors import ConfigError
 from udpoverlay.peer import Peer, PeerSpec, parse_mac
 from udpoverlay.static.checks import check_host, check_peer_addresses, check_peer_specs
@@ -31,7 +31,7 @@ __all__ = ["Options", "build_config", "build_cluster_options", "parse_peer", "pa
            "DEFAULT_PREFIX", "DEFAULT_SUBNET_FILE", "DEFAULT_LEASE_TTL", "MIN_LEASE_TTL",
            "DEFAULT_RENEW_MARGIN_MIN", "DEFAULT_IPTABLES_RESYNC", "DEFAULT_HEALTHZ_IP",
            "LOG_FORMATS", "IO_MODES", "DEFAULT_IO_MODE", "DEFAULT_RESOLVE_INTERVAL",
-           "MAX_KEEPALIVE"]
+           "MAX_KEEPALIVE", "MAX_QUEUES"]
 
 # -- defaults (flannel's where flannel has one) ----------------------------------
 DEFAULT_TUN = "udpov0"                          # the TUN device
@@ -72,6 +72,7 @@ class Options:
     vtep_mac: bytes | None = None   # vxlan: None = derived, stable across restarts
     offload: bool = True            # TUN TSO/USO + UDP GSO/GRO (--no-offload: off)
     threads: bool = False           # one worker thread per direction (--threads)
+    queues: int = 1                 # TUN queues, a worker pair each (--queues; > 1: threads)
     direct_routing: bool = False    # vxlan: plain routes to directly connected peers
     # node rules (flanneld's): masquerade, FORWARD accepts, their resync period
     ip_masq: bool = False
@@ -230,7 +231,8 @@ def _regexes(values) -> tuple[str, ...]:
 
 
 def _common(*, public_ip=None, tun=None, iface=(), iface_regex=(), iface_can_reach=None,
-            mtu=None, vtep_mac=None, offload=True, threads=False, direct_routing=False,
+            mtu=None, vtep_mac=None, offload=True, threads=False, queues=1,
+            direct_routing=False,
             ip_masq=False, iptables_forward_rules=True,
             iptables_resync=DEFAULT_IPTABLES_RESYNC, ip_masq_fully_random_disable=False,
             ip_blackhole_route=False, healthz_ip=DEFAULT_HEALTHZ_IP, healthz_port=0,
@@ -246,7 +248,9 @@ def _common(*, public_ip=None, tun=None, iface=(), iface_regex=(), iface_can_rea
         iface_can_reach=None if iface_can_reach in (None, "")
         else _ip(iface_can_reach, "--iface-can-reach"),
         mtu=check_mtu(mtu), vtep_mac=_mac(vtep_mac, "--vtep-mac"), offload=bool(offload),
-        threads=bool(threads), direct_routing=bool(direct_routing), ip_masq=bool(ip_masq),
+        threads=bool(threads) or _int(queues or 1, "--queues", 1, MAX_QUEUES) > 1,
+        queues=_int(queues or 1, "--queues", 1, MAX_QUEUES),
+        direct_routing=bool(direct_routing), ip_masq=bool(ip_masq),
         iptables_forward_rules=bool(iptables_forward_rules),
         iptables_resync=_int(iptables_resync, "--iptables-resync", 1, 86400),
         ip_masq_fully_random_disable=bool(ip_masq_fully_random_disable),

@@ -93,6 +93,8 @@ def format_status(doc: dict) -> str:
     lines.append("  drops:" + ("" if drops else " none"))
     for k in sorted(drops):
         lines.append(f"    {k:<28} {drops[k]}")
+    for i, q in enumerate(doc.get("queues") or ()):     # --queues > 1
+        lines.append(f"  queue {i}: tx {q['tx_packets']} packets, rx {q['rx_packets']} packets")
     ctl = doc.get("control")
     if ctl:
         lines.append(f"  control socket: served {ctl.get('served')}, rejected busy "

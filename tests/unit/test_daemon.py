@@ -37,6 +37,7 @@ class FakeTun:
         self.vnet_hdr = False
         self.vnet_hdr_refused = False
         self.offloads: tuple[str, ...] = ()
+        self.queue_fds: list[int] = []
 
     def close(self) -> None:
         if self._sock is not None:

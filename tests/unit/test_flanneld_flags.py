@@ -43,6 +43,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "--direct-routing": ("true", True),
     "--no-offload": ("1", True),
     "--threads": ("TRUE", True),
+    "--queues": ("2", "2"),
     "--ip-masq": ("true", True),
     "--iptables-forward-rules": ("false", False),
     "--iptables-resync": ("11", "11"),

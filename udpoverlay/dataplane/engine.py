@@ -200,6 +200,14 @@ class Engine:
         c["rx_keepalive"] = in_v[wire.KEEPALIVE]
         return c
 
+    @property
+    def queues(self) -> int:
+        return int(self.core.queues)
+
+    def queue_counters(self) -> list[dict]:
+        """Per queue (--queues): what its workers moved, to see the spread."""
+        return [dict(zip(_PEER_STATS, q)) for q in self.core.queue_counts()]
+
     def close(self) -> None:
         """Release the core's resources; idempotent (both cores' close() is).
         Stop the Runner first: a core whose workers may still run keeps its

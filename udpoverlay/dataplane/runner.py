@@ -19,6 +19,12 @@ busy_poll_us (opt-in, 0 = off) trades CPU for wakeups: after a drain the
 loop looks at both sides for that long (Core.serve: the answer to a packet
 just delivered is sent without a loop wakeup), workers at their own input.
 
+More queues (multi-queue TUN): extra=[(tun_fd, sock_fd), ...] gives queues
+1.. their own TUN queue fd and underlay socket (the daemon opens them:
+host/queues.py); each queue gets its worker pair, so threads is implied.
+The kernel keeps a flow on one TUN queue and the socket group's steering
+program keeps it on one socket, so per-flow order holds per worker pair.
+
 The route table has one owner: the event-loop thread calls
 Engine.set_peers(), and the core swaps the whole table in one step (with
 workers running, the old one is freed once neither worker can still hold
@@ -31,6 +37,7 @@ import asyncio
 import logging
 import os
 import threading
+from typing import Sequence
 
 from udpoverlay.errors import ConfigError
 
@@ -46,7 +53,8 @@ class Runner:
     idempotent and joins the workers."""
 
     def __init__(self, engine, tun_fd: int, sock_fd: int, threads: bool = False,
-                 io: str = "auto", busy_poll_us: int = 0) -> None:
+                 io: str = "auto", busy_poll_us: int = 0,
+                 extra: Sequence[tuple[int, int]] = ()) -> None:
         self.engine = engine
         self.core = engine.core
         try:
@@ -55,9 +63,14 @@ class Runner:
             raise ConfigError(f"--io {io}: {exc.strerror or exc} (--io auto reads with "
                               "epoll)") from exc
         self.core.set_busy_poll(busy_poll_us)
+        try:    # after set_io: new queues copy queue 0's set-up
+            self.core.set_queues(1 + len(extra))
+        except OSError as exc:
+            raise ConfigError(f"--queues {1 + len(extra)}: {exc.strerror or exc}") from exc
         self.tun_fd = tun_fd
         self.sock_fd = sock_fd
-        self.threads = threads
+        self.queues = [(tun_fd, sock_fd), *extra]
+        self.threads = threads or bool(extra)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._workers: list[threading.Thread] = []
         self._stop_pipe: tuple[int, int] | None = None
@@ -68,6 +81,8 @@ class Runner:
         """How the data plane runs: loop|threads + epoll|io_uring, and why
         io_uring was left if a ring failed at run time."""
         base = ("threads" if self.threads else "loop") + "+" + self.core.io_mode
+        if len(self.queues) > 1:
+            base += f"+{len(self.queues)} queues"
         if self.core.busy_poll:
             base += f"+busy-poll {self.core.busy_poll} µs"
         note = self.core.io_note
@@ -86,13 +101,15 @@ class Runner:
         self._stop_pipe = os.pipe()
         self.core.set_threaded(True)
         stop_fd = self._stop_pipe[0]
-        for name, body, args in (("udpoverlay-tx", self.core.run_tx,
-                                  (self.tun_fd, self.sock_fd, stop_fd)),
-                                 ("udpoverlay-rx", self.core.run_rx,
-                                  (self.sock_fd, self.tun_fd, stop_fd))):
-            t = threading.Thread(target=body, args=args, name=name, daemon=True)
-            t.start()
-            self._workers.append(t)
+        for q, (tun_fd, sock_fd) in enumerate(self.queues):
+            suffix = f"-{q}" if len(self.queues) > 1 else ""
+            for name, body, args in (("udpoverlay-tx" + suffix, self.core.run_tx,
+                                      (tun_fd, sock_fd, stop_fd, q)),
+                                     ("udpoverlay-rx" + suffix, self.core.run_rx,
+                                      (sock_fd, tun_fd, stop_fd, q))):
+                t = threading.Thread(target=body, args=args, name=name, daemon=True)
+                t.start()
+                self._workers.append(t)
         self._schedule_reclaim()
 
     def _schedule_reclaim(self) -> None:

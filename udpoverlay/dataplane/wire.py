@@ -69,6 +69,7 @@ TX_MSGS = 1024      # UDP messages per TX batch (sendmmsg's limit, UIO_MAXIOV)
 MAX_WAITS = 5       # waits for a full socket buffer, per batch and socket
 WAIT_MS = 20        # one such wait
 MAX_TX_FDS = 64     # vxlan source sockets
+MAX_QUEUES = 16     # TUN queues, each with its worker pair (--queues)
 
 # -- headers -----------------------------------------------------------------------
 VXLAN_HDR = 8 + 14  # VXLAN header + inner Ethernet header (RFC 7348)

@@ -36,11 +36,14 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 
 
-def open_socket(ip: str, port: int) -> socket.socket:
+def open_socket(ip: str, port: int, reuseport: bool = False) -> socket.socket:
     """A UDP socket bound to (ip, port), big buffers, non-blocking;
-    TunSetupError if the address cannot be bound."""
+    TunSetupError if the address cannot be bound. reuseport: one of a
+    group sharing the port (host/queues.py)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
+        if reuseport:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF),
                              (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
             try:

@@ -41,6 +41,7 @@ import struct
 from udpoverlay.dataplane.wire import VNET_HDR_LEN
 from udpoverlay.errors import TunSetupError
 from udpoverlay.host.netlink import netlink
+from udpoverlay.host.queues import open_tun_queue
 
 __all__ = ["TunDevice", "create_tun", "configure_tun", "open_tun", "set_offloads",
            "OFFLOAD_SETS", "TUN_F"]
@@ -74,8 +75,12 @@ class TunDevice:
         self.vnet_hdr = vnet_hdr
         self.offloads = offloads
         self.vnet_hdr_refused = False   # asked for IFF_VNET_HDR, the kernel said no
+        self.queue_fds: list[int] = []  # queues past the first (--queues, host/queues.py)
 
     def close(self) -> None:
+        for fd in self.queue_fds:
+            os.close(fd)
+        self.queue_fds = []
         if self._dev is not None:
             try:
                 self._dev.close()
@@ -123,18 +128,19 @@ def _errno_of(exc: BaseException) -> int | None:
     return code
 
 
-def create_tun(name: str, offload: bool = False) -> TunDevice:
+def create_tun(name: str, offload: bool = False, queues: int = 1) -> TunDevice:
     """Open the TUN device (not yet configured). offload: ask for
     IFF_VNET_HDR; a kernel (or a sandbox) that refuses it gets the plain
     one-packet path instead, with one log line and `vnet_hdr_refused` set
-    (shown in status). TunSetupError names the real cause otherwise."""
+    (shown in status). queues > 1: a multi-queue device, the extra queues'
+    fds in `queue_fds`. TunSetupError names the real cause otherwise."""
     try:
         import pytun
     except ImportError as exc:  # pragma: no cover
         raise TunSetupError(f"python-pytun is required: {exc}") from None
     if len(name) > 15:
         raise TunSetupError(f"interface name {name!r} longer than 15 characters")
-    plain = pytun.IFF_TUN | pytun.IFF_NO_PI
+    plain = pytun.IFF_TUN | pytun.IFF_NO_PI | (pytun.IFF_MULTI_QUEUE if queues > 1 else 0)
     refused = False
     try:
         try:
@@ -151,6 +157,13 @@ def create_tun(name: str, offload: bool = False) -> TunDevice:
         raise TunSetupError(f"cannot create TUN device {name!r}: {cause}") from None
     tun = TunDevice(dev, dev.name, 0, vnet_hdr=offload and not refused)
     tun.vnet_hdr_refused = refused
+    try:
+        for _ in range(queues - 1):
+            tun.queue_fds.append(open_tun_queue(
+                tun.name, plain | (pytun.IFF_VNET_HDR if tun.vnet_hdr else 0)))
+    except BaseException:
+        tun.close()
+        raise
     return tun
 
 

@@ -58,6 +58,9 @@ METRICS = {
     "peer_packets_total": ("counter", "packets per peer, by direction"),
     "peer_bytes_total": ("counter", "bytes per peer, by direction"),
     "drops_total": ("counter", "packets dropped, by direction and reason"),
+    "queue_packets_total": ("counter", "--queues > 1: packets per queue's workers, by "
+                                       "direction (to see the spread)"),
+    "queue_bytes_total": ("counter", "--queues > 1: bytes per queue's workers, by direction"),
     "routes": ("gauge", "peer subnets in the data plane's route table"),
     "offload_enabled": ("gauge", "offloads in use (1) or not (0), by feature"),
     "lease_expiry_timestamp_seconds": ("gauge", "cluster mode: when our subnet lease "
@@ -106,7 +109,8 @@ class OpsCollector:
         engine = getattr(self.daemon, "engine", None)
         if engine is not None:
             snap["engine"] = (engine.counters(), engine.peer_status(),
-                              self.daemon.offload_status())
+                              self.daemon.offload_status(),
+                              engine.queue_counters() if engine.queues > 1 else [])
         if self.cluster is not None:
             c = self.cluster
             snap["cluster"] = (c.store_connected, c.last_contact, c.lease_expiry)
@@ -128,9 +132,10 @@ def families(snap: dict) -> Iterable[Metric]:
                               METRICS["http_connections_rejected_total"][1],
                               value=snap["rejected"])
     if "engine" in snap:
-        counters, peers, offload = snap["engine"]
+        counters, peers, offload, queues = snap["engine"]
         yield from _engine_metrics(counters, peers)
         yield _offload(offload)
+        yield from _queue_metrics(queues)       # no samples with one queue
     if "cluster" in snap:
         yield from _cluster_metrics(*snap["cluster"])
 
@@ -170,6 +175,15 @@ def _engine_metrics(counters: dict, peers: list[dict]) -> Iterable[Metric]:
                 fam.add_metric([p["subnet"], where, d], p[f"{d}_{what}"])
         yield fam
     yield GaugeMetricFamily(P + "routes", METRICS["routes"][1], value=len(peers))
+
+
+def _queue_metrics(queues: list[dict]) -> Iterable[Metric]:
+    for what in ("packets", "bytes"):
+        fam = _counter("queue_" + what, ["queue", "direction"])
+        for i, q in enumerate(queues):
+            for d in ("tx", "rx"):
+                fam.add_metric([str(i), d], q[f"{d}_{what}"])
+        yield fam
 
 
 def _offload(status: dict) -> Metric:

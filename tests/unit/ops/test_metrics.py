@@ -72,7 +72,7 @@ def test_values_equal_engine_and_cluster_state():
     def snapshot():
         reads.append(1)
         return counters
-    engine = SimpleNamespace(counters=snapshot, peer_status=lambda: peers)
+    engine = SimpleNamespace(counters=snapshot, peer_status=lambda: peers, queues=1)
     daemon = SimpleNamespace(engine=engine, offload_status=lambda: OFFLOAD)
     now = time.time()
     cluster = SimpleNamespace(store_connected=False, last_contact=now - 30, lease_expiry=None)
@@ -146,3 +146,19 @@ def test_ops_renders_off_the_loop_at_most_once_per_interval(monkeypatch):
         return threading.get_ident()
     loop_thread = run(main())
     assert threads and loop_thread not in threads
+
+
+def test_queue_counters_appear_only_with_queues():
+    engine = dataplane.Engine("udp", g.OUR_SUBNET.split("/")[0], g.OUR_SUBNET, "198.19.0.0/16")
+    engine.set_peers(g.PEERS)
+    daemon = SimpleNamespace(engine=engine, offload_status=lambda: OFFLOAD)
+    assert not _families(_collector(daemon))["udpoverlay_queue_packets"].samples
+    queues = [{"tx_packets": 5, "tx_bytes": 500, "rx_packets": 7, "rx_bytes": 700},
+              {"tx_packets": 1, "tx_bytes": 100, "rx_packets": 0, "rx_bytes": 0}]
+    daemon.engine = SimpleNamespace(counters=engine.counters, peer_status=engine.peer_status,
+                                    queues=2, queue_counters=lambda: queues)
+    fams = _families(_collector(daemon))
+    assert _values(fams["udpoverlay_queue_packets"]) == {
+        (("direction", "tx"), ("queue", "0")): 5, (("direction", "rx"), ("queue", "0")): 7,
+        (("direction", "tx"), ("queue", "1")): 1, (("direction", "rx"), ("queue", "1")): 0}
+    assert _values(fams["udpoverlay_queue_bytes"])[(("direction", "rx"), ("queue", "0"))] == 700

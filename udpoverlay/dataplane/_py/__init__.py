@@ -31,7 +31,7 @@ from udpoverlay.dataplane._py.incoming import Incoming
 from udpoverlay.dataplane._py.offload import Coalescer
 from udpoverlay.dataplane._py.outgoing import Outgoing
 from udpoverlay.dataplane._py.routes import Table, mask, unpack_specs
-from udpoverlay.dataplane.wire import IO_MODES, MAX_ROUNDS, MAX_TX_FDS, MODE_UDP, N_VERDICTS
+from udpoverlay.dataplane.wire import IO_MODES, MAX_QUEUES, MAX_ROUNDS, MAX_TX_FDS, MODE_UDP, N_VERDICTS
 
 __all__ = ["IMPLEMENTATION", "Core", "testing"]
 
@@ -182,13 +182,31 @@ class Core(Outgoing, Incoming):
         they poll becomes readable)."""
         self._stopping = True
 
-    def run_tx(self, tun_fd: int, sock_fd: int, stop_fd: int) -> None:
+    def run_tx(self, tun_fd: int, sock_fd: int, stop_fd: int, queue: int = 0) -> None:
         """Worker thread body: TUN -> wire until stop_workers()."""
+        if queue != 0:
+            raise IndexError(f"queue {queue} of 1")
         self._worker(tun_fd, stop_fd, lambda: self.tun_to_udp(tun_fd, sock_fd))
 
-    def run_rx(self, sock_fd: int, tun_fd: int, stop_fd: int) -> None:
+    def run_rx(self, sock_fd: int, tun_fd: int, stop_fd: int, queue: int = 0) -> None:
         """Worker thread body: wire -> TUN until stop_workers()."""
+        if queue != 0:
+            raise IndexError(f"queue {queue} of 1")
         self._worker(sock_fd, stop_fd, lambda: self.udp_to_tun(sock_fd, tun_fd))
+
+    # -- queues: the reference runs one (its workers would share the GIL) --------
+    queues = 1
+
+    def set_queues(self, n: int) -> None:
+        """The compiled twin's set_queues: only 1 here; more raises OSError."""
+        if not 1 <= n <= MAX_QUEUES:
+            raise ValueError(f"{n} queues: 1 to {MAX_QUEUES}")
+        if n > 1:
+            raise OSError(errno.EOPNOTSUPP, "the pure-Python data plane runs one queue")
+
+    def queue_counts(self) -> list[tuple]:
+        """Per queue: (tx packets, tx bytes, rx packets, rx bytes)."""
+        return [(self._tx_c[0], self._tx_c[1], self._rx_c[0], self._rx_c[1])]
 
     def serve(self, tun_fd: int, sock_fd: int, from_rx: bool) -> int:
         """The compiled twin's serve(): drain the ready side, then both
