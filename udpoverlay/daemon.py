@@ -41,7 +41,6 @@ import asyncio
 import dataclasses
 import ipaddress
 import logging
-import os
 import signal
 import socket
 import time
@@ -50,6 +49,7 @@ from typing import Any, Callable, Coroutine
 from udpoverlay import __version__, dataplane
 from udpoverlay.control import ControlServer
 from udpoverlay.errors import ConfigError, TunSetupError
+from udpoverlay.eventloop import loop_name
 from udpoverlay.host import interfaces, queues, sockets
 from udpoverlay.host import tun as tunmod
 from udpoverlay.host.nodenet import NodeNetwork
@@ -59,7 +59,7 @@ from udpoverlay.options import Options
 from udpoverlay.peer import derive_vtep_mac, format_mac
 from udpoverlay.status import setup_summary
 
-__all__ = ["Daemon", "run_loop", "loop_name", "prepare", "interrupt_on_sigterm", "OVERHEAD"]
+__all__ = ["Daemon", "prepare", "OVERHEAD"]
 
 log = logging.getLogger(__name__)
 
@@ -416,42 +416,3 @@ class Daemon:
                 loop.remove_signal_handler(sig)
         log.info("stopped")
         return 0
-
-
-def run_loop(coro) -> int:
-    """Run coro on uvloop when installed, unless UDPOVERLAY_LOOP=asyncio asks
-    for the stock loop. uvloop.run(), never a uvloop policy: pyroute2 breaks
-    under one."""
-    choice = os.environ.get("UDPOVERLAY_LOOP", "").strip().lower()
-    if choice not in ("", "uvloop", "asyncio"):
-        raise ConfigError(f"UDPOVERLAY_LOOP={choice!r}: choose uvloop or asyncio")
-    if choice != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if choice == "uvloop":
-                raise ConfigError("UDPOVERLAY_LOOP=uvloop but uvloop is not installed") from None
-        else:
-            return uvloop.run(coro)
-    return asyncio.run(coro)
-
-
-def loop_name() -> str:
-    """'uvloop' or 'asyncio': the running event loop, for status."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return "none"
-    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
-
-
-def interrupt_on_sigterm() -> None:
-    """Until the loop installs its handlers, SIGTERM unwinds like Ctrl-C, so
-    set-up is undone (and the exit is clean) even during start-up."""
-    def _interrupt(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, _interrupt)
-    # SIGHUP means "reload" (systemctl reload), never "exit": ignored until
-    # serve() installs the reload handler.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-

@@ -48,7 +48,7 @@ def _implementation() -> str:
 class Ops:
     def __init__(self, opts: Options, lifecycle: Lifecycle, *,
                  argv: list[str] | None = None) -> None:
-        from udpoverlay.daemon import loop_name
+        from udpoverlay.eventloop import loop_name
         self.opts = opts
         self.lifecycle = lifecycle
         self.daemon: Any = None

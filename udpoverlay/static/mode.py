@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from udpoverlay.daemon import Daemon, interrupt_on_sigterm, prepare, run_loop
+from udpoverlay.daemon import Daemon, prepare
+from udpoverlay.eventloop import interrupt_on_sigterm, run_loop
 from udpoverlay.lifecycle import Lifecycle
 from udpoverlay.ops import Ops
 from udpoverlay.options import Options
