@@ -219,6 +219,7 @@ class Core(Outgoing, Incoming):
         while rounds < MAX_ROUNDS and time.monotonic() < end:
             ready = select.select([tun_fd, sock_fd], [], [], 0)[0]
             if not ready:
+                os.sched_yield()    # as the compiled twin: others runnable go first
                 continue
             if sock_fd in ready:
                 done += self.udp_to_tun(sock_fd, tun_fd)
@@ -245,6 +246,7 @@ class Core(Outgoing, Incoming):
         while not self._stopping and time.monotonic() < end:
             if select.select([in_fd], [], [], 0)[0]:
                 return self.busy_poll
+            os.sched_yield()
         return max(spin // 2, self.busy_poll // 8 if self.busy_poll >= 8 else 1)
 
     def close(self) -> None:
