@@ -62,6 +62,7 @@ cdef struct cfg_t:
     int tx_fds[MAX_TX_FDS]
     int n_tx
     int vnet_hdr
+    int udp_gro                 # received datagrams may be GRO buffers (a UDP_GRO cmsg)
     # worker threads: stop flag, and quiescent-state counters bumped with a
     # full barrier whenever a worker holds no table (see Core.reclaim)
     int stopping
@@ -229,15 +230,23 @@ cdef class Core:
             self.cfg.tx_fds[i] = fds[i]
         self.cfg.n_tx = len(fds)
 
-    def set_offload(self, bint vnet_hdr, bint udp_gso, bint tun_uso):
-        """Declare what the devices were set up with, before any I/O."""
+    def set_offload(self, bint vnet_hdr, bint udp_gso, bint tun_uso, bint udp_gro=False):
+        """Declare what the devices were set up with, before any I/O: the
+        TUN carries a virtio_net_hdr; the socket takes UDP_SEGMENT (also
+        for a plain TUN: its packets are packed alike); the TUN takes UDP
+        GSO writes (needs the vnet header); the socket has UDP_GRO (a plain
+        TUN's receive path then splits GRO buffers; with the vnet header
+        they are always looked for)."""
         if vnet_hdr:
             if self.rx.co.items == NULL:
                 self.rx.co.items = <coitem_t *>malloc(MAX_ITEMS * sizeof(coitem_t))
-            if tx_alloc_offload(&self.tx) < 0 or self.rx.co.items == NULL:
+            if self.rx.co.items == NULL:
                 raise MemoryError()
+        if (vnet_hdr or udp_gso) and tx_alloc_offload(&self.tx, vnet_hdr) < 0:
+            raise MemoryError()
         self.cfg.vnet_hdr = vnet_hdr
-        self.tx.b.gso = vnet_hdr and udp_gso
+        self.cfg.udp_gro = vnet_hdr or udp_gro
+        self.tx.b.gso = udp_gso
         self.rx.co.udp = vnet_hdr and tun_uso
 
     def set_tun_mtu(self, int mtu):
@@ -261,6 +270,11 @@ cdef class Core:
     @property
     def tun_uso(self):
         return bool(self.rx.co.udp)
+
+    @property
+    def udp_gro(self):
+        """Received datagrams are split at their UDP_GRO segment size."""
+        return bool(self.cfg.udp_gro)
 
     # -- TUN I/O: io_uring or read() -------------------------------------------
     def set_io(self, str mode):
@@ -359,7 +373,7 @@ cdef class Core:
         return ((self.tx.packets, self.tx.bytes, self.rx.packets, self.rx.bytes,
                  self.tx.icmp_sent, self.tx.super_packets, self.rx.co.merged,
                  self.rx.co.csum_bad, self.rx.csum_partial, self.rx.mac_changed,
-                 self.rx.co.resegmented),
+                 self.rx.co.resegmented, self.tx.gso_messages),
                 tuple(self.tx.verdicts), tuple(self.rx.verdicts))
 
     def peer_stats(self):

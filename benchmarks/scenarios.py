@@ -177,10 +177,14 @@ class Udpoverlay(TunnelDaemons):
     IFACE = "uo0"
 
     def __init__(self, backend: str, offload: bool, threads: bool = False,
-                 io: str | None = None) -> None:
+                 io: str | None = None, udp_offload: bool = True) -> None:
         super().__init__()
         self.backend, self.offload, self.threads, self.io = backend, offload, threads, io
-        self.name = (f"udpoverlay-{backend}" + ("" if offload else "-nooffload")
+        self.udp_offload = udp_offload
+        # --no-offload --no-udp-offload: the fully plain path, one kernel
+        # send and receive per packet ("-plain")
+        self.name = (f"udpoverlay-{backend}"
+                     + ("" if offload else "-nooffload" if udp_offload else "-plain")
                      + ("-threads" if threads else ""))
 
     def command(self, node: Node, remote: Node, logdir: Path | None = None) -> list[str]:
@@ -192,6 +196,8 @@ class Udpoverlay(TunnelDaemons):
             cmd += ["--backend", self.backend]
         if not self.offload:
             cmd.append("--no-offload")
+        if not self.udp_offload:
+            cmd.append("--no-udp-offload")
         if self.threads:
             cmd.append("--threads")
         if self.io:
@@ -290,16 +296,18 @@ def make_scenario(name: str, io: str | None = None) -> Scenario:
     for backend in ("udp", "vxlan"):
         for offload in (True, False):
             for threads in (False, True):
-                scenario = Udpoverlay(backend, offload, threads, io)
-                if scenario.name == name:
-                    return scenario
+                for udp_offload in (True, False) if not offload else (True,):
+                    scenario = Udpoverlay(backend, offload, threads, io, udp_offload)
+                    if scenario.name == name:
+                        return scenario
     raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
 
 
 SCENARIOS = ("host-routing", "kernel-vxlan", "udpoverlay-udp",
              "udpoverlay-vxlan", "udpoverlay-udp-nooffload",
              "udpoverlay-vxlan-nooffload", "udpoverlay-udp-threads",
-             "udpoverlay-vxlan-threads", "udpoverlay-vxlan-direct", "fastd-null")
+             "udpoverlay-vxlan-threads", "udpoverlay-vxlan-direct", "udpoverlay-udp-plain",
+             "fastd-null")
 
 
 def clear_overlay_routes(topo: Topology) -> None:
