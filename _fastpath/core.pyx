@@ -62,6 +62,7 @@ cdef struct cfg_t:
     int tx_fds[MAX_TX_FDS]
     int n_tx
     int vnet_hdr
+    int udp_gro                 # received datagrams may be GRO buffers (a UDP_GRO cmsg)
     # worker threads: stop flag, and quiescent-state counters (one per
     # queue and direction) bumped with a full barrier whenever a worker
     # holds no table (see Core.reclaim)
@@ -246,23 +247,32 @@ cdef class Core:
             self.cfg.tx_fds[i] = fds[i]
         self.cfg.n_tx = len(fds)
 
-    def set_offload(self, bint vnet_hdr, bint udp_gso, bint tun_uso):
-        """Declare what the devices were set up with, before any I/O."""
+    def set_offload(self, bint vnet_hdr, bint udp_gso, bint tun_uso, bint udp_gro=False):
+        """Declare what the devices were set up with, before any I/O: the
+        TUN carries a virtio_net_hdr; the socket takes UDP_SEGMENT (also
+        for a plain TUN: its packets are packed alike); the TUN takes UDP
+        GSO writes (needs the vnet header); the socket has UDP_GRO (a plain
+        TUN's receive path then splits GRO buffers; with the vnet header
+        they are always looked for)."""
         cdef int q
         self.cfg.vnet_hdr = vnet_hdr
+        self.cfg.udp_gro = vnet_hdr or udp_gro
         for q in range(self.cfg.nq):
             self.offload_queue(q, udp_gso, tun_uso)
 
     cdef int offload_queue(self, int q, bint udp_gso, bint tun_uso) except -1:
         cdef tx_t *tx = self.txq[q]
         cdef rx_t *rx = self.rxq[q]
-        if self.cfg.vnet_hdr:
+        cdef bint vnet = self.cfg.vnet_hdr
+        if vnet:
             if rx.co.items == NULL:
                 rx.co.items = <coitem_t *>malloc(MAX_ITEMS * sizeof(coitem_t))
-            if tx_alloc_offload(tx) < 0 or rx.co.items == NULL:
+            if rx.co.items == NULL:
                 raise MemoryError()
-        tx.b.gso = self.cfg.vnet_hdr and udp_gso
-        rx.co.udp = self.cfg.vnet_hdr and tun_uso
+        if (vnet or udp_gso) and tx_alloc_offload(tx, vnet) < 0:
+            raise MemoryError()
+        tx.b.gso = udp_gso
+        rx.co.udp = vnet and tun_uso
         return 0
 
     def set_tun_mtu(self, int mtu):
@@ -353,6 +363,11 @@ cdef class Core:
     @property
     def tun_uso(self):
         return bool(self.rx.co.udp)
+
+    @property
+    def udp_gro(self):
+        """Received datagrams are split at their UDP_GRO segment size."""
+        return bool(self.cfg.udp_gro)
 
     # -- TUN I/O: io_uring or read() -------------------------------------------
     def set_io(self, str mode):
@@ -474,7 +489,7 @@ cdef class Core:
         cdef int q, i
         cdef tx_t *tx
         cdef rx_t *rx
-        scalars = [0] * 11
+        scalars = [0] * 12
         out_v = [0] * N_VERDICTS
         in_v = [0] * N_VERDICTS
         for q in range(self.cfg.nq):     # summed over queues (one without them)
@@ -483,7 +498,7 @@ cdef class Core:
             for i, v in enumerate((tx.packets, tx.bytes, rx.packets, rx.bytes,
                                    tx.icmp_sent, tx.super_packets, rx.co.merged,
                                    rx.co.csum_bad, rx.csum_partial, rx.mac_changed,
-                                   rx.co.resegmented)):
+                                   rx.co.resegmented, tx.gso_messages)):
                 scalars[i] += v
             for i in range(N_VERDICTS):
                 out_v[i] += tx.verdicts[i]

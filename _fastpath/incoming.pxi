@@ -4,8 +4,10 @@
 # Receive a batch with recvmmsg, accept each datagram only from a known peer
 # and only for our subnet (source inside the peer's subnet, no spoofing),
 # answer ARP for our VTEP (vxlan) and write the inner packets to the TUN.
-# With offloads a received datagram may hold several GRO segments: each is
-# checked alone, accepted ones are coalesced into GSO writes (offload.pxi).
+# With UDP_GRO on the socket a received datagram may hold several GRO
+# segments: each is checked alone; accepted ones are coalesced into GSO
+# writes (offload.pxi) when the TUN has a vnet header, else each is written
+# on its own.
 #
 # Only this direction touches rx_t, so run_rx may run on its own thread.
 
@@ -229,7 +231,7 @@ cdef inline void rx_prepare(const cfg_t *c, rx_t *rx) noexcept nogil:
         rx.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
         rx.msgs[i].msg_hdr.msg_iov = &rx.iov[i]
         rx.msgs[i].msg_hdr.msg_iovlen = 1
-        if c.vnet_hdr:
+        if c.udp_gro:
             rx.msgs[i].msg_hdr.msg_control = rx.cmsg[i]
             rx.msgs[i].msg_hdr.msg_controllen = RX_CMSG
 
@@ -245,7 +247,7 @@ cdef int rx_recv(const cfg_t *c, rx_t *rx, int sock_fd) noexcept nogil:
             return got
 
 
-# -- the loop without offloads: one datagram = one packet = one TUN write ---------------------
+# -- TUN writes without a vnet header: one per accepted packet ---------------------------
 cdef void write_plain(rx_t *rx, const uint8_t *p, Py_ssize_t n, int tun_fd) noexcept nogil:
     """Write an accepted packet; an oversized one (oversize_gso) as
     MTU-sized segments, counted."""
@@ -262,42 +264,13 @@ cdef void write_plain(rx_t *rx, const uint8_t *p, Py_ssize_t n, int tun_fd) noex
             rx.verdicts[TX_ERROR] += 1
 
 
-cdef int udp_to_tun_plain(const cfg_t *c, rx_t *rx, int sock_fd, int tun_fd) noexcept nogil:
-    cdef int done = 0, rounds, got, i, idx, v
-    cdef Py_ssize_t n
-    cdef uint8_t *slot
-    cdef table_t *t
-    for rounds in range(MAX_ROUNDS):
-        got = rx_recv(c, rx, sock_fd)
-        if got <= 0:
-            break
-        for i in range(got):
-            slot = rx.slots + <size_t>i * STRIDE
-            n = rx.msgs[i].msg_len
-            t = c.table
-            v = inbound_c(c, rx, t, slot, n, ntohl(rx.addrs[i].sin_addr.s_addr),
-                          ntohs(rx.addrs[i].sin_port), &idx)
-            count_in(rx, t, v, idx, n - rx.inner_off)
-            if rx.reply_len:
-                if sendto(sock_fd, rx.reply, rx.reply_len, 0, &rx.addrs[i],
-                          sizeof(sockaddr_in)) < 0:
-                    rx.verdicts[TX_ERROR] += 1
-            if v == OK:
-                finish_partial(rx, slot + rx.inner_off, n - rx.inner_off)
-                write_plain(rx, slot + rx.inner_off, n - rx.inner_off, tun_fd)
-        done += got
-        if got < BATCH:
-            break
-    return done
-
-
-# -- the loop with offloads ----------------------------------------------------------------------
+# -- the loop ---------------------------------------------------------------------------------
 cdef void rx_datagram(const cfg_t *c, rx_t *rx, uint8_t *d, Py_ssize_t n, uint32_t src,
                       uint16_t sport, int gro, int tun_fd, int sock_fd,
                       const sockaddr_in *addr) noexcept nogil:
     """One received datagram (GRO: several segments of `gro` bytes): check
     each segment, answer ARP to addr, hand accepted packets to the
-    coalescer."""
+    coalescer (vnet header) or write each to the TUN."""
     cdef Py_ssize_t step = gro if 0 < gro < n else n
     cdef Py_ssize_t off = 0, seg_n
     cdef int v, idx
@@ -313,7 +286,10 @@ cdef void rx_datagram(const cfg_t *c, rx_t *rx, uint8_t *d, Py_ssize_t n, uint32
                 rx.verdicts[TX_ERROR] += 1
         if v == OK:
             finish_partial(rx, d + off + rx.inner_off, seg_n - rx.inner_off)
-            co_add(&rx.co, d + off + rx.inner_off, seg_n - rx.inner_off, tun_fd)
+            if c.vnet_hdr:
+                co_add(&rx.co, d + off + rx.inner_off, seg_n - rx.inner_off, tun_fd)
+            else:
+                write_plain(rx, d + off + rx.inner_off, seg_n - rx.inner_off, tun_fd)
         off += step
         if off >= n:
             break
@@ -330,7 +306,8 @@ cdef inline int gro_size(mmsghdr *m) noexcept nogil:
     return gro
 
 
-cdef int udp_to_tun_vnet(const cfg_t *c, rx_t *rx, int sock_fd, int tun_fd) noexcept nogil:
+cdef int udp_to_tun_c(const cfg_t *c, rx_t *rx, int sock_fd, int tun_fd) noexcept nogil:
+    """Drain the socket (at most MAX_ROUNDS batches); the number of datagrams."""
     cdef int done = 0, rounds, got, i
     for rounds in range(MAX_ROUNDS):
         got = rx_recv(c, rx, sock_fd)
@@ -339,8 +316,10 @@ cdef int udp_to_tun_vnet(const cfg_t *c, rx_t *rx, int sock_fd, int tun_fd) noex
         for i in range(got):
             rx_datagram(c, rx, rx.slots + <size_t>i * STRIDE, rx.msgs[i].msg_len,
                         ntohl(rx.addrs[i].sin_addr.s_addr), ntohs(rx.addrs[i].sin_port),
-                        gro_size(&rx.msgs[i]), tun_fd, sock_fd, &rx.addrs[i])
-        co_flush(&rx.co, tun_fd)
+                        gro_size(&rx.msgs[i]) if c.udp_gro else 0, tun_fd, sock_fd,
+                        &rx.addrs[i])
+        if c.vnet_hdr:
+            co_flush(&rx.co, tun_fd)
         done += got
         if got < BATCH:
             break
@@ -348,9 +327,3 @@ cdef int udp_to_tun_vnet(const cfg_t *c, rx_t *rx, int sock_fd, int tun_fd) noex
     rx.co.failed = 0
     return done
 
-
-cdef int udp_to_tun_c(const cfg_t *c, rx_t *rx, int sock_fd, int tun_fd) noexcept nogil:
-    """Drain the socket (at most MAX_ROUNDS batches); the number of datagrams."""
-    if c.vnet_hdr:
-        return udp_to_tun_vnet(c, rx, sock_fd, tun_fd)
-    return udp_to_tun_plain(c, rx, sock_fd, tun_fd)

@@ -6,7 +6,10 @@
 # TUN), write the outer headers into the headroom, and send the batch with
 # sendmmsg: per source socket, in order. With offloads a TUN read is a
 # super-packet behind a virtio_net_hdr: it is split into the TX arena and
-# its segments are packed into UDP_SEGMENT messages (offload.pxi).
+# its segments are packed into UDP_SEGMENT messages (offload.pxi). A plain
+# TUN's packets (one per read, in the slots) are packed the same way when
+# the socket takes UDP_SEGMENT: the same wire datagrams, one kernel send
+# per message instead of one per packet.
 #
 # Only this direction touches tx_t, so run_tx may run on its own thread.
 # A full socket buffer is waited for at most MAX_WAITS times WAIT_MS per
@@ -20,6 +23,7 @@
 cdef struct tx_t:
     # counters, written by the TX side only
     uint64_t packets, bytes, icmp_sent, super_packets
+    uint64_t gso_messages        # UDP_SEGMENT messages the kernel took
     uint64_t verdicts[N_VERDICTS]
     int shared                   # other queues' workers count into the same peers
     # scratch without offloads: BATCH slots, iovecs, headers, addresses
@@ -31,7 +35,8 @@ cdef struct tx_t:
     mmsghdr grouped[BATCH]
     uint8_t reply[REPLY_MAX]     # ICMP error for the TUN, reply_len bytes
     int reply_len
-    # scratch with offloads (allocated by set_offload)
+    # scratch with offloads or UDP GSO (allocated by set_offload; the arena
+    # only with the vnet header: a plain TUN's packets stay in their slots)
     txbatch_t b
     mmsghdr *mm
     sockaddr_in *mm_addr
@@ -47,16 +52,18 @@ cdef struct tx_t:
     uo_op uops[BATCH]
 
 
-cdef int tx_alloc_offload(tx_t *tx) noexcept nogil:
-    """The offload scratch; 0, or -1 when out of memory."""
-    if tx.b.arena == NULL:
+cdef int tx_alloc_offload(tx_t *tx, bint arena) noexcept nogil:
+    """The packing scratch, and the split arena if asked; 0, or -1 when out
+    of memory."""
+    if arena and tx.b.arena == NULL:
         tx.b.arena = <uint8_t *>malloc(TX_ARENA)
+    if tx.b.msgs == NULL:
         tx.b.msgs = <txmsg_t *>malloc(TX_MSGS * sizeof(txmsg_t))
         tx.mm = <mmsghdr *>calloc(TX_MSGS, sizeof(mmsghdr))
         tx.mm_addr = <sockaddr_in *>calloc(TX_MSGS, sizeof(sockaddr_in))
         tx.cmsg = <uint8_t *>calloc(TX_MSGS, TX_CMSG)
-    if (tx.b.arena == NULL or tx.b.msgs == NULL or tx.mm == NULL or tx.mm_addr == NULL
-            or tx.cmsg == NULL):
+    if ((arena and tx.b.arena == NULL) or tx.b.msgs == NULL or tx.mm == NULL
+            or tx.mm_addr == NULL or tx.cmsg == NULL):
         return -1
     return 0
 
@@ -250,11 +257,12 @@ cdef inline bint ring_result(tx_t *tx, int i, ssize_t *r) noexcept nogil:
     return False
 
 
-# -- the loop without offloads: one TUN read = one packet = one datagram ----------------
+# -- the loop without a vnet header: one TUN read = one packet = one datagram -----------
 cdef int tx_plain_one(const cfg_t *c, tx_t *tx, uint8_t *slot, ssize_t r, int tun_fd,
-                      int sock_fd, int m) noexcept nogil:
+                      int sock_fd, int m, bint packed) noexcept nogil:
     """One packet read into slot: verdict, ICMP error back to the TUN,
-    encapsulation in place, message m of the batch; the next m."""
+    encapsulation in place; then message m of the batch (the next m), or,
+    packed, one segment for pack_seg (m unchanged)."""
     cdef int idx, v
     cdef ssize_t h
     cdef peer_t *p
@@ -266,6 +274,11 @@ cdef int tx_plain_one(const cfg_t *c, tx_t *tx, uint8_t *slot, ssize_t r, int tu
     if v != OK:
         return m
     p = &t.peers[idx]
+    if packed:
+        h = encap_c(c, t, slot, idx)
+        pack_seg(&tx.b, flow_hash_c(slot, r) % c.n_tx if c.n_tx else -1, p.ip, p.port,
+                 slot - h, <int>(r + h))
+        return m
     tx.msg_fd[m] = sock_fd
     if c.n_tx:
         tx.msg_fd[m] = c.tx_fds[flow_hash_c(slot, r) % c.n_tx]
@@ -287,11 +300,15 @@ cdef int tun_to_udp_plain(const cfg_t *c, tx_t *tx, int tun_fd, int sock_fd) noe
     cdef int done = 0, rounds, n, m, i, s, k, queued
     cdef ssize_t r
     cdef uint8_t *slot
-    cdef bint empty = False
+    cdef bint empty = False, packed
     for rounds in range(MAX_ROUNDS):
         n = 0
         m = 0
         queued = -1
+        # UDP GSO (still) on: this round's packets go through pack_seg
+        packed = tx.b.gso != 0
+        if packed:
+            tx_begin(tx)
         if tx.ring != NULL:
             queued = ring_reads(tx, tun_fd, tx.slots + VXLAN_HDR, STRIDE, SLOT)
         for i in range(queued):
@@ -300,7 +317,7 @@ cdef int tun_to_udp_plain(const cfg_t *c, tx_t *tx, int tun_fd, int sock_fd) noe
                 continue
             done += 1
             m = tx_plain_one(c, tx, tx.slots + <size_t>i * STRIDE + VXLAN_HDR, r,
-                             tun_fd, sock_fd, m)
+                             tun_fd, sock_fd, m, packed)
         while queued < 0 and n < BATCH:
             slot = tx.slots + <size_t>n * STRIDE + VXLAN_HDR
             r = read(tun_fd, slot, SLOT)
@@ -313,8 +330,10 @@ cdef int tun_to_udp_plain(const cfg_t *c, tx_t *tx, int tun_fd, int sock_fd) noe
                 break
             n += 1
             done += 1
-            m = tx_plain_one(c, tx, slot, r, tun_fd, sock_fd, m)
-        if c.n_tx == 0:
+            m = tx_plain_one(c, tx, slot, r, tun_fd, sock_fd, m, packed)
+        if packed:
+            tx_send(c, tx, sock_fd)
+        elif c.n_tx == 0:
             send_all(tx, sock_fd, tx.msgs, m)
         else:
             # One sendmmsg per source socket; a flow maps to one socket,
@@ -494,7 +513,11 @@ cdef void tx_send_group(tx_t *tx, int sock, int fd) noexcept nogil:
     while i < k:
         sent = sendmmsg(fd, &tx.mm[i], k - i, 0)
         if sent >= 0:
-            i += sent
+            while sent > 0:
+                if tx.mm[i].msg_hdr.msg_iovlen > 1:
+                    tx.gso_messages += 1
+                i += 1
+                sent -= 1
             continue
         if retry_send(fd, &waits):
             continue

@@ -177,11 +177,14 @@ class Udpoverlay(TunnelDaemons):
     IFACE = "uo0"
 
     def __init__(self, backend: str, offload: bool, threads: bool = False,
-                 io: str | None = None, queues: int = 1) -> None:
+                 io: str | None = None, udp_offload: bool = True, queues: int = 1) -> None:
         super().__init__()
         self.backend, self.offload, self.threads, self.io = backend, offload, threads, io
-        self.queues = queues
-        self.name = (f"udpoverlay-{backend}" + ("" if offload else "-nooffload")
+        self.udp_offload, self.queues = udp_offload, queues
+        # --no-offload --no-udp-offload: the fully plain path, one kernel
+        # send and receive per packet ("-plain")
+        self.name = (f"udpoverlay-{backend}"
+                     + ("" if offload else "-nooffload" if udp_offload else "-plain")
                      + ("-threads" if threads else "")
                      + (f"-queues{queues}" if queues > 1 else ""))
 
@@ -194,6 +197,8 @@ class Udpoverlay(TunnelDaemons):
             cmd += ["--backend", self.backend]
         if not self.offload:
             cmd.append("--no-offload")
+        if not self.udp_offload:
+            cmd.append("--no-udp-offload")
         if self.threads:
             cmd.append("--threads")
         if self.queues > 1:
@@ -294,9 +299,10 @@ def make_scenario(name: str, io: str | None = None) -> Scenario:
     for backend in ("udp", "vxlan"):
         for offload in (True, False):
             for threads in (False, True):
-                scenario = Udpoverlay(backend, offload, threads, io)
-                if scenario.name == name:
-                    return scenario
+                for udp_offload in (True, False) if not offload else (True,):
+                    scenario = Udpoverlay(backend, offload, threads, io, udp_offload)
+                    if scenario.name == name:
+                        return scenario
         if name == f"udpoverlay-{backend}-queues2":     # --queues implies threads
             return Udpoverlay(backend, True, False, io, queues=2)
     raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
@@ -306,7 +312,7 @@ SCENARIOS = ("host-routing", "kernel-vxlan", "udpoverlay-udp",
              "udpoverlay-vxlan", "udpoverlay-udp-nooffload",
              "udpoverlay-vxlan-nooffload", "udpoverlay-udp-threads",
              "udpoverlay-vxlan-threads", "udpoverlay-udp-queues2", "udpoverlay-vxlan-queues2",
-             "udpoverlay-vxlan-direct", "fastd-null")
+             "udpoverlay-vxlan-direct", "udpoverlay-udp-plain", "fastd-null")
 
 
 def clear_overlay_routes(topo: Topology) -> None:

@@ -125,9 +125,14 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                help="vxlan: plain underlay routes to directly connected peers (cluster "
                     "mode: also Backend.DirectRouting)")
     _bool_flag(o, "--no-offload", default=False,
-               help="move one packet per TUN read/write: no TSO/USO on the TUN, no "
-                    "UDP GSO/GRO (default: offloads on, up to 64 KB per syscall, "
-                    "falling back to what the kernel accepts; see `status`)")
+               help="move one packet per TUN read/write (no virtio_net_hdr, no TSO/USO "
+                    "on the TUN, as flannel's udp backend); the underlay socket still "
+                    "batches datagrams with UDP GSO/GRO where the kernel has them "
+                    "(default: offloads on, up to 64 KB per syscall, falling back to "
+                    "what the kernel accepts; see `status`)")
+    _bool_flag(o, "--no-udp-offload", default=False,
+               help="no UDP GSO/GRO on the underlay socket: one kernel send and "
+                    "receive per datagram; with --no-offload the fully plain path")
     _bool_flag(o, "--threads", default=False,
                help="run each direction (TUN->wire, wire->TUN) on its own worker "
                     "thread instead of the event loop")
@@ -260,6 +265,7 @@ def _common(args) -> dict:
     return dict(public_ip=args.public_ip, tun=args.tun, iface=args.iface or (),
                 iface_regex=args.iface_regex or (), iface_can_reach=args.iface_can_reach,
                 mtu=args.mtu, vtep_mac=args.vtep_mac, offload=not args.no_offload,
+                udp_offload=not args.no_udp_offload,
                 threads=args.threads, queues=args.queues,
                 direct_routing=args.direct_routing,
                 ip_masq=args.ip_masq, iptables_forward_rules=args.iptables_forward_rules,

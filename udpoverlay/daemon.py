@@ -198,11 +198,17 @@ class Daemon:
                 # ports, so underlay ECMP/RSS spreads flows and keeps order.
                 self.tx_socks = sockets.open_tx_sockets(self.bind_addr)
                 self.engine.set_tx_fds([s.fileno() for s in self.tx_socks])
-            if self.tun.vnet_hdr:
-                self.udp_gro = all([sockets.enable_udp_gro(s)
-                                    for s in (self.sock, *self.queue_socks)])
-                self.engine.set_offload(True, udp_gso=sockets.udp_gso_supported(self.sock),
-                                        tun_uso="uso4" in self.tun.offloads)
+            # The TUN's offloads (vnet header, --no-offload) and the
+            # socket's batching (UDP GSO/GRO, --no-udp-offload) are
+            # independent: a plain TUN's packets still leave packed into
+            # UDP_SEGMENT messages and arrive as GRO buffers, split again.
+            vnet = self.tun.vnet_hdr
+            self.udp_gro = o.udp_offload and all([sockets.enable_udp_gro(s)
+                                                  for s in (self.sock, *self.queue_socks)])
+            self.engine.set_offload(vnet, udp_gso=o.udp_offload
+                                    and sockets.udp_gso_supported(self.sock),
+                                    tun_uso=vnet and "uso4" in self.tun.offloads,
+                                    udp_gro=self.udp_gro)
             self.runner = dataplane.Runner(self.engine, self.tun.fd, self.sock.fileno(),
                                            threads=o.threads, io=o.io_mode,
                                            busy_poll_us=o.busy_poll_us,
@@ -282,15 +288,19 @@ class Daemon:
 
     # -- status -------------------------------------------------------
     def offload_status(self) -> dict:
-        """What the kernel accepted: TUN offload flags, UDP GSO (live: the
-        fast path turns it off if the kernel refuses a send), UDP GRO."""
+        """What the kernel accepted: the TUN's offloads ("enabled": a vnet
+        header; its TUNSETOFFLOAD flags) and, independently, the underlay
+        socket's UDP GSO (live: the fast path turns it off if the kernel
+        refuses a send) and UDP GRO; "udp_offload": False after
+        --no-udp-offload."""
         on = bool(self.opts.offload and self.tun is not None and self.tun.vnet_hdr)
         eng = self.engine
         return {"enabled": on,
                 "vnet_hdr_refused": bool(self.tun is not None and self.tun.vnet_hdr_refused),
                 "tun": list(self.tun.offloads) if on and self.tun is not None else [],
-                "udp_gso": bool(on and eng is not None and eng.udp_gso),
-                "udp_gro": bool(on and self.udp_gro),
+                "udp_offload": bool(self.opts.udp_offload),
+                "udp_gso": bool(eng is not None and eng.udp_gso),
+                "udp_gro": bool(self.udp_gro),
                 "tun_uso": bool(on and eng is not None and eng.tun_uso)}
 
     def status(self) -> dict:

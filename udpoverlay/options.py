@@ -70,7 +70,8 @@ class Options:
     tun: str = DEFAULT_TUN
     mtu: int | None = None
     vtep_mac: bytes | None = None   # vxlan: None = derived, stable across restarts
-    offload: bool = True            # TUN TSO/USO + UDP GSO/GRO (--no-offload: off)
+    offload: bool = True            # TUN vnet header + TSO/USO (--no-offload: off)
+    udp_offload: bool = True        # underlay UDP GSO/GRO (--no-udp-offload: off)
     threads: bool = False           # one worker thread per direction (--threads)
     queues: int = 1                 # TUN queues, a worker pair each (--queues; > 1: threads)
     direct_routing: bool = False    # vxlan: plain routes to directly connected peers
@@ -231,9 +232,8 @@ def _regexes(values) -> tuple[str, ...]:
 
 
 def _common(*, public_ip=None, tun=None, iface=(), iface_regex=(), iface_can_reach=None,
-            mtu=None, vtep_mac=None, offload=True, threads=False, queues=1,
-            direct_routing=False,
-            ip_masq=False, iptables_forward_rules=True,
+            mtu=None, vtep_mac=None, offload=True, udp_offload=True, threads=False, queues=1,
+            direct_routing=False, ip_masq=False, iptables_forward_rules=True,
             iptables_resync=DEFAULT_IPTABLES_RESYNC, ip_masq_fully_random_disable=False,
             ip_blackhole_route=False, healthz_ip=DEFAULT_HEALTHZ_IP, healthz_port=0,
             verbosity=0, log_format="text", env_file=None, io_mode=DEFAULT_IO_MODE,
@@ -248,6 +248,7 @@ def _common(*, public_ip=None, tun=None, iface=(), iface_regex=(), iface_can_rea
         iface_can_reach=None if iface_can_reach in (None, "")
         else _ip(iface_can_reach, "--iface-can-reach"),
         mtu=check_mtu(mtu), vtep_mac=_mac(vtep_mac, "--vtep-mac"), offload=bool(offload),
+        udp_offload=bool(udp_offload),
         threads=bool(threads) or _int(queues or 1, "--queues", 1, MAX_QUEUES) > 1,
         queues=_int(queues or 1, "--queues", 1, MAX_QUEUES),
         direct_routing=bool(direct_routing), ip_masq=bool(ip_masq),

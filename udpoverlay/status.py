@@ -7,7 +7,7 @@ the same document, so the log and `status` never tell two stories."""
 
 from __future__ import annotations
 
-__all__ = ["format_status", "setup_summary"]
+__all__ = ["format_status", "offload_text", "setup_summary"]
 
 
 def _fmt_bytes(n: float) -> str:
@@ -76,13 +76,8 @@ def format_status(doc: dict) -> str:
     if doc.get("static"):
         lines += _static_lines(doc["static"])
     off = doc.get("offload") or {}
-    if off.get("enabled"):
-        lines.insert(2, f"  offload: tun {','.join(off.get('tun') or []) or 'none'}; "
-                        f"udp gso {'on' if off.get('udp_gso') else 'off'}, "
-                        f"gro {'on' if off.get('udp_gro') else 'off'}")
-    elif off:
-        lines.insert(2, "  offload: off" + (" (the kernel refused IFF_VNET_HDR)"
-                                            if off.get("vnet_hdr_refused") else ""))
+    if off:
+        lines.insert(2, "  offload: " + offload_text(off))
     counters = doc.get("counters", {})
     lines.append("")
     lines.append("  counters:")
@@ -118,6 +113,23 @@ def format_status(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def offload_text(off: dict) -> str:
+    """The status document's "offload" as one truthful line: the TUN's
+    offloads and the underlay socket's UDP GSO/GRO, each on or off on its
+    own (--no-offload, --no-udp-offload, or what the kernel refused)."""
+    if off.get("enabled"):
+        tun = f"tun {','.join(off.get('tun') or []) or 'none (kernel refused TUNSETOFFLOAD)'}"
+    elif off.get("vnet_hdr_refused"):
+        tun = ("TUN offloads off (the kernel refused IFF_VNET_HDR): one packet per TUN "
+               "read and write")
+    else:
+        tun = "TUN offloads off (--no-offload): one packet per TUN read and write"
+    if off.get("udp_offload", True) is False:
+        return f"{tun}; underlay UDP GSO/GRO off (--no-udp-offload): one datagram per send"
+    return (f"{tun}; underlay UDP GSO {'on' if off.get('udp_gso') else 'off'}, "
+            f"GRO {'on' if off.get('udp_gro') else 'off'}")
+
+
 def setup_summary(doc: dict) -> list[str]:
     """What set-up made, as the daemon logs it at INFO (one event per line)."""
     nat = "" if doc["bind_ip"] == doc["public_ip"] else f" (advertised as {doc['public_ip']})"
@@ -131,16 +143,7 @@ def setup_summary(doc: dict) -> list[str]:
              f"local subnet {doc['subnet']}"]
     if doc["backend"] == "vxlan":
         lines.append(f"vxlan: vni {doc['vni']}, our VTEP {doc['vtep_mac']} at {tun_addr}")
-    off = doc["offload"]
-    if off["vnet_hdr_refused"]:
-        lines.append("offloads: off (the kernel refused IFF_VNET_HDR): one packet per TUN "
-                     "read and write")
-    elif not off["enabled"]:
-        lines.append("offloads: off (--no-offload): one packet per TUN read and write")
-    else:
-        lines.append(f"offloads: tun {','.join(off['tun']) or 'none (kernel refused TUNSETOFFLOAD)'}"
-                     f"; udp gso {'on' if off['udp_gso'] else 'off'}, gro "
-                     f"{'on' if off['udp_gro'] else 'off'}")
+    lines.append("offloads: " + offload_text(doc["offload"]))
     peers = doc.get("peers") or []
     if not peers:
         lines.append("no peers configured")

@@ -31,7 +31,9 @@ from udpoverlay.peer import Peer
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = "127.0.0.1"
 BUF = 1 << 20           # socket buffers: the kernel caps them (rmem_max/wmem_max)
-OFFLOADS = {"plain": None, "vnet": (True, False, False), "gso": (True, True, True)}
+# plain-gso: a plain TUN (no vnet header) over a socket with UDP GSO/GRO
+OFFLOADS = {"plain": None, "vnet": (True, False, False), "gso": (True, True, True),
+            "plain-gso": (False, True, False, True)}
 BODY = bytes((i * 37 + 11) & 0xFF for i in range(20000))
 MARKER = b"end of the test traffic"
 
@@ -151,16 +153,22 @@ def tun_reads(vnet: bool) -> list[bytes]:
     return out
 
 
-def run_tx(twin, r: Rig, backend: str, offload, reads: list[bytes]):
+def received(r: Rig, s: socket.socket) -> list:
+    """What peer socket s got: [(datagram, the engine's source socket)]."""
+    return [(d, r.source(port)) for d, port in drain_udp(s, r.sock)]
+
+
+def run_tx(twin, r: Rig, backend: str, offload, reads: list[bytes], drain=received):
+    """TUN reads through tun_to_udp: (reads, {peer: drain(r, its socket)},
+    TUN writes, counters, peer status, UDP GSO still on)."""
     e = make(twin, r, backend, offload)
     try:
         for b in reads:
             r.tun_app.send(b)
         done = e.core.tun_to_udp(r.tun_dev.fileno(), r.sock.fileno())
-        got = {name: [(d, r.source(port)) for d, port in drain_udp(s, r.sock)]
-               for name, s in (("a", r.a), ("b", r.b))}
+        got = {name: drain(r, s) for name, s in (("a", r.a), ("b", r.b))}
         writes = drain_now(r.tun_app)
-        return done, got, writes, e.counters(), e.peer_status()
+        return done, got, writes, e.counters(), e.peer_status(), e.udp_gso
     finally:
         e.close()
 
@@ -168,7 +176,7 @@ def run_tx(twin, r: Rig, backend: str, offload, reads: list[bytes]):
 @pytest.mark.parametrize("offload", list(OFFLOADS))
 @pytest.mark.parametrize("backend", ["udp", "vxlan"])
 def test_tun_to_udp_identical(backend, offload):
-    reads = tun_reads(offload != "plain")
+    reads = tun_reads(offload in ("vnet", "gso"))
     with rig(3 if backend == "vxlan" else 0) as r:
         py, cy = (run_tx(t, r, backend, OFFLOADS[offload], reads) for t in both())
     same(py, cy)

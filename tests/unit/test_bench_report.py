@@ -267,6 +267,8 @@ def test_io_mode_reaches_the_daemon_command_line():
     h1, h2 = NODES
     cmd = make_scenario("udpoverlay-udp-nooffload", "io_uring").command(h1, h2)
     assert cmd[-3:] == ["--no-offload", "--io", "io_uring"]
+    cmd = make_scenario("udpoverlay-udp-plain").command(h1, h2)
+    assert cmd[-2:] == ["--no-offload", "--no-udp-offload"]
     assert "--io" not in make_scenario("udpoverlay-vxlan").command(h1, h2)
     assert make_scenario("udpoverlay-vxlan-direct", "epoll").command(h1, h2)[-3:] == [
         "--io", "epoll", "--direct-routing"]

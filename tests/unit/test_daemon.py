@@ -24,6 +24,7 @@ from udpoverlay.control import query_status
 from udpoverlay.daemon import Daemon
 from udpoverlay.errors import ConfigError, ControlError
 from udpoverlay.options import Options, build_config
+from udpoverlay.status import offload_text
 
 
 class FakeTun:
@@ -272,3 +273,34 @@ def test_sighups_during_a_reload_make_exactly_one_more_run(loop, peer_sock):
         await d._reloading
     run(main())
     assert runs == [0, 1]
+
+
+@pytest.mark.parametrize("udp_offload", [True, False])
+def test_plain_tun_keeps_the_underlay_batching_unless_told(peer_sock, udp_offload):
+    """--no-offload (a plain TUN, here the socketpair) leaves UDP GSO/GRO on
+    the underlay socket; --no-udp-offload turns them off. status and the
+    start-up log line say which, truthfully."""
+    opts = dataclasses.replace(_opts(peer_sock.getsockname()[1]), udp_offload=udp_offload)
+    d = LoopbackDaemon(opts)
+    try:
+        d.setup()
+        off = d.offload_status()
+        assert d.sock is not None
+        gro = d.sock.getsockopt(socket.SOL_UDP, 104)         # UDP_GRO, as the kernel has it
+    finally:
+        d.close()
+    assert (off["enabled"], off["tun"], off["udp_offload"]) == (False, [], udp_offload)
+    assert off["udp_gso"] is off["udp_gro"] is udp_offload and bool(gro) is udp_offload
+    text = offload_text(off)
+    assert text.startswith("TUN offloads off (--no-offload): one packet per TUN read and write")
+    assert text.endswith("underlay UDP GSO on, GRO on" if udp_offload
+                         else "underlay UDP GSO/GRO off (--no-udp-offload): one datagram per send")
+
+
+def test_offload_text_names_each_side():
+    on = {"enabled": True, "tun": ["csum", "tso4"], "udp_offload": True, "udp_gso": False,
+          "udp_gro": True, "vnet_hdr_refused": False}
+    assert offload_text(on) == "tun csum,tso4; underlay UDP GSO off, GRO on"
+    refused = dict(on, enabled=False, tun=[], vnet_hdr_refused=True, udp_gso=True)
+    assert offload_text(refused).startswith("TUN offloads off (the kernel refused IFF_VNET_HDR)")
+    assert offload_text(dict(on, tun=[])).startswith("tun none (kernel refused TUNSETOFFLOAD)")

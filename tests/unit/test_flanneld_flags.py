@@ -42,6 +42,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "--vtep-mac": ("02:00:00:00:00:09", "02:00:00:00:00:09"),
     "--direct-routing": ("true", True),
     "--no-offload": ("1", True),
+    "--no-udp-offload": ("true", True),
     "--threads": ("TRUE", True),
     "--queues": ("2", "2"),
     "--ip-masq": ("true", True),

@@ -92,11 +92,15 @@ class Engine:
         ports), chosen per inner flow; empty = the main socket only."""
         self.core.set_tx_fds([int(fd) for fd in fds][:wire.MAX_TX_FDS])
 
-    def set_offload(self, vnet_hdr: bool, udp_gso: bool = False, tun_uso: bool = False) -> None:
+    def set_offload(self, vnet_hdr: bool, udp_gso: bool = False, tun_uso: bool = False,
+                    udp_gro: bool = False) -> None:
         """Declare what the devices were set up with (before any I/O): the
-        TUN carries a virtio_net_hdr, the socket takes UDP_SEGMENT, the TUN
-        takes UDP GSO writes."""
-        self.core.set_offload(bool(vnet_hdr), bool(udp_gso), bool(tun_uso))
+        TUN carries a virtio_net_hdr; the socket takes UDP_SEGMENT; the TUN
+        takes UDP GSO writes (only with the vnet header); the socket has
+        UDP_GRO. The TUN and the socket are independent: a plain TUN (one
+        packet per read and write) still gets its packets packed into
+        UDP_SEGMENT messages and GRO buffers split, when the socket allows."""
+        self.core.set_offload(bool(vnet_hdr), bool(udp_gso), bool(tun_uso), bool(udp_gro))
 
     def set_tun_mtu(self, mtu: int) -> None:
         """Declare the TUN's MTU (0: unknown). Received inner TCP packets
@@ -118,6 +122,12 @@ class Engine:
     @property
     def tun_uso(self) -> bool:
         return bool(self.core.tun_uso)
+
+    @property
+    def udp_gro(self) -> bool:
+        """Received datagrams are split at their UDP_GRO size (always with
+        the vnet header)."""
+        return bool(self.core.udp_gro)
 
     # -- peers ----------------------------------------------------------------
     def set_peers(self, peers: Iterable[Peer]) -> None:

@@ -46,10 +46,12 @@ N_VERDICTS = len(VERDICT_NAMES)
 # pseudo-header partial sum (checksum offload), finished by us;
 # arp_mac_changed: a learned VTEP MAC replaced by a different one;
 # rx_resegmented: received inner TCP packets longer than the TUN MTU (a kernel
-# sender's super-frame), written as a GSO packet or split into MTU-sized ones.
+# sender's super-frame), written as a GSO packet or split into MTU-sized ones;
+# tx_gso_messages: UDP_SEGMENT messages the kernel took (each carried 2 to
+# MAX_GSO_SEGS wire datagrams in one send): fewer than tx_packets = batching.
 SCALAR_COUNTERS = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "icmp_sent",
                    "tx_super_packets", "rx_coalesced", "rx_csum_bad", "rx_csum_partial",
-                   "arp_mac_changed", "rx_resegmented")
+                   "arp_mac_changed", "rx_resegmented", "tx_gso_messages")
 
 # -- the peer table as the facade hands it to a core (Core.set_peers_packed) ------
 # One record per peer, native byte order, no padding: ip, net, port, prefix

@@ -46,6 +46,8 @@ SCALAR_METRICS = {
     "arp_mac_changed": ("vtep_mac_changes", "vxlan: learned VTEP MACs replaced by another"),
     "rx_resegmented": ("rx_resegmented", "received inner TCP packets longer than the TUN "
                                          "MTU, written as GSO or split"),
+    "tx_gso_messages": ("tx_gso_messages", "UDP_SEGMENT messages sent, each carrying several "
+                                           "wire datagrams in one kernel send"),
     "rx_arp": ("rx_arp", "vxlan: ARP frames consumed by the engine (not drops)"),
     "rx_keepalive": ("rx_keepalives", "NAT keepalives received from peers (not drops)"),
 }

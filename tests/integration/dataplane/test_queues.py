@@ -17,11 +17,12 @@ from udpoverlay import dataplane
 FLOWS = 12      # 12 flows over 2 queues: all on one queue has odds 2 ** -11
 
 
-@pytest.mark.parametrize("backend", ["udp", "vxlan"])
-def test_flows_spread_over_queues_and_arrive_whole(overlay2, backend):
+@pytest.mark.parametrize("backend, more", [("udp", []), ("vxlan", []), ("udp", ["--no-offload"])],
+                         ids=["udp", "vxlan", "udp-no-offload"])
+def test_flows_spread_over_queues_and_arrive_whole(overlay2, backend, more):
     require(dataplane.IMPLEMENTATION == "cython", "--queues needs the compiled data plane")
     ov = overlay2
-    extra = ["--queues", "2", "--backend", backend]
+    extra = ["--queues", "2", "--backend", backend, *more]
     d1 = ov.start(1, extra=[*extra, "--healthz-ip", underlay_of(1),
                             "--healthz-port", str(HEALTHZ_PORT)])
     ov.start(2, extra=extra)

@@ -82,8 +82,11 @@ def test_offload_flags(impl):
     assert (e.vnet_hdr, e.udp_gso, e.tun_uso) == (False, False, False)
     e.set_offload(True, udp_gso=True, tun_uso=False)
     assert (e.vnet_hdr, e.udp_gso, e.tun_uso) == (True, True, False)
-    e.set_offload(False, udp_gso=True, tun_uso=True)  # both need the vnet header
-    assert (e.vnet_hdr, e.udp_gso, e.tun_uso) == (False, False, False)
+    assert e.udp_gro                                  # looked for with the vnet header
+    e.set_offload(False, udp_gso=True, tun_uso=True)  # USO writes need the vnet header
+    assert (e.vnet_hdr, e.udp_gso, e.tun_uso, e.udp_gro) == (False, True, False, False)
+    e.set_offload(False, udp_gso=False, udp_gro=True)  # a plain TUN over a batching socket
+    assert (e.vnet_hdr, e.udp_gso, e.tun_uso, e.udp_gro) == (False, False, False, True)
 
 
 def test_close_is_real_and_idempotent(impl):

@@ -55,8 +55,8 @@ class Core(Outgoing, Incoming):
         self.vtep_mac = bytes(vtep_mac)
         self.local_port = local_port
         self._t = Table()
-        # TX counters: packets, bytes, icmp_sent, super_packets; per verdict
-        self._tx_c = [0, 0, 0, 0]
+        # TX counters: packets, bytes, icmp_sent, super_packets, gso_messages; per verdict
+        self._tx_c = [0, 0, 0, 0, 0]
         self._tx_v = [0] * N_VERDICTS
         # RX counters: packets, bytes; per verdict (merges: the coalescer's)
         self._rx_c = [0, 0, 0, 0]   # packets, bytes, csum_partial, mac_changed
@@ -66,6 +66,7 @@ class Core(Outgoing, Incoming):
         self.vnet_hdr = False
         self.tun_uso = False
         self._gso = False
+        self.udp_gro = False
         self._co = Coalescer(udp=False, trusted=mode == MODE_UDP)
         self._closed = False
 
@@ -90,11 +91,18 @@ class Core(Outgoing, Incoming):
         flow_hash; empty = the main socket only."""
         self._tx_fds = list(fds)[:MAX_TX_FDS]
 
-    def set_offload(self, vnet_hdr: bool, udp_gso: bool, tun_uso: bool) -> None:
-        """Declare what the devices were set up with, before any I/O."""
+    def set_offload(self, vnet_hdr: bool, udp_gso: bool, tun_uso: bool,
+                    udp_gro: bool = False) -> None:
+        """Declare what the devices were set up with, before any I/O: the
+        TUN carries a virtio_net_hdr; the socket takes UDP_SEGMENT (also
+        for a plain TUN: its packets are packed alike); the TUN takes UDP
+        GSO writes (needs the vnet header); the socket has UDP_GRO (a plain
+        TUN's receive path then splits GRO buffers; with the vnet header
+        they are always looked for)."""
         self.vnet_hdr = bool(vnet_hdr)
-        self._gso = bool(vnet_hdr and udp_gso)
+        self._gso = bool(udp_gso)
         self.tun_uso = bool(vnet_hdr and tun_uso)
+        self.udp_gro = bool(vnet_hdr or udp_gro)
         self._co.udp = self.tun_uso
 
     def set_tun_mtu(self, mtu: int) -> None:
@@ -136,7 +144,7 @@ class Core(Outgoing, Incoming):
         verdict counts): a raw snapshot the facade names."""
         tx, rx = self._tx_c, self._rx_c
         return ((tx[0], tx[1], rx[0], rx[1], tx[2], tx[3], self._co.merged, self._co.csum_bad,
-                 rx[2], rx[3], self._co.resegmented),
+                 rx[2], rx[3], self._co.resegmented, tx[4]),
                 tuple(self._tx_v), tuple(self._rx_v))
 
     def peer_stats(self) -> list[tuple]:

@@ -2,9 +2,10 @@
 
 Receive a batch, accept each datagram only from a known peer and only for
 our subnet (source inside the peer's subnet: no spoofing), answer ARP for
-our VTEP (vxlan) and write the inner packets to the TUN. With offloads a
-received datagram may hold several GRO segments: each is checked alone,
-accepted ones are coalesced into GSO writes (offload.py).
+our VTEP (vxlan) and write the inner packets to the TUN. With UDP_GRO on
+the socket a received datagram may hold several GRO segments: each is
+checked alone; accepted ones are coalesced into GSO writes (offload.py)
+when the TUN has a vnet header, else each is written on its own.
 
 Incoming is a mixin of Core (dataplane/_py/__init__.py): it uses the
 core's configuration and table, and owns the _rx_* counters.
@@ -187,7 +188,7 @@ class Incoming:
         got = []
         while len(got) < BATCH:
             try:
-                data, anc, _flags, addr = sock.recvmsg(SLOT, _CMSG_SPACE if self.vnet_hdr else 0)
+                data, anc, _flags, addr = sock.recvmsg(SLOT, _CMSG_SPACE if self.udp_gro else 0)
             except OSError:
                 break
             gro = 0
@@ -222,17 +223,19 @@ class Incoming:
         return done
 
     def _rx_batch_plain(self, got: list, sock, tun_fd: int) -> None:
-        for data, addr, _gro in got:
-            v, idx, off, reply = self._inbound(data, _addr_int(addr), addr[1])
-            self._count_in(v, idx, len(data) - off)
-            if reply:
-                self._reply(sock, reply, addr)
-            if v == OK:
-                for pkt in self._tun_packets(self._finish_partial(data[off:])):
-                    try:
-                        os.write(tun_fd, pkt)
-                    except OSError:
-                        self._rx_v[TX_ERROR] += 1
+        """No vnet header: every accepted packet (each GRO segment) is its
+        own TUN write."""
+        for data, addr, gro in got:
+            self._rx_datagram(data, _addr_int(addr), addr[1], gro,
+                              lambda r, addr=addr: self._reply(sock, r, addr),
+                              lambda pkt: self._write_plain(tun_fd, pkt))
+
+    def _write_plain(self, tun_fd: int, pkt) -> None:
+        for p in self._tun_packets(pkt):
+            try:
+                os.write(tun_fd, p)
+            except OSError:
+                self._rx_v[TX_ERROR] += 1
 
     def _tun_packets(self, pkt) -> list:
         """Without a vnet header: an oversized packet (offload.oversize_gso)
@@ -248,17 +251,17 @@ class Incoming:
             return
         for data, addr, gro in got:
             self._rx_datagram(data, _addr_int(addr), addr[1], gro,
-                              lambda r, addr=addr: self._reply(sock, r, addr))
+                              lambda r, addr=addr: self._reply(sock, r, addr), self._co.add)
         for w, nseg in self._co.take():
             try:
                 os.write(tun_fd, w)
             except OSError:
                 self._rx_v[TX_ERROR] += nseg
 
-    def _rx_datagram(self, data: bytes, src: int, sport: int, gro: int, reply) -> None:
+    def _rx_datagram(self, data: bytes, src: int, sport: int, gro: int, reply, accept) -> None:
         """One received datagram (GRO: several segments of `gro` bytes):
         check each segment, answer ARP through reply(), hand accepted
-        packets to the coalescer."""
+        packets to accept() (the coalescer, or a plain TUN write)."""
         n = len(data)
         step = gro if 0 < gro < n else n
         off = 0
@@ -269,7 +272,7 @@ class Incoming:
             if r:
                 reply(r)
             if v == OK:
-                self._co.add(self._finish_partial(seg[ioff:]))
+                accept(self._finish_partial(seg[ioff:]))
             off += step
             if off >= n:
                 break

@@ -4,7 +4,9 @@ Read a batch from the TUN, give every packet a verdict (route, TTL, ICMP
 error back to the TUN), encapsulate, and send the batch per source socket,
 in order. With offloads a TUN read is a super-packet behind a
 virtio_net_hdr: it is split and its segments are packed into UDP_SEGMENT
-messages (offload.py).
+messages (offload.py). A plain TUN's packets (one per read) are packed the
+same way when the socket takes UDP_SEGMENT: the wire datagrams are the
+same, the kernel is entered once per message instead of once per packet.
 
 The send rule both twins keep: a full socket buffer is waited for (WAIT_MS)
 at most MAX_WAITS times per batch and socket; a message that still does not
@@ -52,7 +54,7 @@ from udpoverlay.dataplane.wire import (
 )
 
 # _tx_c fields
-PACKETS, BYTES, ICMP_SENT, SUPER_PACKETS = range(4)
+PACKETS, BYTES, ICMP_SENT, SUPER_PACKETS, GSO_MESSAGES = range(5)
 _ZERO_VNET = pack_vnet()
 
 
@@ -163,7 +165,7 @@ class Outgoing:
     def _tun_to_udp_plain(self, tun_fd: int, sock_fd: int) -> int:
         done = 0
         for _ in range(MAX_ROUNDS):
-            msgs = []
+            packer = Packer(self._gso)      # gso off: one message per packet
             reads = 0
             data = b""
             while reads < BATCH:
@@ -171,19 +173,23 @@ class Outgoing:
                 if data is None:
                     break
                 reads += 1
-                pkt = bytearray(data)
-                v, idx, reply = self._outbound(pkt)
-                self._count_out(v, idx, len(pkt))
-                if reply:
-                    self._write_tun(tun_fd, reply)
-                if v == OK:
-                    p = self._t.peers[idx]
-                    msgs.append((self._tx_index(pkt), (p[0], p[1]), 0, self._encap(pkt, idx), 1))
+                self._tx_plain_one(bytearray(data), packer, tun_fd)
             done += reads
-            self._tx_send(msgs, sock_fd)
+            self._tx_send(packer.take(), sock_fd)
             if data is None:
                 break
         return done
+
+    def _tx_plain_one(self, pkt: bytearray, packer: Packer, tun_fd: int) -> None:
+        """One plain TUN read: verdict, ICMP error back to the TUN (no vnet
+        header), encapsulate, add it to the batch as one wire segment."""
+        v, idx, reply = self._outbound(pkt)
+        self._count_out(v, idx, len(pkt))
+        if reply:
+            self._write_tun(tun_fd, reply)
+        if v == OK:
+            p = self._t.peers[idx]
+            packer.add(self._tx_index(pkt), (p[0], p[1]), self._encap(pkt, idx))
 
     def _tx_index(self, pkt) -> int:
         """Which source socket a flow leaves from: an index into the tx
@@ -261,6 +267,8 @@ class Outgoing:
             while True:
                 try:
                     sock.sendmsg([payload], anc, 0, addr)
+                    if nseg > 1:
+                        self._tx_c[GSO_MESSAGES] += 1
                 except OSError as exc:
                     if retry_send(sock, exc, waits):
                         continue

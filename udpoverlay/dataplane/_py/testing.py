@@ -74,6 +74,6 @@ def inbound_batch(core, datagrams):
     for k in range(0, len(items), wire.BATCH):
         for data, src, gro, sport in items[k:k + wire.BATCH]:
             core._rx_datagram(data, src, sport, gro,
-                              lambda r, src=src: replies.append((r, src)))
+                              lambda r, src=src: replies.append((r, src)), core._co.add)
         writes += [w for w, _nseg in core._co.take()]
     return writes, replies
