@@ -44,6 +44,9 @@ METRICS = (
     Metric("lat_p99_us", "RTT p99 µs", "lower", "{:.1f}"),
     Metric("cpu_machine_pct_per_gbps", "machine CPU %/(Gbit/s)", "lower", "{:.1f}"),
     Metric("cpu_daemon_pct_per_gbps", "daemon CPU %/(Gbit/s)", "lower", "{:.1f}"),
+    # what the RTT costs: busy polling trades CPU for wakeups (--busy-poll-us)
+    Metric("lat_cpu_machine_cores", "ping-pong machine CPU cores", "lower"),
+    Metric("lat_cpu_daemon_cores", "ping-pong daemon CPU cores", "lower", ratio=False),
 )
 
 
@@ -70,6 +73,7 @@ def flatten(rep: dict) -> dict[str, float | None]:
     """One repetition's raw dicts -> {metric key: value or None}."""
     gbps = _get(rep, "tcp1", "gbps")
     cpu = (rep.get("tcp1") or {}).get("cpu") or {}
+    lat_cpu = (rep.get("latency") or {}).get("cpu") or {}
     return {
         "tcp1_gbps": gbps,
         "tcp4_gbps": _get(rep, "tcp4", "gbps"),
@@ -81,6 +85,8 @@ def flatten(rep: dict) -> dict[str, float | None]:
         "lat_p99_us": _get(rep, "latency", "p99_us"),
         "cpu_machine_pct_per_gbps": _per_gbps(cpu.get("machine_busy_cores"), gbps),
         "cpu_daemon_pct_per_gbps": _per_gbps(cpu.get("daemon_cores"), gbps),
+        "lat_cpu_machine_cores": lat_cpu.get("machine_busy_cores"),
+        "lat_cpu_daemon_cores": lat_cpu.get("daemon_cores"),
     }
 
 

@@ -133,16 +133,18 @@ def run_repetition(ep: measure.Endpoints, scenario: Scenario, duration: float,
     """Fill rep with each measurement as it completes (partial on Ctrl-C)."""
     sampler = measure.CpuSampler(scenario.daemon_pids())
 
-    def tcp1_with_cpu() -> dict:
-        sampler.start()
-        result = measure.iperf_tcp(ep, duration, streams=1)
-        result["cpu"] = sampler.stop()
-        return result
+    def with_cpu(measurement):
+        def run() -> dict:
+            sampler.start()
+            result = measurement()
+            result["cpu"] = sampler.stop()
+            return result
+        return run
 
-    steps = (("tcp1", tcp1_with_cpu),
+    steps = (("tcp1", with_cpu(lambda: measure.iperf_tcp(ep, duration, streams=1))),
              ("tcp4", lambda: measure.iperf_tcp(ep, duration, streams=4)),
              ("udp64", lambda: measure.iperf_udp64(ep, duration)),
-             ("latency", lambda: measure.latency(ep, duration, tool)))
+             ("latency", with_cpu(lambda: measure.latency(ep, duration, tool))))
     for name, fn in steps:
         _attempt(rep, name, fn)
         scenario.check_alive()

@@ -177,16 +177,18 @@ class Udpoverlay(TunnelDaemons):
     IFACE = "uo0"
 
     def __init__(self, backend: str, offload: bool, threads: bool = False,
-                 io: str | None = None, udp_offload: bool = True, queues: int = 1) -> None:
+                 io: str | None = None, udp_offload: bool = True, queues: int = 1,
+                 busy_poll_us: int = 0) -> None:
         super().__init__()
         self.backend, self.offload, self.threads, self.io = backend, offload, threads, io
-        self.udp_offload, self.queues = udp_offload, queues
+        self.udp_offload, self.queues, self.busy_poll_us = udp_offload, queues, busy_poll_us
         # --no-offload --no-udp-offload: the fully plain path, one kernel
         # send and receive per packet ("-plain")
         self.name = (f"udpoverlay-{backend}"
                      + ("" if offload else "-nooffload" if udp_offload else "-plain")
                      + ("-threads" if threads else "")
-                     + (f"-queues{queues}" if queues > 1 else ""))
+                     + (f"-queues{queues}" if queues > 1 else "")
+                     + (f"-busypoll{busy_poll_us}" if busy_poll_us else ""))
 
     def command(self, node: Node, remote: Node, logdir: Path | None = None) -> list[str]:
         cmd = [sys.executable, "-m", "udpoverlay", "run", "--tun", self.IFACE,
@@ -203,6 +205,8 @@ class Udpoverlay(TunnelDaemons):
             cmd.append("--threads")
         if self.queues > 1:
             cmd += ["--queues", str(self.queues)]
+        if self.busy_poll_us:
+            cmd += ["--busy-poll-us", str(self.busy_poll_us)]
         if self.io:
             cmd += ["--io", self.io]
         return cmd
@@ -305,6 +309,8 @@ def make_scenario(name: str, io: str | None = None) -> Scenario:
                         return scenario
         if name == f"udpoverlay-{backend}-queues2":     # --queues implies threads
             return Udpoverlay(backend, True, False, io, queues=2)
+        if name == f"udpoverlay-{backend}-busypoll50":
+            return Udpoverlay(backend, True, False, io, busy_poll_us=50)
     raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
 
 
@@ -312,7 +318,8 @@ SCENARIOS = ("host-routing", "kernel-vxlan", "udpoverlay-udp",
              "udpoverlay-vxlan", "udpoverlay-udp-nooffload",
              "udpoverlay-vxlan-nooffload", "udpoverlay-udp-threads",
              "udpoverlay-vxlan-threads", "udpoverlay-udp-queues2", "udpoverlay-vxlan-queues2",
-             "udpoverlay-vxlan-direct", "udpoverlay-udp-plain", "fastd-null")
+             "udpoverlay-vxlan-direct", "udpoverlay-udp-plain", "udpoverlay-udp-busypoll50",
+             "fastd-null")
 
 
 def clear_overlay_routes(topo: Topology) -> None:

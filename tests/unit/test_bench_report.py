@@ -149,6 +149,9 @@ def test_flatten_derives_cpu_per_gbps():
     assert skipped["udp64_kr_rx_kpps"] is None
     assert skipped["udp64_kr_loss_pct"] is None
     assert report.flatten({})["tcp1_gbps"] is None
+    pingpong = report.flatten({"latency": {"p50_us": 40.0, "p99_us": 90.0, "cpu": {
+        "machine_busy_cores": 0.9, "daemon_cores": 0.6}}})
+    assert (pingpong["lat_cpu_machine_cores"], pingpong["lat_cpu_daemon_cores"]) == (0.9, 0.6)
 
 
 def test_kernel_rate_is_median_udp64_rx():
@@ -213,7 +216,8 @@ def test_markdown_table_rows_columns_and_errors():
     assert row["UDP 64 B loss %"] == "80.0"  # no "(×...)" for loss
     assert row["UDP 64 B @kernel rate loss %"] == "20.0"
     no_ratio = [m.label for m in report.METRICS if not m.ratio]
-    assert no_ratio == ["UDP 64 B loss %", "UDP 64 B @kernel rate loss %"]
+    assert no_ratio == ["UDP 64 B loss %", "UDP 64 B @kernel rate loss %",
+                        "ping-pong daemon CPU cores"]
     for line in lines[2:]:
         cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
         assert all("×" not in cells[label] for label in no_ratio)
