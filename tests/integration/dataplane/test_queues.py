@@ -1,7 +1,8 @@
 """--queues on real hosts: a multi-queue TUN and a steered socket group on
 each side, checked TCP transfers over many flows, and every queue used in
-both directions; a second instance cannot join the port group; the
-reference twin refuses more than one queue with one line."""
+both directions; forged datagrams are dropped whichever queue takes them;
+a second instance cannot join the port group; the reference twin refuses
+more than one queue with one line."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import sys
 import pytest
 
 from tests.integration.ops.httpget import HEALTHZ_PORT, sample, scrape
-from tests.support.overlay import underlay_of
+from tests.support import pktgen as g
+from tests.support.overlay import PORT, pod_of, underlay_of
+from tests.support.probes import SENDER
 from tests.support.requirements import require
 from udpoverlay import dataplane
+from udpoverlay.lab.netns import wait_for
 
 FLOWS = 12      # 12 flows over 2 queues: all on one queue has odds 2 ** -11
 
@@ -75,3 +79,25 @@ def test_the_reference_refuses_queues_in_one_line(overlay2):
     lines = [ln for ln in d.stderr().splitlines() if ln.strip()]
     assert lines[-1].endswith("--queues 2: the pure-Python data plane runs one queue"), lines
     assert not ov.link_exists(ov.hosts[1])
+
+
+def test_forged_datagrams_are_dropped_on_every_queue(overlay2):
+    """From the peer's address but not its port, with 16 different inner
+    flows (so the steering spreads them over both sockets): every one is
+    counted, none reaches the TUN, traffic goes on."""
+    require(dataplane.IMPLEMENTATION == "cython", "--queues needs the compiled data plane")
+    ov = overlay2
+    ov.start(1, extra=["--queues", "2"])
+    ov.start(2)
+    ov.transfer(2, 1, 512 * 1024, 5660)
+    before = ov.status(ov.hosts[1])["counters"]
+    for k in range(16):
+        forged = bytes(g.udp(pod_of(2), pod_of(1), 4000 + k, 9000 + 7 * k, b"injected"))
+        r = ov.run(ov.hosts[2], [sys.executable, "-c", SENDER, underlay_of(2),
+                                 str(41000 + k), underlay_of(1), str(PORT), forged.hex()])
+        assert r.returncode == 0, r.stderr
+    wait_for(lambda: ov.status(ov.hosts[1])["counters"]["rx_drop_bad_port"]
+             == before["rx_drop_bad_port"] + 16, 10, 0.1, "16 bad_port drops")
+    after = ov.status(ov.hosts[1])["counters"]
+    assert after["rx_packets"] == before["rx_packets"]
+    ov.transfer(2, 1, 512 * 1024, 5661)
