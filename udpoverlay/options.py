@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import re
 from dataclasses import dataclass, field
 
+from udpoverlay import values
 from udpoverlay.dataplane.wire import IO_MODES, MAX_QUEUES
 from udpoverlay.errors import ConfigError
-from udpoverlay.peer import Peer, PeerSpec, parse_mac
+from udpoverlay.peer import Peer, PeerSpec
 from udpoverlay.static.checks import check_host, check_peer_addresses, check_peer_specs
 
 __all__ = ["Options", "build_config", "build_cluster_options", "parse_peer", "parse_peer_spec",
@@ -127,8 +127,8 @@ class Options:
     def with_underlay(self, bind_ip: str, public_ip: str | None = None) -> "Options":
         """The same options with the detected underlay: the address to bind
         and, unless --public-ip was given, the address to advertise."""
-        pub = self.public_ip if public_ip is None else _ip(public_ip, "--public-ip")
-        bind = _ip(bind_ip, "underlay address")
+        pub = self.public_ip if public_ip is None else values.ip(public_ip, "--public-ip")
+        bind = values.ip(bind_ip, "underlay address")
         changed = dataclasses.replace(self, bind_ip=bind, public_ip=pub or bind)
         return changed if self.cluster and self.subnet is None else _checked(changed)
 
@@ -136,42 +136,13 @@ class Options:
                   port: int, vni: int, vtep_mac: bytes | None) -> "Options":
         """Cluster mode: the options completed with what etcd decided."""
         return _checked(dataclasses.replace(
-            self, public_ip=_ip(public_ip, "--public-ip"), subnet=_net(subnet, "subnet"),
-            network=_net(network, "network"), backend=_backend(backend),
-            port=_port(port, "port"), vni=check_vni(vni, "VNI"), vtep_mac=vtep_mac))
+            self, public_ip=values.ip(public_ip, "--public-ip"),
+            subnet=values.net(subnet, "subnet"),
+            network=values.net(network, "network"), backend=_backend(backend),
+            port=values.port(port, "port"), vni=check_vni(vni, "VNI"), vtep_mac=vtep_mac))
 
 
 # -- value checks ----------------------------------------------------------------
-def _ip(text, what: str) -> ipaddress.IPv4Address:
-    try:
-        return ipaddress.IPv4Address(str(text).strip())
-    except ValueError:
-        raise ConfigError(f"{what}: bad IPv4 address {text!r}") from None
-
-
-def _net(text, what: str) -> ipaddress.IPv4Network:
-    text = str(text).strip()
-    if "/" not in text:
-        raise ConfigError(f"{what}: bad CIDR {text!r} (expected ADDRESS/PREFIX)")
-    try:
-        return ipaddress.IPv4Network(text, strict=True)
-    except ValueError as exc:
-        if "host bits set" in str(exc):
-            raise ConfigError(f"{what}: {text!r} has host bits set "
-                              f"(did you mean {ipaddress.IPv4Network(text, strict=False)}?)") from None
-        raise ConfigError(f"{what}: bad CIDR {text!r}") from None
-
-
-def _port(value, what: str) -> int:
-    try:
-        port = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what}: bad port {value!r}") from None
-    if not 0 < port < 65536:
-        raise ConfigError(f"{what}: bad port {value!r} (1-65535)")
-    return port
-
-
 def _backend(value) -> str:
     backend = (value or "udp").lower()
     if backend not in BACKENDS:
@@ -199,38 +170,6 @@ def _tun(value) -> str:
     return tun
 
 
-def _int(value, what: str, low: int, high: int) -> int:
-    try:
-        number = int(str(value).strip())
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what}: bad number {value!r}") from None
-    if not low <= number <= high:
-        raise ConfigError(f"{what} {number} out of range ({low}-{high})")
-    return number
-
-
-def _ifaces(values) -> tuple[str, ...]:
-    """--iface: names or IPv4 addresses (an address is checked as one)."""
-    out = []
-    for v in values or ():
-        v = str(v).strip()
-        if not v or len(v) > 15 or "/" in v or not v.isprintable() or " " in v:
-            raise ConfigError(f"--iface: bad interface name or address {v!r}")
-        if v[0].isdigit() and v.count(".") == 3:
-            _ip(v, "--iface")
-        out.append(v)
-    return tuple(out)
-
-
-def _regexes(values) -> tuple[str, ...]:
-    for v in values or ():
-        try:
-            re.compile(v)
-        except re.error as exc:
-            raise ConfigError(f"--iface-regex: bad regular expression {v!r}: {exc}") from None
-    return tuple(values or ())
-
-
 def _common(*, public_ip=None, tun=None, iface=(), iface_regex=(), iface_can_reach=None,
             mtu=None, vtep_mac=None, offload=True, udp_offload=True, threads=False, queues=1,
             direct_routing=False, ip_masq=False, iptables_forward_rules=True,
@@ -243,37 +182,30 @@ def _common(*, public_ip=None, tun=None, iface=(), iface_regex=(), iface_can_rea
     if isinstance(iface, str):
         iface = [iface]
     return dict(
-        public_ip=None if public_ip in (None, "") else _ip(public_ip, "--public-ip"),
-        tun=_tun(tun), ifaces=_ifaces(iface), iface_regex=_regexes(iface_regex),
+        public_ip=None if public_ip in (None, "") else values.ip(public_ip, "--public-ip"),
+        tun=_tun(tun), ifaces=values.ifaces(iface), iface_regex=values.regexes(iface_regex),
         iface_can_reach=None if iface_can_reach in (None, "")
-        else _ip(iface_can_reach, "--iface-can-reach"),
-        mtu=check_mtu(mtu), vtep_mac=_mac(vtep_mac, "--vtep-mac"), offload=bool(offload),
+        else values.ip(iface_can_reach, "--iface-can-reach"),
+        mtu=check_mtu(mtu), vtep_mac=values.mac(vtep_mac, "--vtep-mac"), offload=bool(offload),
         udp_offload=bool(udp_offload),
-        threads=bool(threads) or _int(queues or 1, "--queues", 1, MAX_QUEUES) > 1,
-        queues=_int(queues or 1, "--queues", 1, MAX_QUEUES),
+        threads=bool(threads) or values.integer(queues or 1, "--queues", 1, MAX_QUEUES) > 1,
+        queues=values.integer(queues or 1, "--queues", 1, MAX_QUEUES),
         direct_routing=bool(direct_routing), ip_masq=bool(ip_masq),
         iptables_forward_rules=bool(iptables_forward_rules),
-        iptables_resync=_int(iptables_resync, "--iptables-resync", 1, 86400),
+        iptables_resync=values.integer(iptables_resync, "--iptables-resync", 1, 86400),
         ip_masq_fully_random_disable=bool(ip_masq_fully_random_disable),
         ip_blackhole_route=bool(ip_blackhole_route),
-        healthz_ip=str(_ip(healthz_ip or DEFAULT_HEALTHZ_IP, "--healthz-ip")),
-        healthz_port=_int(healthz_port or 0, "--healthz-port", 0, 65535),
-        verbosity=_int(verbosity or 0, "-v", 0, 10),
-        log_format=_choice(log_format or "text", "--log-format", LOG_FORMATS),
+        healthz_ip=str(values.ip(healthz_ip or DEFAULT_HEALTHZ_IP, "--healthz-ip")),
+        healthz_port=values.integer(healthz_port or 0, "--healthz-port", 0, 65535),
+        verbosity=values.integer(verbosity or 0, "-v", 0, 10),
+        log_format=values.choice(log_format or "text", "--log-format", LOG_FORMATS),
         env_file=env_file or None,
-        io_mode=_choice(io_mode or DEFAULT_IO_MODE, "--io", IO_MODES),
+        io_mode=values.choice(io_mode or DEFAULT_IO_MODE, "--io", IO_MODES),
         peers_file=peers_file or None,
         resolve_interval=_seconds(resolve_interval, "--resolve-interval", 1, 86400),
         strict_peers=bool(strict_peers),
-        keepalive=_int(keepalive or 0, "--keepalive", 0, MAX_KEEPALIVE),
-        busy_poll_us=_int(busy_poll_us or 0, "--busy-poll-us", 0, MAX_BUSY_POLL_US))
-
-
-def _choice(value, what: str, choices: tuple[str, ...]) -> str:
-    text = str(value).strip().lower()
-    if text not in choices:
-        raise ConfigError(f"{what}: {value!r} is not one of {', '.join(choices)}")
-    return text
+        keepalive=values.integer(keepalive or 0, "--keepalive", 0, MAX_KEEPALIVE),
+        busy_poll_us=values.integer(busy_poll_us or 0, "--busy-poll-us", 0, MAX_BUSY_POLL_US))
 
 
 def _seconds(value, what: str, low: float, high: float) -> float:
@@ -288,17 +220,6 @@ def _seconds(value, what: str, low: float, high: float) -> float:
     return number
 
 
-def _mac(value, what: str) -> bytes | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    try:
-        return parse_mac(value)
-    except ValueError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
-
-
 def check_vni(value, what: str = "--vni") -> int:
     """A VXLAN network identifier, 0..2^24-1 (flag and network config alike)."""
     try:
@@ -311,7 +232,7 @@ def check_vni(value, what: str = "--vni") -> int:
 
 
 def check_keepalive(value, what: str) -> int:
-    return _int(value, what, 0, MAX_KEEPALIVE)
+    return values.integer(value, what, 0, MAX_KEEPALIVE)
 
 
 def parse_peer_spec(text: str, default_port: int) -> PeerSpec:
@@ -324,18 +245,18 @@ def parse_peer_spec(text: str, default_port: int) -> PeerSpec:
     left = left.strip()
     if ":" in left:
         host, port_text = left.rsplit(":", 1)
-        port = _port(port_text, what)
+        port = values.port(port_text, what)
     else:
         host, port = left, default_port
     host = check_host(host, what)
     parts = right.split(",")
-    subnet = _net(parts[0], what)
+    subnet = values.net(parts[0], what)
     mac, keepalive = None, None
     for opt in parts[1:]:
         key, _, val = opt.partition("=")
         key = key.strip()
         if key == "vtep-mac" and val:
-            mac = _mac(val, what)
+            mac = values.mac(val, what)
         elif key == "keepalive" and val:
             keepalive = check_keepalive(val, what + " keepalive")
         else:
@@ -383,14 +304,14 @@ def build_config(*, subnet: str | None, network: str | None, peers=(),
     in the --peer syntax or Peer objects; `common` the flags of both modes
     (see _common: public_ip, tun, iface, mtu, ...)."""
     backend = _backend(backend)
-    port = DEFAULT_PORTS[backend] if port is None else _port(port, "--port")
+    port = DEFAULT_PORTS[backend] if port is None else values.port(port, "--port")
     shared = _common(**common)
     if subnet is None:
         raise ConfigError("--subnet is required")
     if network is None:
         raise ConfigError("--network is required")
-    net = _net(network, "--network")
-    sub = _net(subnet, "--subnet")
+    net = values.net(network, "--network")
+    sub = values.net(subnet, "--subnet")
     if shared["direct_routing"] and backend != "vxlan":
         raise ConfigError("--direct-routing only applies to --backend vxlan")
     given = [(p, _spec_of(p, port)) for p in peers or ()]
@@ -439,7 +360,7 @@ def build_cluster_options(*, endpoints: str, prefix: str | None = None,
         raise ConfigError(f"--lease-ttl: bad value {lease_ttl!r}") from None
     if ttl < MIN_LEASE_TTL:
         raise ConfigError(f"--lease-ttl {ttl} too small (at least {MIN_LEASE_TTL} s)")
-    margin = _int(renew_margin, "--subnet-lease-renew-margin", *RENEW_MARGIN_RANGE)
+    margin = values.integer(renew_margin, "--subnet-lease-renew-margin", *RENEW_MARGIN_RANGE)
     if (cert_file is None) != (key_file is None):
         raise ConfigError("--etcd-certfile and --etcd-keyfile go together")
     if bool(etcd_username) != bool(etcd_password):
