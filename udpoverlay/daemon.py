@@ -46,18 +46,17 @@ import socket
 import time
 from typing import Any, Callable, Coroutine
 
-from udpoverlay import __version__, dataplane
+from udpoverlay import dataplane
 from udpoverlay.control import ControlServer
 from udpoverlay.errors import ConfigError, TunSetupError
-from udpoverlay.eventloop import loop_name
 from udpoverlay.host import interfaces, queues, sockets
 from udpoverlay.host import tun as tunmod
 from udpoverlay.host.nodenet import NodeNetwork
 from udpoverlay.lifecycle import Lifecycle
 from udpoverlay.liveness import Liveness
 from udpoverlay.options import Options
-from udpoverlay.peer import derive_vtep_mac, format_mac
-from udpoverlay.status import setup_summary
+from udpoverlay.peer import derive_vtep_mac
+from udpoverlay.status import build_status, setup_summary
 
 __all__ = ["Daemon", "prepare", "OVERHEAD"]
 
@@ -304,47 +303,8 @@ class Daemon:
                 "tun_uso": bool(on and eng is not None and eng.tun_uso)}
 
     def status(self) -> dict:
-        o = self.opts
-        vxlan = o.backend == "vxlan"
-        doc: dict = {
-            "version": __version__,
-            "implementation": self.engine.implementation if self.engine else "?",
-            "loop": loop_name(),
-            "dataplane": self.runner.mode if self.runner is not None else None,
-            "iface": o.tun,           # the TUN's name (key kept for compatibility)
-            "tun": o.tun,
-            "public_ip": str(o.public_ip),
-            "bind_ip": self.bind_addr,
-            "underlay_ip": self.address.current,     # the source address in use
-            "underlay_address_gone": self.address.gone,
-            "port": o.port,
-            "subnet": str(o.subnet),
-            "network": str(o.network),
-            "mtu": self.mtu,
-            "backend": o.backend,
-            "vni": o.vni if vxlan else None,
-            "vtep_mac": format_mac(self.vtep_mac) if vxlan else None,
-            "uptime": round(time.monotonic() - self.started, 3),
-            "offload": self.offload_status(),
-            "node_network": self.nodenet.status() if self.nodenet is not None else None,
-        }
-        if self.engine is not None:
-            peers = self.liveness.peer_entries(self.engine, self.peer_details)
-            doc["peers"] = peers
-            doc["routes"] = [{"subnet": p["subnet"], "via": f"{p['public_ip']}:{p['port']}"}
-                             for p in peers]
-            doc["counters"] = self.engine.counters()
-            if self.engine.queues > 1:
-                doc["queues"] = self.engine.queue_counters()
-            doc["counters"]["tx_keepalive"] = self.liveness.tx_keepalive
-            doc["counters"]["tx_keepalive_errors"] = self.liveness.tx_keepalive_errors
-        doc["phase"] = self.lifecycle.phase
-        for key, section in self.status_sections.items():
-            try:
-                doc[key] = section()
-            except Exception as exc:  # noqa: BLE001 - status must always answer
-                doc[key] = {"error": str(exc)}
-        return doc
+        """The status document (status.build_status)."""
+        return build_status(self)
 
     # -- the loop -------------------------------------------------------
     def stop(self) -> None:
