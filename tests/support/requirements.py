@@ -25,3 +25,17 @@ def require_root_tools() -> None:
     require(os.path.exists("/dev/net/tun"), "needs /dev/net/tun")
     for tool in ("ip", "ping"):
         require(shutil.which(tool) is not None, f"needs {tool} on PATH")
+
+
+def require_io_uring() -> None:
+    """The compiled twin can read a TUN through io_uring here (fails under
+    UDPOVERLAY_REQUIRE_ALL=1 where it was not built in or is refused)."""
+    from udpoverlay import dataplane
+    require(dataplane.IMPLEMENTATION == "cython", "io_uring needs the compiled data plane")
+    core = dataplane.Engine("udp", "198.19.1.0", "198.19.1.0/24", "198.19.0.0/16").core
+    try:
+        core.set_io("io_uring")
+    except OSError as exc:
+        require(False, f"io_uring path not usable: {exc}")
+    finally:
+        core.close()

@@ -14,21 +14,7 @@ import time
 import pytest
 
 from tests.support.overlay import ROOT
-from tests.support.requirements import require
-from udpoverlay import dataplane
-
-
-def require_io_uring() -> None:
-    """The compiled twin can read a TUN through io_uring here (fails under
-    UDPOVERLAY_REQUIRE_ALL=1 where it was not built in or is refused)."""
-    require(dataplane.IMPLEMENTATION == "cython", "io_uring needs the compiled data plane")
-    core = dataplane.Engine("udp", "198.19.1.0", "198.19.1.0/24", "198.19.0.0/16").core
-    try:
-        core.set_io("io_uring")
-    except OSError as exc:
-        require(False, f"io_uring path not usable: {exc}")
-    finally:
-        core.close()
+from tests.support.requirements import require_io_uring
 
 
 @pytest.mark.parametrize("h1, h2", [

@@ -14,17 +14,21 @@ from tests.integration.ops.httpget import HEALTHZ_PORT, sample, scrape
 from tests.support import pktgen as g
 from tests.support.overlay import PORT, pod_of, underlay_of
 from tests.support.probes import SENDER
-from tests.support.requirements import require
+from tests.support.requirements import require, require_io_uring
 from udpoverlay import dataplane
 from udpoverlay.lab.netns import wait_for
 
 FLOWS = 12      # 12 flows over 2 queues: all on one queue has odds 2 ** -11
 
 
-@pytest.mark.parametrize("backend, more", [("udp", []), ("vxlan", []), ("udp", ["--no-offload"])],
-                         ids=["udp", "vxlan", "udp-no-offload"])
+@pytest.mark.parametrize("backend, more", [("udp", []), ("vxlan", []), ("udp", ["--no-offload"]),
+                                           ("udp", ["--io", "io_uring"])],
+                         ids=["udp", "vxlan", "udp-no-offload", "udp-io_uring"])
 def test_flows_spread_over_queues_and_arrive_whole(overlay2, backend, more):
     require(dataplane.IMPLEMENTATION == "cython", "--queues needs the compiled data plane")
+    io = "io_uring" if "io_uring" in more else "epoll"
+    if io == "io_uring":
+        require_io_uring()      # every queue gets its own ring
     ov = overlay2
     extra = ["--queues", "2", "--backend", backend, *more]
     d1 = ov.start(1, extra=[*extra, "--healthz-ip", underlay_of(1),
@@ -32,13 +36,14 @@ def test_flows_spread_over_queues_and_arrive_whole(overlay2, backend, more):
     ov.start(2, extra=extra)
     for i in (1, 2):
         st = ov.status(ov.hosts[i])
-        assert st["dataplane"] == "threads+epoll+2 queues", st["dataplane"]
+        assert st["dataplane"] == f"threads+{io}+2 queues", st["dataplane"]
         assert len(st["queues"]) == 2
     for k in range(FLOWS):      # each transfer is a new flow (new client port)
         src, dst = (1, 2) if k % 2 == 0 else (2, 1)
         ov.transfer(src, dst, 1024 * 1024, 5600 + k)
     for i in (1, 2):
         st = ov.status(ov.hosts[i])
+        assert st["dataplane"] == f"threads+{io}+2 queues", st["dataplane"]   # no ring failed
         qs, c = st["queues"], st["counters"]
         for key in ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes"):
             assert sum(q[key] for q in qs) == c[key], (key, qs, c)
