@@ -328,7 +328,8 @@ cdef class Core:
     cdef void free_queues(self, int keep):
         """Free queues keep.. (never queue 0, which is part of the object)."""
         cdef int q
-        for q in range(keep if keep > 1 else 1, self.cfg.nq):
+        keep = max(keep, 1)
+        for q in range(keep, self.cfg.nq):
             if self.txq[q] != NULL:
                 tx_free(self.txq[q])
                 free(self.txq[q])
@@ -338,7 +339,7 @@ cdef class Core:
                 free(self.rxq[q])
                 self.rxq[q] = NULL
         if keep < self.cfg.nq:
-            self.cfg.nq = keep if keep > 1 else 1
+            self.cfg.nq = keep
         self.tx.shared = self.cfg.nq > 1
         self.rx.shared = self.cfg.nq > 1
 

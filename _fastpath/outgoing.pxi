@@ -263,7 +263,7 @@ cdef int tx_plain_one(const cfg_t *c, tx_t *tx, uint8_t *slot, ssize_t r, int tu
     """One packet read into slot: verdict, ICMP error back to the TUN,
     encapsulation in place; then message m of the batch (the next m), or,
     packed, one segment for pack_seg (m unchanged)."""
-    cdef int idx, v
+    cdef int idx, v, sock
     cdef ssize_t h
     cdef peer_t *p
     cdef const table_t *t = c.table
@@ -274,15 +274,12 @@ cdef int tx_plain_one(const cfg_t *c, tx_t *tx, uint8_t *slot, ssize_t r, int tu
     if v != OK:
         return m
     p = &t.peers[idx]
-    if packed:
-        h = encap_c(c, t, slot, idx)
-        pack_seg(&tx.b, flow_hash_c(slot, r) % c.n_tx if c.n_tx else -1, p.ip, p.port,
-                 slot - h, <int>(r + h))
-        return m
-    tx.msg_fd[m] = sock_fd
-    if c.n_tx:
-        tx.msg_fd[m] = c.tx_fds[flow_hash_c(slot, r) % c.n_tx]
+    sock = flow_hash_c(slot, r) % c.n_tx if c.n_tx else -1     # -1: the main socket
     h = encap_c(c, t, slot, idx)
+    if packed:
+        pack_seg(&tx.b, sock, p.ip, p.port, slot - h, <int>(r + h))
+        return m
+    tx.msg_fd[m] = c.tx_fds[sock] if sock >= 0 else sock_fd
     tx.iov[m].iov_base = slot - h
     tx.iov[m].iov_len = <size_t>(r + h)
     tx.addrs[m].sin_family = AF_INET
