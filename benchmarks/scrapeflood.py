@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.statusflood import _once, alone_vs_flood, fake_peer_args
+from benchmarks.statusflood import _once, alone_vs_flood, fake_peer_args, measure_and_print
 
 __all__ = ["main", "scrape_loop"]
 
@@ -140,14 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.loop:
         print(json.dumps(scrape_loop(args.loop, args.scrapes, args.duration)), flush=True)
         return 0
-
-    def _interrupt(signum, frame):
-        raise KeyboardInterrupt       # unwind through the Lab: it cleans up
-    signal.signal(signal.SIGTERM, _interrupt)
-    runs = measure_scrapes(args)
-    print(report(runs))
-    print(json.dumps(runs))
-    return 0
+    return measure_and_print(measure_scrapes, report, args)
 
 
 if __name__ == "__main__":

@@ -197,11 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.flood:
         print(json.dumps(flood(args.tun, args.rate, args.limit)), flush=True)
         return 0
+    return measure_and_print(measure_flood, report, args)
+
+
+def measure_and_print(measure, render, args) -> int:
+    """Both flood benchmarks' ending: SIGTERM unwinds like Ctrl-C (through
+    the Lab, which cleans up), then the table and the raw runs as JSON."""
     def _interrupt(signum, frame):
-        raise KeyboardInterrupt       # unwind through the Lab: it cleans up
+        raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, _interrupt)
-    runs = measure_flood(args)
-    print(report(runs))
+    runs = measure(args)
+    print(render(runs))
     print(json.dumps(runs))
     return 0
 
