@@ -47,14 +47,15 @@ import time
 from typing import Any, Callable, Coroutine
 
 from udpoverlay import dataplane
+from udpoverlay.config.options import Options
 from udpoverlay.control import ControlServer
+from udpoverlay.dataplane import wire
 from udpoverlay.errors import ConfigError, TunSetupError
 from udpoverlay.host import interfaces, queues, sockets
 from udpoverlay.host import tun as tunmod
 from udpoverlay.host.nodenet import NodeNetwork
 from udpoverlay.lifecycle import Lifecycle
 from udpoverlay.liveness import Liveness
-from udpoverlay.options import Options
 from udpoverlay.peer import derive_vtep_mac
 from udpoverlay.status import build_status, setup_summary
 
@@ -62,9 +63,10 @@ __all__ = ["Daemon", "prepare", "OVERHEAD"]
 
 log = logging.getLogger(__name__)
 
-UDP_OVERHEAD = 28          # outer IPv4 (20) + UDP (8): flannel's udp backend
-# + VXLAN header (8) + inner Ethernet (14): flannel's vxlan backend, MTU - 50
-OVERHEAD = {"udp": UDP_OVERHEAD, "vxlan": UDP_OVERHEAD + 22}
+# The TUN MTU is the underlay's minus what encapsulation adds (flannel's MTU - 28
+# and MTU - 50): the outer IPv4 + UDP headers, for vxlan also its own header.
+OUTER_HDR = 20 + 8
+OVERHEAD = {"udp": OUTER_HDR, "vxlan": OUTER_HDR + wire.VXLAN_HDR}
 ANY = "0.0.0.0"
 ADDRESS_POLL = 1.0         # seconds between checks of our underlay address
 

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from udpoverlay.cli import main
+from udpoverlay.config.options import build_cluster_options
 from udpoverlay.errors import ConfigError
-from udpoverlay.options import build_cluster_options
 
 EP = "http://198.18.0.254:2379"
 

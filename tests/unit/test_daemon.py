@@ -20,10 +20,10 @@ import pytest
 from tests.support import pktgen as g
 from tests.support.asyncutil import run, wait_until
 from udpoverlay import dataplane
+from udpoverlay.config.options import Options, build_config
 from udpoverlay.control import query_status
 from udpoverlay.daemon import Daemon
 from udpoverlay.errors import ConfigError, ControlError
-from udpoverlay.options import Options, build_config
 from udpoverlay.status import offload_text
 
 

@@ -14,16 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from udpoverlay import envflags
 from udpoverlay.cli import build_parser, main, parse_args, run_options
+from udpoverlay.config import envflags
+from udpoverlay.config.flags import FLAGS, by_name
 from udpoverlay.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 STATIC = ["--subnet", "198.19.1.0/24", "--network", "198.19.0.0/16"]
 EP = "http://198.18.0.254:2379"
 
-# Every `run` flag: (an environment value, the parsed attribute it must give).
-# A flag added to the parser without a row here fails test_every_flag_is_covered.
+# Every row of the flag table (config/flags.py): (an environment value, the
+# parsed attribute it must give). A row without a sample here fails
+# test_every_flag_is_covered; the variable and the aliases come from the row.
 SAMPLES: dict[str, tuple[str, object]] = {
     "--iface": ("eth1,198.18.0.7", ["eth1", "198.18.0.7"]),
     "--iface-regex": ("^eth[0-9]{1,2}$,^en", ["^eth[0-9]{1,2}$", "^en"]),
@@ -73,7 +75,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "--keepalive": ("25", "25"),
     "--busy-poll-us": ("50", "50"),
 }
-ALIASES = {"--underlay-iface": "--iface", "--verbose": "--v"}
+ALIASES = {alias: row.name for row in FLAGS for alias in row.aliases}
 
 
 def _run_actions() -> list[argparse.Action]:
@@ -86,15 +88,18 @@ def _args(argv, env=None):
 
 
 def test_every_flag_is_covered():
+    assert {row.name for row in FLAGS} == set(SAMPLES)
+    # the parser is generated from the table: no flag of its own
     flags = {o for a in _run_actions() for o in a.option_strings if o.startswith("--")}
     assert flags == set(SAMPLES) | set(ALIASES)
+    assert ALIASES == {"--underlay-iface": "--iface", "--verbose": "--v"}
 
 
 @pytest.mark.parametrize("flag", sorted(SAMPLES))
 def test_every_flag_from_its_flanneld_variable(flag):
     value, want = SAMPLES[flag]
     var = "FLANNELD_" + flag[2:].upper().replace("-", "_")
-    assert envflags.env_name(flag) == var
+    assert envflags.env_name(flag) == var == by_name(flag).env
     [action] = [a for a in _run_actions() if flag in a.option_strings]
     args, sources = _args([], {var: value})
     assert getattr(args, action.dest) == want

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from udpoverlay.cli import main
+from udpoverlay.config.options import build_config
+from udpoverlay.config.peerspec import parse_peer
 from udpoverlay.errors import ConfigError
-from udpoverlay.options import build_config, parse_peer
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = dict(public_ip="198.18.0.1", port=None, tun=None,
@@ -97,8 +98,8 @@ def test_config_is_frozen():
     (dict(port="http"), "bad port"),
     (dict(mtu="100"), "--mtu"),
     (dict(tun="a-very-long-interface-name"), "interface name"),
-    (dict(iface=["eth0/1"]), "--iface"),
-    (dict(iface=["198.18.0.300"]), "bad IPv4 address"),
+    (dict(ifaces=["eth0/1"]), "--iface"),
+    (dict(ifaces=["198.18.0.300"]), "bad IPv4 address"),
     (dict(iface_regex=["(eth"]), "bad regular expression"),
     (dict(iface_can_reach="nowhere"), "--iface-can-reach"),
     (dict(direct_routing=True), "only applies to --backend vxlan"),
@@ -218,7 +219,7 @@ def test_status_without_daemon_fails_cleanly():
 @pytest.mark.parametrize("kw, flag", [(dict(peers_file="/etc/peers.toml"), "--peers-file"),
                                       (dict(strict_peers=True), "--strict-peers")])
 def test_static_peer_flags_are_refused_in_cluster_mode(kw, flag):
-    from udpoverlay.options import build_cluster_options
+    from udpoverlay.config.options import build_cluster_options
     with pytest.raises(ConfigError, match=f"{flag}: in cluster mode"):
         build_cluster_options(endpoints="http://127.0.0.1:2379", **kw)
     # keepalives and liveness work in both modes

@@ -49,8 +49,8 @@ from udpoverlay.cluster.guard import LeaseGuard
 from udpoverlay.cluster.network import NetworkConfig
 from udpoverlay.cluster.policy import Context
 from udpoverlay.cluster.store.base import DELETE, KeyValue, LeaseStore, StoreEvent
+from udpoverlay.config.defaults import BACKENDS, DEFAULT_PREFIX
 from udpoverlay.errors import ConfigError, LeaseLostError, LeaseStoreError, StoreCompacted, StoreDisconnected
-from udpoverlay.options import BACKENDS, DEFAULT_PREFIX
 
 __all__ = ["ClusterMembership"]
 

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from udpoverlay.cluster import gojson
+from udpoverlay.config import values
+from udpoverlay.config.defaults import BACKENDS, DEFAULT_PORTS, DEFAULT_VNI
 from udpoverlay.errors import ConfigError
-from udpoverlay.options import BACKENDS, DEFAULT_PORTS, DEFAULT_VNI, check_mtu, check_vni
 
 __all__ = ["NetworkConfig", "parse_network_config"]
 
@@ -157,11 +158,11 @@ def _backend(obj: gojson.GoObject) -> tuple[str, int, int, int | None, bool]:
     if port > 65535:
         raise ConfigError(f"Backend.Port must be 1..65535, got {port}")
     vni = _uint(backend, "VNI", "Backend.")
-    vni = DEFAULT_VNI if vni is None else check_vni(vni, "Backend.VNI")
+    vni = DEFAULT_VNI if vni is None else values.vni(vni, "Backend.VNI")
     mtu = _uint(backend, "MTU", "Backend.") or None      # 0 means unset, as in Go
     direct = _get(backend, "DirectRouting", lambda v: isinstance(v, bool), "true or false",
                   "Backend.")
-    return kind, port, vni, check_mtu(mtu, "Backend.MTU"), bool(direct)
+    return kind, port, vni, values.mtu(mtu, "Backend.MTU"), bool(direct)
 
 
 def parse_network_config(text: str | bytes) -> NetworkConfig:

@@ -33,13 +33,13 @@ import logging
 from udpoverlay.cluster.membership import ClusterMembership
 from udpoverlay.cluster.network import NetworkConfig
 from udpoverlay.cluster.subnetenv import previous_subnet, write_subnet_env
+from udpoverlay.config.options import Options
 from udpoverlay.daemon import Daemon, prepare
 from udpoverlay.errors import ConfigError, NetworkConfigChanged
 from udpoverlay.eventloop import interrupt_on_sigterm, run_loop
 from udpoverlay.host.interfaces import interface_network
 from udpoverlay.lifecycle import Lifecycle
 from udpoverlay.ops import Ops
-from udpoverlay.options import Options
 from udpoverlay.peer import derive_vtep_mac, format_mac
 
 __all__ = ["ClusterDaemon", "run"]

@@ -20,11 +20,11 @@ import ipaddress
 import logging
 from typing import Iterable
 
+from udpoverlay.config.options import Options
 from udpoverlay.errors import TunSetupError
 from udpoverlay.host.firewall import Firewall
 from udpoverlay.host.netlink import netlink
 from udpoverlay.host.routes import ROUTE_PROTO, DirectRoutes
-from udpoverlay.options import Options
 from udpoverlay.peer import Peer
 
 __all__ = ["NodeNetwork", "BLACKHOLE_METRIC"]

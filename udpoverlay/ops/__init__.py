@@ -24,6 +24,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from udpoverlay.config.options import Options
 from udpoverlay.errors import TunSetupError
 from udpoverlay.lifecycle import READY, STOPPING, Lifecycle
 from udpoverlay.ops import logs
@@ -31,7 +32,6 @@ from udpoverlay.ops.http import TEXT, OpsServer, Response
 from udpoverlay.ops.metrics import OpsCollector, render_snapshot
 from udpoverlay.ops.reload import EnvReload
 from udpoverlay.ops.sdnotify import Notifier
-from udpoverlay.options import Options
 
 __all__ = ["Ops"]
 

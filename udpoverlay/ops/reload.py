@@ -2,8 +2,8 @@
 
 Why re-parse the whole command line: the settings a reload sees must be
 exactly the ones a restart would see (command line > environment > env
-file, the same checks), so the reload runs the CLI's own parsing again
-(cli.parse_args + cli.run_options, raising instead of exiting) with the
+file, the same checks), so the reload runs the same intake again
+(config.parser: parse_run_args + run_options, raising instead of exiting) with the
 same argv and environment, and compares the result with the settings at
 start, flag by flag:
 - live: -v (FLANNELD_V) and --log-format (FLANNELD_LOG_FORMAT) are applied
@@ -25,7 +25,8 @@ import os
 import sys
 from typing import Any, Mapping
 
-from udpoverlay import envflags
+from udpoverlay.config import envflags
+from udpoverlay.config.parser import flag_of_dest, parse_run_args, run_options
 from udpoverlay.errors import ConfigError
 from udpoverlay.ops import logs
 
@@ -38,10 +39,9 @@ LIVE = ("v", "log_format")      # argparse dests applied without a restart
 
 def _parse(argv: list[str], environ: Mapping[str, str]) -> tuple[argparse.Namespace,
                                                                  dict[str, str], Any]:
-    """(arguments, their FLANNELD_* sources, Options): the CLI's own parse."""
-    from udpoverlay import cli
-    args, sources = cli.parse_args(argv, environ, raising=True)
-    return args, sources, cli.run_options(args)   # the same checks as at start
+    """(arguments, their FLANNELD_* sources, Options): the start's own parse."""
+    args, sources = parse_run_args(argv, environ, raising=True)
+    return args, sources, run_options(args)   # the same checks as at start
 
 
 class EnvReload:
@@ -79,8 +79,7 @@ class EnvReload:
             return
         args, sources, _ = _parse(self.argv, self.environ)
         new = vars(args)
-        from udpoverlay import cli
-        flags = envflags.flag_names(cli.build_parser().run_parser)  # type: ignore[attr-defined]
+        flags = flag_of_dest()
         for dest in sorted(new):
             if dest in LIVE or new[dest] == self.start.get(dest):
                 continue

@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+from udpoverlay.config.options import Options
 from udpoverlay.daemon import Daemon, prepare
 from udpoverlay.eventloop import interrupt_on_sigterm, run_loop
 from udpoverlay.lifecycle import Lifecycle
 from udpoverlay.ops import Ops
-from udpoverlay.options import Options
 from udpoverlay.static.peers import StaticPeers
 
 __all__ = ["run"]

@@ -17,11 +17,11 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
+from udpoverlay.config import peersfile
+from udpoverlay.config.options import Options
+from udpoverlay.config.peerspec import check_peer_specs
 from udpoverlay.errors import ConfigError
-from udpoverlay.options import Options
 from udpoverlay.peer import Peer, PeerSpec
-from udpoverlay.static import peersfile
-from udpoverlay.static.checks import check_peer_specs
 from udpoverlay.static.names import Names
 
 __all__ = ["StaticPeers"]

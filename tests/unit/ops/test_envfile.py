@@ -11,8 +11,8 @@ import logging
 import pytest
 
 from tests.support.asyncutil import run
-from udpoverlay import envflags
 from udpoverlay.cli import main, parse_args, run_options
+from udpoverlay.config import envflags
 from udpoverlay.errors import ConfigError
 from udpoverlay.ops import logs
 from udpoverlay.ops.reload import EnvReload

@@ -145,10 +145,10 @@ def test_connection_caps(loop):
 def test_port_in_use_is_one_clear_error():
     import pytest
 
+    from udpoverlay.config.options import build_config
     from udpoverlay.errors import TunSetupError
     from udpoverlay.lifecycle import Lifecycle
     from udpoverlay.ops import Ops
-    from udpoverlay.options import build_config
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

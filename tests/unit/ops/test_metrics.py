@@ -125,7 +125,7 @@ def test_ops_renders_off_the_loop_at_most_once_per_interval(monkeypatch):
 
     import udpoverlay.ops as ops_mod
     from tests.support.asyncutil import run
-    from udpoverlay.options import build_config
+    from udpoverlay.config.options import build_config
 
     opts = build_config(subnet="198.19.1.0/24", network="198.19.0.0/16", peers=())
     ops = ops_mod.Ops(opts, Lifecycle(), argv=[])

@@ -12,8 +12,8 @@ import pytest
 
 from tests.support.asyncutil import FakeClock, run
 from tests.unit.static.test_names import Script
+from udpoverlay.config.options import build_config
 from udpoverlay.errors import ConfigError
-from udpoverlay.options import build_config
 from udpoverlay.static.names import Names
 from udpoverlay.static.peers import StaticPeers
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from udpoverlay.config import peersfile
 from udpoverlay.errors import ConfigError
-from udpoverlay.static import peersfile
 
 GOOD = """\
 # laptops

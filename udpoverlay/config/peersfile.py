@@ -21,11 +21,10 @@ from __future__ import annotations
 import re
 import tomllib
 
+from udpoverlay.config.peerspec import check_host, check_keepalive, parse_peer_spec
+from udpoverlay.config.textfile import read_text
 from udpoverlay.errors import ConfigError
-from udpoverlay.options import check_keepalive, parse_peer_spec
 from udpoverlay.peer import PeerSpec
-from udpoverlay.static.checks import check_host
-from udpoverlay.textfile import read_text
 
 __all__ = ["load", "parse"]
 

@@ -1,16 +1,19 @@
 """One flag or config value at a time: parsed, range-checked, and refused
 with a one-line ConfigError naming the value (the CLI prints it and exits
-2). Shared by options.py (flags, the environment) and nothing per packet."""
+2). Shared by the flag table, options.py and the network config; nothing
+per packet."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
 
+from udpoverlay.config.defaults import BACKENDS, MAX_VNI, MTU_RANGE
 from udpoverlay.errors import ConfigError
 from udpoverlay.peer import parse_mac
 
-__all__ = ["ip", "net", "port", "integer", "ifaces", "regexes", "choice", "mac"]
+__all__ = ["ip", "net", "port", "integer", "ifaces", "regexes", "choice", "mac", "mtu", "vni",
+           "backend"]
 
 
 def ip(text, what: str) -> ipaddress.IPv4Address:
@@ -91,3 +94,35 @@ def mac(value, what: str) -> bytes | None:
         return parse_mac(value)
     except ValueError as exc:
         raise ConfigError(f"{what}: {exc}") from None
+
+
+def backend(value) -> str:
+    """An encapsulation name (flag or Backend.Type); None or "" = udp."""
+    name = (value or "udp").lower()
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend {name!r} (choose from: {', '.join(BACKENDS)})")
+    return name
+
+
+def mtu(value, what: str = "--mtu") -> int | None:
+    """A TUN MTU (flag or Backend.MTU); None = from the underlay."""
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what}: bad value {value!r}") from None
+    if not MTU_RANGE[0] <= number <= MTU_RANGE[1]:
+        raise ConfigError(f"{what} {number} out of range ({MTU_RANGE[0]}-{MTU_RANGE[1]})")
+    return number
+
+
+def vni(value, what: str = "--vni") -> int:
+    """A VXLAN network identifier, 0..2^24-1 (flag and network config alike)."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what}: bad value {value!r}") from None
+    if not 0 <= number <= MAX_VNI:
+        raise ConfigError(f"{what} {value} out of range (0-{MAX_VNI})")
+    return number

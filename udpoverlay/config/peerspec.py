@@ -1,8 +1,9 @@
-"""Checks of configured static peers, in the order they can be made: the
-shape of a HOST (before any lookup), what holds for the specs without
-addresses (subnets), and what holds once addresses are known (not ours, not
-twice). options.py runs them on the flags, static/peers.py again on the
-merged flags + peers file and on every resolution. ConfigError, one line.
+"""A static peer as configured: the `--peer` syntax parsed into a PeerSpec,
+and the checks in the order they can be made: the shape of a HOST (before
+any lookup), what holds for the specs without addresses (subnets), and what
+holds once addresses are known (not ours, not twice). options.py runs them
+on the flags, static/peers.py again on the merged flags + peers file and on
+every resolution. ConfigError, one line.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from udpoverlay.config import values
+from udpoverlay.config.defaults import MAX_KEEPALIVE
 from udpoverlay.errors import ConfigError
-from udpoverlay.peer import Peer
+from udpoverlay.peer import Peer, PeerSpec
 
-__all__ = ["check_host", "check_peer_specs", "check_peer_addresses"]
+__all__ = ["check_host", "check_peer_specs", "check_peer_addresses", "check_keepalive",
+           "parse_peer_spec", "parse_peer", "spec_of"]
 
 _LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 
@@ -68,3 +72,52 @@ def check_peer_addresses(peers, public_ip, backend: str) -> None:
             raise ConfigError(f"peer {':'.join(map(str, key))} given twice "
                               f"({seen[key].subnet} and {p.subnet})")
         seen[key] = p
+
+
+def check_keepalive(value, what: str) -> int:
+    return values.integer(value, what, 0, MAX_KEEPALIVE)
+
+
+def parse_peer_spec(text: str, default_port: int) -> PeerSpec:
+    """`HOST[:PORT]=SUBNET[,vtep-mac=MAC][,keepalive=N]` -> PeerSpec (HOST:
+    a DNS name or an IPv4 address); ConfigError if bad."""
+    what = f"--peer {text!r}"
+    if "=" not in text:
+        raise ConfigError(f"{what}: expected HOST[:PORT]=SUBNET (e.g. PUBLIC_IP=SUBNET)")
+    left, right = text.split("=", 1)
+    left = left.strip()
+    if ":" in left:
+        host, port_text = left.rsplit(":", 1)
+        port = values.port(port_text, what)
+    else:
+        host, port = left, default_port
+    host = check_host(host, what)
+    parts = right.split(",")
+    subnet = values.net(parts[0], what)
+    mac, keepalive = None, None
+    for opt in parts[1:]:
+        key, _, val = opt.partition("=")
+        key = key.strip()
+        if key == "vtep-mac" and val:
+            mac = values.mac(val, what)
+        elif key == "keepalive" and val:
+            keepalive = check_keepalive(val, what + " keepalive")
+        else:
+            raise ConfigError(f"{what}: unknown option {opt!r} (vtep-mac=MAC, keepalive=SECONDS)")
+    return PeerSpec(host=host, port=port, subnet=subnet, vtep_mac=mac, keepalive=keepalive)
+
+
+def parse_peer(text: str, default_port: int) -> Peer:
+    """`PUBLIC_IP[:PORT]=SUBNET[,...]` -> Peer; ConfigError if bad or a name."""
+    spec = parse_peer_spec(text, default_port)
+    if spec.literal is None:
+        raise ConfigError(f"--peer {text!r}: {spec.host!r} is a name; resolve it first")
+    return spec.resolved(spec.literal)
+
+
+def spec_of(p: Peer | PeerSpec | str, port: int) -> PeerSpec:
+    if isinstance(p, PeerSpec):
+        return p
+    if isinstance(p, Peer):
+        return PeerSpec(str(p.public_ip), p.port, p.subnet, p.vtep_mac, p.keepalive)
+    return parse_peer_spec(p, port)

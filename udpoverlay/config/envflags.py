@@ -29,7 +29,7 @@ import argparse
 import re
 from typing import Iterable, Mapping
 
-from udpoverlay.textfile import read_text
+from udpoverlay.config.textfile import read_text
 
 __all__ = ["ENV_PREFIX", "env_name", "from_environment", "go_spelling", "parse_bool",
            "parse_level", "split_list", "annotate", "parse_env_file", "flag_names", "flag_value",
