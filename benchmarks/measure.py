@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from udpoverlay.lab.netns import Lab, wait_for
+from lab.netns import Lab, wait_for
 
 IPERF_PORT = 5201
 LATENCY_PORT = 11111

@@ -40,7 +40,7 @@ from benchmarks.scenarios import (
     clear_overlay_routes,
     make_scenario,
 )
-from udpoverlay.lab.netns import Lab
+from lab.netns import Lab
 
 SETTLE = 0.5  # seconds between measurements, to let queues drain
 REQUIRED_TOOLS = ("ip", "ping", "ss", "iperf3")

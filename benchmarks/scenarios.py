@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.measure import Endpoints, tail_lines
-from udpoverlay.lab import kernel_vxlan
-from udpoverlay.lab.netns import Host, Lab
+from lab import kernel_vxlan
+from lab.netns import Host, Lab
 
 NETWORK = "198.19.0.0/16"
 READY_TIMEOUT = 10.0

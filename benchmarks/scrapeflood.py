@@ -71,7 +71,7 @@ def scrape_loop(url: str, count: int, seconds: float) -> dict:
 def measure_scrapes(args) -> dict:
     from benchmarks import measure
     from benchmarks.scenarios import Topology, Udpoverlay, bring_up
-    from udpoverlay.lab.netns import Lab
+    from lab.netns import Lab
 
     class Scraped(Udpoverlay):
         """udpoverlay udp; h2 serves /metrics and carries the fake peers."""

@@ -104,7 +104,7 @@ def _once(ep, tool: str, duration: float, pids: list[int]) -> dict:
 def measure_flood(args) -> dict:
     from benchmarks import measure
     from benchmarks.scenarios import Topology, Udpoverlay, bring_up
-    from udpoverlay.lab.netns import Lab
+    from lab.netns import Lab
 
     class Crowded(Udpoverlay):
         """udpoverlay udp; h2 also carries the fake peers."""

@@ -1,4 +1,4 @@
-"""Fixtures for integration tests: real namespaces (udpoverlay.lab.netns),
+"""Fixtures for integration tests: real namespaces (lab.netns),
 real TUN devices, real daemon processes (tests.support.overlay)."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import os
 
 import pytest
 
+from lab.netns import Lab
 from tests.support.overlay import Overlay
 from tests.support.requirements import require_root_tools
 from udpoverlay.control import DEFAULT_RUNTIME_DIR
-from udpoverlay.lab.netns import Lab
 
 
 @pytest.fixture

@@ -21,13 +21,13 @@ import random
 import subprocess
 import sys
 
+from lab.netns import Lab, wait_for
 from tests.support.asyncutil import Recorder, wait_until
 from tests.support.etcdserver import ETCDCTL, EtcdServer
 from tests.support.overlay import Overlay
 from udpoverlay.cluster.codec import config_key, subnet_key
 from udpoverlay.cluster.membership import ClusterMembership
 from udpoverlay.cluster.store.etcd import EtcdStore
-from udpoverlay.lab.netns import Lab, wait_for
 
 N = ipaddress.IPv4Network
 

@@ -38,13 +38,13 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab import kernel_vxlan
+from lab.netns import Host, Lab, wait_for
 from tests.support.overlay import ROOT, TCPXFER, Overlay
 from tests.support.probes import SENDER, start_listener
 from tests.support.requirements import require
 from udpoverlay.cluster.subnetenv import read_subnet_env
 from udpoverlay.host.firewall import Firewall
-from udpoverlay.lab import kernel_vxlan
-from udpoverlay.lab.netns import Host, Lab, wait_for
 
 NETWORK = ipaddress.IPv4Network("198.19.0.0/16")
 OUTSIDE_IP = "198.18.0.200"          # on the underlay switch, outside NETWORK
@@ -281,7 +281,7 @@ class NodeBed:
 
     def transfer(self, src: Pod, dst: Pod, nbytes: int, port: int,
                  timeout: float = 90) -> None:
-        """TCP src pod -> dst pod (udpoverlay.lab.tcpxfer): every byte arrives,
+        """TCP src pod -> dst pod (lab.tcpxfer): every byte arrives,
         sha256 matches, within timeout seconds."""
         out = self.tmp / f"server-{dst.name}-{port}.out"
         with open(out, "wb") as f:

@@ -18,10 +18,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from udpoverlay.lab.netns import Host, Lab, wait_for
+from lab.netns import Host, Lab, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-TCPXFER = [sys.executable, "-m", "udpoverlay.lab.tcpxfer"]
+TCPXFER = [sys.executable, "-m", "lab.tcpxfer"]
 NETWORK = "198.19.0.0/16"
 PORT = 8285
 
@@ -138,7 +138,7 @@ class Overlay:
                                         "-W", "2", "-I", pod_of(i), pod_of(j)], timeout=30)
 
     def transfer(self, src: int, dst: int, nbytes: int, port: int) -> None:
-        """TCP from pod src to pod dst (udpoverlay.lab.tcpxfer): all bytes
+        """TCP from pod src to pod dst (lab.tcpxfer): all bytes
         arrive and their sha256 matches."""
         out = self.tmp / f"server-{src}-{dst}-{port}.out"
         with open(out, "wb") as f:

@@ -8,9 +8,9 @@ import shutil
 import subprocess
 import sys
 
+from lab.netns import wait_for
 from tests.support.overlay import pod_of
 from tests.support.requirements import require
-from udpoverlay.lab.netns import wait_for
 
 
 def assert_pings(ov, i, j, count=3):

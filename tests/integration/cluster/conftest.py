@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from lab.netns import Lab
 from tests.support.cluster import CONFIG, ETCD_IP, PREFIX, ClusterLab, NsEtcd
 from tests.support.etcdserver import etcd_server, require_etcd, shared_etcd  # noqa: F401 - fixtures
 from tests.support.requirements import require_root_tools
-from udpoverlay.lab.netns import Lab
 
 
 @pytest.fixture

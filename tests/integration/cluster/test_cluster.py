@@ -11,8 +11,8 @@ import ipaddress
 import subprocess
 import sys
 
+from lab.netns import wait_for
 from tests.support.cluster import ETCD_IP, PREFIX, ClusterLab, underlay
-from udpoverlay.lab.netns import wait_for
 
 
 def test_cluster_mode(cluster: ClusterLab):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import ipaddress
 import time
 
+from lab.netns import wait_for
 from tests.support.cluster import PREFIX, ClusterLab, underlay
 from tests.support.overlay import Daemon
-from udpoverlay.lab.netns import wait_for
 
 SUBNETS = f"{PREFIX}/subnets/"
 

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
+from lab.netns import wait_for
 from tests.support.cluster import PREFIX, ClusterLab, underlay
-from udpoverlay.lab.netns import wait_for
 
 NAT_IP = "198.18.9.1"
 

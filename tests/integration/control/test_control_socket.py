@@ -16,10 +16,10 @@ import subprocess
 import sys
 import tempfile
 
+from lab.netns import wait_for
 from tests.integration.control.conftest import HOSTILE, NOBODY, SYSTEM_PYTHON, as_nobody, daemon_socket
 from tests.support.overlay import ROOT, underlay_of
 from udpoverlay.control import DEFAULT_RUNTIME_DIR
-from udpoverlay.lab.netns import wait_for
 
 
 def _assert_real(doc: dict, i: int) -> None:

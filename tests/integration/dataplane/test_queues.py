@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
+from lab.netns import wait_for
 from tests.integration.ops.httpget import HEALTHZ_PORT, sample, scrape
 from tests.support import pktgen as g
 from tests.support.overlay import PORT, pod_of, underlay_of
 from tests.support.probes import SENDER
 from tests.support.requirements import require, require_io_uring
 from udpoverlay import dataplane
-from udpoverlay.lab.netns import wait_for
 
 FLOWS = 12      # 12 flows over 2 queues: all on one queue has odds 2 ** -11
 

@@ -15,11 +15,11 @@ import time
 
 import pytest
 
+from lab.netns import wait_for
 from tests.support.overlay import NETWORK, PORT, pod_of, underlay_of
 from tests.support.probes import SENDER, assert_pings, start_capture, start_listener
 from tests.support.requirements import require
 from udpoverlay import dataplane
-from udpoverlay.lab.netns import wait_for
 
 
 def _expected_impl() -> str:

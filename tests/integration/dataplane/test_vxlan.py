@@ -17,11 +17,11 @@ import time
 
 import pytest
 
+from lab import kernel_vxlan
+from lab.netns import wait_for
 from tests.support.overlay import pod_of, subnet_of, underlay_of
 from tests.support.probes import LISTENER, SENDER, assert_pings, start_capture
 from tests.support.requirements import require
-from udpoverlay.lab import kernel_vxlan
-from udpoverlay.lab.netns import wait_for
 
 VX_PORT = 8472
 MAC = {1: "02:00:5e:00:01:01", 2: "02:00:5e:00:01:02", 3: "02:00:5e:00:01:03"}

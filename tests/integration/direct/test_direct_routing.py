@@ -10,11 +10,11 @@ Addresses: underlay 198.18.0.N/24, host N owns 198.19.N.0/24, pod 198.19.N.1.
 
 from __future__ import annotations
 
+from lab import kernel_vxlan
+from lab.netns import wait_for
 from tests.support.overlay import subnet_of, underlay_of
 from tests.support.probes import assert_pings
 from udpoverlay.host.routes import ROUTE_PROTO
-from udpoverlay.lab import kernel_vxlan
-from udpoverlay.lab.netns import wait_for
 
 MAC = {1: "02:00:5e:00:02:01", 2: "02:00:5e:00:02:02", 3: "02:00:5e:00:02:03"}
 TUN_COUNTERS = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes")

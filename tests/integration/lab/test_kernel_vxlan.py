@@ -15,9 +15,9 @@ import subprocess
 
 import pytest
 
+from lab import kernel_vxlan as kv
+from lab.netns import Lab, wait_for
 from tests.support.requirements import require
-from udpoverlay.lab import kernel_vxlan as kv
-from udpoverlay.lab.netns import Lab, wait_for
 
 SUBNET1, SUBNET2 = "198.19.1.0/24", "198.19.2.0/24"
 POD1, POD2 = "198.19.1.1", "198.19.2.1"

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import pytest
 
+from lab.netns import wait_for
 from tests.support.nodebed import OUTSIDE_IP, bed_fixture
-from udpoverlay.lab.netns import wait_for
 
 MODES = ("iptables", "nftables")
 

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from lab.netns import Host, wait_for
 from tests.support.nodebed import OUTSIDE_IP, VXLAN_OVERHEAD, Node, bed_fixture, in_netns, static_env
 from tests.support.overlay import Daemon
 from udpoverlay.host.firewall import Firewall
-from udpoverlay.lab.netns import Host, wait_for
 
 
 @pytest.fixture

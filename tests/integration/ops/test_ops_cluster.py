@@ -11,10 +11,10 @@ import socket
 import sys
 import time
 
+from lab.netns import wait_for
 from tests.integration.cluster.conftest import cluster  # noqa: F401 - the fixture
 from tests.integration.ops.httpget import HEALTHZ_PORT, get, sample, scrape
 from tests.support.cluster import underlay
-from udpoverlay.lab.netns import wait_for
 
 
 def test_readyz_waits_for_etcd_and_the_lease(cluster):  # noqa: F811 - the fixture

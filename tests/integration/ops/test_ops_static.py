@@ -11,11 +11,11 @@ import socket
 import subprocess
 import sys
 
+from lab.netns import wait_for
 from tests.integration.ops.httpget import HEALTHZ_PORT, get, sample, scrape
 from tests.support import pktgen as g
 from tests.support.overlay import PORT, pod_of, subnet_of, underlay_of
 from tests.support.probes import SENDER, assert_pings
-from udpoverlay.lab.netns import wait_for
 
 OPS = ["--healthz-port", str(HEALTHZ_PORT)]
 # argv: ADDR PORT. Bad requests first (each answered), then 40 idle

@@ -15,11 +15,11 @@ import random
 import pytest
 
 from tests.support.asyncutil import LOOPS, FakeClock, Recorder, run, use_loop, wait_until
+from tests.support.memstore import MemoryStore
 from udpoverlay.cluster.allocate import pick_free
 from udpoverlay.cluster.codec import encode_lease_value, subnet_key, vxlan_backend_data
 from udpoverlay.cluster.membership import ClusterMembership
 from udpoverlay.cluster.network import parse_network_config
-from udpoverlay.cluster.store.memory import MemoryStore
 from udpoverlay.errors import ConfigError, LeaseLostError, LeaseStoreError, NetworkConfigChanged
 
 N = ipaddress.IPv4Network

@@ -2,7 +2,7 @@
 
 Why so small: flannel splits its subnet manager into a meaning layer
 (acquire, renew, watch, diff) over a dumb registry; we do the same so that
-an in-memory fake (store/memory.py) exercises the real meaning layer in
+an in-memory fake (tests/support/memstore.py) exercises the real meaning layer in
 unit tests, and the etcd adapter (store/etcd.py) holds nothing but I/O and
 error mapping. Keys and values are etcd's: str keys, bytes values, integer
 revisions, leases with a TTL in whole seconds.

@@ -9,7 +9,7 @@
 It pings pod -> pod, moves a few MB over TCP through the overlay (sha256
 checked), prints each daemon's status, and removes everything in the end
 (also on Ctrl-C or an error). Exit 0 when traffic crossed, 1 otherwise.
-Needs root, iproute2 and ping. Part of the lab (udpoverlay/lab), which
+Needs root, iproute2 and ping. Part of the lab (lab), which
 lives in the source checkout and is not installed: `./dev demo` runs it with
 the checkout on PYTHONPATH, and every process it starts inherits that.
 """
@@ -25,14 +25,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from udpoverlay.lab.netns import Lab, LabError, wait_for
+from lab.netns import Lab, LabError, wait_for
 
 __all__ = ["main"]
 
 N_HOSTS = 3
 NETWORK = "198.19.0.0/16"
 XFER_BYTES = 8 * 1024 * 1024
-TCPXFER = [sys.executable, "-m", "udpoverlay.lab.tcpxfer"]
+TCPXFER = [sys.executable, "-m", "lab.tcpxfer"]
 
 
 def _say(msg: str = "") -> None:
@@ -152,3 +152,7 @@ def main() -> int:
             signal.signal(signal.SIGTERM, previous)
     _say("== traffic crossed the overlay: OK" if ok else "== traffic did NOT cross: FAILED")
     return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 
-from udpoverlay.lab.netns import Host, Lab, LabError
+from lab.netns import Host, Lab, LabError
 from udpoverlay.peer import format_mac, parse_mac
 
 __all__ = [

@@ -1,6 +1,6 @@
 """TCP transfer with a content check, for the demo, the tests and benchmarks.
 
-  python -m udpoverlay.lab.tcpxfer ...
+  python -m lab.tcpxfer ...
 
   server: python tcpxfer.py server BIND_IP PORT [--timeout S]
           accepts one connection, reads until EOF, prints
