@@ -79,10 +79,10 @@ include "outgoing.pxi"
 include "incoming.pxi"
 
 IMPLEMENTATION = "cython"
-from udpoverlay.dataplane.wire import IO_MODES   # the one list, shared with the reference
+from udpoverlay.dataplane.wire import IO_MODES, PEER_SPEC_FORMAT   # shared with the reference
 
 import struct as _struct
-_SPEC = _struct.Struct("=IIHBB6s")     # wire.PEER_SPEC_FORMAT
+_SPEC = _struct.Struct(PEER_SPEC_FORMAT)
 
 
 cdef extern from "<sched.h>" nogil:

@@ -16,7 +16,7 @@ import struct
 from types import ModuleType
 from typing import Iterable
 
-from udpoverlay.dataplane import wire
+from udpoverlay.dataplane import twins, wire
 from udpoverlay.peer import Peer, format_mac
 
 __all__ = ["Engine"]
@@ -68,8 +68,7 @@ class Engine:
         if not 0 <= vni < 1 << 24:
             raise ValueError(f"bad VNI {vni}: 24 bits")
         if twin is None:
-            from udpoverlay.dataplane import DEFAULT
-            twin = DEFAULT
+            twin = twins.DEFAULT
         local = _net(subnet)
         _net(network)
         self.backend = backend
