@@ -15,7 +15,7 @@ import errno
 
 import pytest
 
-from tests.differential import test_io as base
+from tests.support import iorig as base
 from tests.support.requirements import require
 from tests.support.twins import both, engine
 
@@ -60,19 +60,18 @@ def on_io_uring(monkeypatch):
 @pytest.mark.parametrize("offload", list(base.OFFLOADS))
 @pytest.mark.parametrize("backend", ["udp", "vxlan"])
 def test_tun_to_udp_identical_on_io_uring(on_io_uring, backend, offload):
-    base.test_tun_to_udp_identical(backend, offload)
+    base.check_tun_to_udp(backend, offload)
 
 
 @pytest.mark.parametrize("offload", ["plain", "vnet"])
-def test_full_socket_buffer_same_waits_and_drops_on_io_uring(monkeypatch, offload):
+def test_full_socket_buffer_same_waits_and_drops_on_io_uring(offload):
     reason = io_uring_usable()
     require(not reason, f"io_uring path not usable: {reason}")
     assert "started = time.monotonic()" in base.FULL_BUFFER
-    monkeypatch.setattr(base, "FULL_BUFFER", base.FULL_BUFFER.replace(
+    base.check_full_buffer(offload, base.FULL_BUFFER.replace(
         "started = time.monotonic()",
         "assert twin.IMPLEMENTATION == 'python' or e.core.set_io('io_uring') == 'io_uring'\n"
         "started = time.monotonic()"))
-    base.test_full_socket_buffer_same_waits_and_drops(offload)
 
 
 def test_forced_io_uring_fails_clearly_where_it_cannot_work():

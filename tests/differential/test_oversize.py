@@ -17,8 +17,8 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.differential.test_io import drain_now, drain_udp, make, rig, send_all
 from tests.support import pktgen as g
+from tests.support.iorig import drain_now, drain_udp, make, rig, send_all
 from tests.support.twins import both, engine
 from udpoverlay.dataplane import wire
 from udpoverlay.dataplane._py import checksum as cs

@@ -23,9 +23,9 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.differential.test_io import BODY, MARKER, Rig, drain_now, make, rig, udp_socket
-from tests.differential.test_io import run_tx as io_run_tx
 from tests.support import pktgen as g
+from tests.support.iorig import BODY, MARKER, Rig, drain_now, make, rig, udp_socket
+from tests.support.iorig import run_tx as io_run_tx
 from tests.support.twins import both
 from udpoverlay.dataplane import wire
 
