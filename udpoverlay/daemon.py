@@ -12,15 +12,13 @@ ordered start and shutdown.
             source sockets -> data-plane engine with the peers.
   serve()   on the loop: control socket, data-plane readers (or worker
             threads), the vxlan ARP resolver, peer liveness and keepalives
-            (liveness.py, both modes), the underlay address watch,
-            the extra `services` the mode runner registered; marks the
-            Lifecycle ready; returns when stop() is called (SIGINT/SIGTERM
-            call it). SIGHUP runs the registered `reloaders` in order,
-            traffic untouched.
+            (liveness.py), the underlay address watch, the mode's
+            `services`; marks the Lifecycle ready; returns on stop()
+            (SIGINT/SIGTERM). SIGHUP runs the `reloaders` (reloads.py).
   close()   undoes setup in reverse, idempotent: the TUN fd first (the device
             and its routes go with it), then the engine and the sockets.
 
-Static mode (static/mode.py) and cluster mode (cluster/node.py) drive it;
+Static mode (static/mode.py) and cluster mode (cluster/mode.py) drive it;
 cluster mode runs open_host() before it writes to etcd, setup() with the
 options completed from the lease, and stops the daemon through stop() when
 the membership fails. Extension points, so the modes and the operations
@@ -29,10 +27,9 @@ functions run as tasks while serving), `reloaders` (SIGHUP),
 `status_sections` (extra top-level keys of the status document),
 `peer_details` (extra keys per peer entry, by subnet).
 
-Address changes: bound to 0.0.0.0 the daemon only notes the new source
-address (status, one log line); bound to one address (--iface/--public-ip,
-and cluster mode, whose lease advertises it) it says in one ERROR line
-that the address is gone and a restart is needed.
+Address changes (host/sockets.AddressWatch): bound to 0.0.0.0 the new
+source address is only noted; bound to one address, one ERROR line says it
+is gone and a restart is needed.
 """
 
 from __future__ import annotations
@@ -46,18 +43,20 @@ import socket
 import time
 from typing import Any, Callable, Coroutine
 
-from udpoverlay import dataplane
+from udpoverlay import __version__, dataplane
 from udpoverlay.config.options import Options
 from udpoverlay.control import ControlServer
 from udpoverlay.dataplane import wire
 from udpoverlay.errors import ConfigError, TunSetupError
+from udpoverlay.eventloop import loop_name
 from udpoverlay.host import interfaces, queues, sockets
 from udpoverlay.host import tun as tunmod
 from udpoverlay.host.nodenet import NodeNetwork
 from udpoverlay.lifecycle import Lifecycle
 from udpoverlay.liveness import Liveness
-from udpoverlay.peer import derive_vtep_mac
-from udpoverlay.status import build_status, setup_summary
+from udpoverlay.peer import derive_vtep_mac, format_mac
+from udpoverlay.reloads import Reloads
+from udpoverlay.status import setup_summary
 
 __all__ = ["Daemon", "prepare", "OVERHEAD"]
 
@@ -68,7 +67,6 @@ log = logging.getLogger(__name__)
 OUTER_HDR = 20 + 8
 OVERHEAD = {"udp": OUTER_HDR, "vxlan": OUTER_HDR + wire.VXLAN_HDR}
 ANY = "0.0.0.0"
-ADDRESS_POLL = 1.0         # seconds between checks of our underlay address
 
 
 def prepare(opts: Options) -> Options:
@@ -109,11 +107,10 @@ class Daemon:
         self._stop_requested = False
         self.lifecycle = lifecycle or Lifecycle()
         self.services: list[Callable[[], Coroutine[Any, Any, None]]] = []
-        self.reloaders: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self.reloads = Reloads()
+        self.reloaders = self.reloads.reloaders
         self.status_sections: dict[str, Callable[[], Any]] = {}
         self.peer_details: list[Callable[[], dict[str, dict]]] = []
-        self._reloading: asyncio.Task | None = None
-        self._reload_again = False
         self.liveness = Liveness(lambda: self.engine, self._send, opts.keepalive)
         self.address = sockets.AddressWatch(None if opts.bind_any else str(opts.bind_ip),
                                             str(opts.bind_ip))
@@ -252,20 +249,15 @@ class Daemon:
 
     def check_address(self) -> None:
         """Note an underlay address change (see the module doc)."""
-        o = self.opts
-        peers = self.engine.peers if self.engine is not None else ()
-        self.address.check(
-            (str(peers[0].public_ip), peers[0].port) if peers else None,
-            f"the lease still advertises {o.public_ip}" if o.cluster
-            else "pinned by --iface/--public-ip")
+        self.address.check(self._toward(), self._pinned())
 
-    async def _watch_address(self) -> None:
-        while True:
-            await asyncio.sleep(ADDRESS_POLL)
-            try:
-                self.check_address()
-            except OSError as exc:
-                log.debug("address check: %s", exc)
+    def _toward(self) -> tuple[str, int] | None:
+        peers = self.engine.peers if self.engine is not None else ()
+        return (str(peers[0].public_ip), peers[0].port) if peers else None
+
+    def _pinned(self) -> str:
+        return (f"the lease still advertises {self.opts.public_ip}" if self.opts.cluster
+                else "pinned by --iface/--public-ip")
 
     def close(self) -> None:
         """Release everything setup() made, in reverse; idempotent."""
@@ -289,11 +281,9 @@ class Daemon:
 
     # -- status -------------------------------------------------------
     def offload_status(self) -> dict:
-        """What the kernel accepted: the TUN's offloads ("enabled": a vnet
-        header; its TUNSETOFFLOAD flags) and, independently, the underlay
-        socket's UDP GSO (live: the fast path turns it off if the kernel
-        refuses a send) and UDP GRO; "udp_offload": False after
-        --no-udp-offload."""
+        """What the kernel accepted: the TUN's offloads (a vnet header, its
+        TUNSETOFFLOAD flags) and, apart, the socket's UDP GSO (live: the fast
+        path drops it if a send is refused) and GRO."""
         on = bool(self.opts.offload and self.tun is not None and self.tun.vnet_hdr)
         eng = self.engine
         return {"enabled": on,
@@ -305,8 +295,51 @@ class Daemon:
                 "tun_uso": bool(on and eng is not None and eng.tun_uso)}
 
     def status(self) -> dict:
-        """The status document (status.build_status)."""
-        return build_status(self)
+        """The daemon's status document (what `status --json` prints and the
+        control socket serves): set-up, offloads, peers with liveness, counters,
+        per-queue counters, the lifecycle phase and the mode's own sections. A
+        failing section becomes {"error": ...}: status must always answer."""
+        o = self.opts
+        vxlan = o.backend == "vxlan"
+        doc: dict = {
+            "version": __version__,
+            "implementation": self.engine.implementation if self.engine else "?",
+            "loop": loop_name(),
+            "dataplane": self.runner.mode if self.runner is not None else None,
+            "iface": o.tun,           # the TUN's name (key kept for compatibility)
+            "tun": o.tun,
+            "public_ip": str(o.public_ip),
+            "bind_ip": self.bind_addr,
+            "underlay_ip": self.address.current,     # the source address in use
+            "underlay_address_gone": self.address.gone,
+            "port": o.port,
+            "subnet": str(o.subnet),
+            "network": str(o.network),
+            "mtu": self.mtu,
+            "backend": o.backend,
+            "vni": o.vni if vxlan else None,
+            "vtep_mac": format_mac(self.vtep_mac) if vxlan else None,
+            "uptime": round(time.monotonic() - self.started, 3),
+            "offload": self.offload_status(),
+            "node_network": self.nodenet.status() if self.nodenet is not None else None,
+        }
+        if self.engine is not None:
+            peers = self.liveness.peer_entries(self.engine, self.peer_details)
+            doc["peers"] = peers
+            doc["routes"] = [{"subnet": p["subnet"], "via": f"{p['public_ip']}:{p['port']}"}
+                             for p in peers]
+            doc["counters"] = self.engine.counters()
+            if self.engine.queues > 1:
+                doc["queues"] = self.engine.queue_counters()
+            doc["counters"]["tx_keepalive"] = self.liveness.tx_keepalive
+            doc["counters"]["tx_keepalive_errors"] = self.liveness.tx_keepalive_errors
+        doc["phase"] = self.lifecycle.phase
+        for key, section in self.status_sections.items():
+            try:
+                doc[key] = section()
+            except Exception as exc:  # noqa: BLE001 - status must always answer
+                doc[key] = {"error": str(exc)}
+        return doc
 
     # -- the loop -------------------------------------------------------
     def stop(self) -> None:
@@ -316,27 +349,8 @@ class Daemon:
             self._loop.call_soon_threadsafe(self._stop.set)
 
     def reload(self) -> None:
-        """SIGHUP: run the reloaders in order on the loop (one reload at a
-        time; SIGHUPs during a reload make one more run after it, so the
-        last change of a file is never missed). A failing reloader is
-        logged; the others still run and traffic keeps flowing."""
-        if self._reloading is not None and not self._reloading.done():
-            log.info("SIGHUP: a reload is running; another follows it")
-            self._reload_again = True
-            return
-        self._reloading = asyncio.get_running_loop().create_task(self._reload())
-
-    async def _reload(self) -> None:
-        while True:
-            self._reload_again = False
-            log.info("SIGHUP: reloading")
-            for reloader in list(self.reloaders):
-                try:
-                    await reloader()
-                except Exception as exc:  # noqa: BLE001 - keep the running state
-                    log.error("reload failed, running state kept: %s", exc)
-            if not self._reload_again:
-                return
+        """SIGHUP: run the reloaders (reloads.py)."""
+        self.reloads.request()
 
     async def serve(self) -> int:
         """Run the data plane until stop() (SIGINT/SIGTERM call it); 0."""
@@ -363,7 +377,7 @@ class Daemon:
             if self.nodenet is not None and self.nodenet.resync:
                 tasks.append(asyncio.create_task(self._resync(self.nodenet.resync)))
             tasks.append(asyncio.create_task(self.liveness.run()))
-            tasks.append(asyncio.create_task(self._watch_address()))
+            tasks.append(asyncio.create_task(self.address.watch(self._toward, self._pinned())))
             for service in self.services:
                 tasks.append(asyncio.create_task(service()))
             log.info("running; control socket %s", self.control.path)
@@ -372,8 +386,8 @@ class Daemon:
             log.info("shutting down")
         finally:
             self.lifecycle.set_stopping()
-            if self._reloading is not None:
-                tasks.append(self._reloading)
+            if self.reloads.task is not None:
+                tasks.append(self.reloads.task)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

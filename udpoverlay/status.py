@@ -1,5 +1,5 @@
-"""The status document: built from the daemon's state (build_status),
-served on its control socket, and rendered as the text `udpoverlay status`
+"""The status document as text: what the daemon builds (Daemon.status) and
+serves on its control socket, rendered as `udpoverlay status`
 prints: per peer its liveness (active / idle / never, seconds since the
 last datagram received and sent), the name it was resolved from and when;
 static mode's waiting peers and peers file. Also the few lines the daemon
@@ -8,13 +8,7 @@ the log and `status` never tell two stories."""
 
 from __future__ import annotations
 
-import time
-
-from udpoverlay import __version__
-from udpoverlay.eventloop import loop_name
-from udpoverlay.peer import format_mac
-
-__all__ = ["build_status", "format_status", "offload_text", "setup_summary"]
+__all__ = ["format_status", "offload_text", "setup_summary"]
 
 
 def _fmt_bytes(n: float) -> str:
@@ -158,51 +152,3 @@ def setup_summary(doc: dict) -> list[str]:
         name = f" ({p['host']})" if p.get("host") else ""
         lines.append(f"peer {p['public_ip']}:{p['port']}{name} -> {p['subnet']}")
     return lines
-
-
-def build_status(d) -> dict:
-    """The daemon's status document (what `status --json` prints and the
-    control socket serves): set-up, offloads, peers with liveness, counters,
-    per-queue counters, the lifecycle phase and the mode's own sections. A
-    failing section becomes {"error": ...}: status must always answer."""
-    o = d.opts
-    vxlan = o.backend == "vxlan"
-    doc: dict = {
-        "version": __version__,
-        "implementation": d.engine.implementation if d.engine else "?",
-        "loop": loop_name(),
-        "dataplane": d.runner.mode if d.runner is not None else None,
-        "iface": o.tun,           # the TUN's name (key kept for compatibility)
-        "tun": o.tun,
-        "public_ip": str(o.public_ip),
-        "bind_ip": d.bind_addr,
-        "underlay_ip": d.address.current,     # the source address in use
-        "underlay_address_gone": d.address.gone,
-        "port": o.port,
-        "subnet": str(o.subnet),
-        "network": str(o.network),
-        "mtu": d.mtu,
-        "backend": o.backend,
-        "vni": o.vni if vxlan else None,
-        "vtep_mac": format_mac(d.vtep_mac) if vxlan else None,
-        "uptime": round(time.monotonic() - d.started, 3),
-        "offload": d.offload_status(),
-        "node_network": d.nodenet.status() if d.nodenet is not None else None,
-    }
-    if d.engine is not None:
-        peers = d.liveness.peer_entries(d.engine, d.peer_details)
-        doc["peers"] = peers
-        doc["routes"] = [{"subnet": p["subnet"], "via": f"{p['public_ip']}:{p['port']}"}
-                         for p in peers]
-        doc["counters"] = d.engine.counters()
-        if d.engine.queues > 1:
-            doc["queues"] = d.engine.queue_counters()
-        doc["counters"]["tx_keepalive"] = d.liveness.tx_keepalive
-        doc["counters"]["tx_keepalive_errors"] = d.liveness.tx_keepalive_errors
-    doc["phase"] = d.lifecycle.phase
-    for key, section in d.status_sections.items():
-        try:
-            doc[key] = section()
-        except Exception as exc:  # noqa: BLE001 - status must always answer
-            doc[key] = {"error": str(exc)}
-    return doc

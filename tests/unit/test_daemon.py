@@ -269,8 +269,8 @@ def test_sighups_during_a_reload_make_exactly_one_more_run(loop, peer_sock):
         await asyncio.sleep(0.01)
         d.reload()
         d.reload()
-        await d._reloading
-        await d._reloading
+        await d.reloads.task
+        await d.reloads.task
     run(main())
     assert runs == [0, 1]
 

@@ -19,8 +19,10 @@ datagram holds up to 64 KB, and a burst of them must not overflow the queue.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+from typing import Callable
 
 from udpoverlay.dataplane.wire import SOL_UDP, UDP_GRO, UDP_SEGMENT
 from udpoverlay.errors import TunSetupError
@@ -34,6 +36,7 @@ SOCK_BUF = 16 * 1024 * 1024
 VXLAN_TX_SOCKETS = 8       # source ports for per-flow entropy (RFC 7348 section 5)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+ADDRESS_POLL = 1.0         # seconds between checks of our underlay address
 
 
 def open_socket(ip: str, port: int, reuseport: bool = False) -> socket.socket:
@@ -145,3 +148,13 @@ class AddressWatch:
         elif self.gone and not gone:
             log.info("underlay address %s is back", self.bound)
         self.gone = gone
+
+    async def watch(self, toward: Callable[[], tuple[str, int] | None], pinned: str,
+                    every: float = ADDRESS_POLL) -> None:
+        """check() every `every` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                self.check(toward(), pinned)
+            except OSError as exc:
+                log.debug("address check: %s", exc)
