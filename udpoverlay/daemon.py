@@ -20,7 +20,7 @@ ordered start and shutdown.
   close()   undoes setup in reverse, idempotent: the TUN fd first (the device
             and its routes go with it), then the engine and the sockets.
 
-Static mode (static/mode.py) and cluster mode (cluster/node.py) drive it;
+Static mode (static/mode.py) and cluster mode (cluster/mode.py) drive it;
 cluster mode runs open_host() before it writes to etcd, setup() with the
 options completed from the lease, and stops the daemon through stop() when
 the membership fails. Extension points, so the modes and the operations

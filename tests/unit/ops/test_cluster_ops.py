@@ -13,7 +13,7 @@ import time
 
 from tests.support.asyncutil import FakeClock, run
 from udpoverlay.cluster.membership import ClusterMembership
-from udpoverlay.cluster.node import peer_events
+from udpoverlay.cluster.mode import peer_events
 from udpoverlay.cluster.store.memory import MemoryStore
 from udpoverlay.peer import Peer
 
