@@ -92,7 +92,7 @@ def _cmd_run(args, env: dict[str, str]) -> int:
     logs.setup(opts.verbosity, opts.log_format)
     try:
         if opts.cluster:
-            from udpoverlay.cluster import node as cluster
+            from udpoverlay.cluster import mode as cluster
             return cluster.run(opts)
         from udpoverlay.static import mode as static
         return static.run(opts)

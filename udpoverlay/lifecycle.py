@@ -7,7 +7,7 @@ $NOTIFY_SOCKET, status) without reaching into the daemon.
 
 `waiting_for` says in words what start-up is waiting for ("etcd", "the
 network config", "a subnet lease", ...), so a 503 explains itself. The
-mode runners (static/mode.py, cluster/node.py) create one Lifecycle at the
+mode runners (static/mode.py, cluster/mode.py) create one Lifecycle at the
 very start, before anything can block, and hand it to the Daemon.
 Listeners run on the event loop's thread, in order; one that raises is
 logged and skipped, never allowed to stop the daemon.

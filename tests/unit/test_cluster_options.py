@@ -77,8 +77,8 @@ def test_cluster_options_credentials_and_margin():
 
 
 def test_network_config_decides_backend_mtu_and_direct_routing():
+    from udpoverlay.cluster.mode import with_network_config
     from udpoverlay.cluster.network import parse_network_config
-    from udpoverlay.cluster.node import with_network_config
     vx = parse_network_config('{"Network": "198.19.0.0/16", "EnableNFTables": true, "Backend": '
                               '{"Type": "vxlan", "VNI": 4, "Port": 4789, "MTU": 1400, '
                               '"DirectRouting": true}}')

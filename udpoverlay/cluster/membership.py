@@ -6,6 +6,14 @@ Why it looks like this (design notes):
   guarding our key and the network config is guard.py; validating and
   turning the other keys into peers is validate.py + feed.py; this module
   runs the lease: renew, watch, take it back.
+- Who owns what (collaborators, not a class hierarchy): ClusterMembership
+  owns our lease state (ownlease.OwnLease), the network config, the
+  previous subnet and the backend data; it holds an Acquirer (acquire.py)
+  and a Guard (guard.py), which get the store link, the OwnLease and what
+  else they need at construction and keep no copy of each other's state.
+  The StoreLink (storelink.py) bounds store calls, makes the backoffs and
+  keeps the store's health (status, metrics); the PeerFeed (feed.py) owns
+  the other nodes' leases and the calls to apply_peers.
 - Renewal keeps the etcd lease alive (keepalive) at expiry minus the
   margin; the margin is clamped to half the TTL so short test TTLs work.
 - The peer view is list-then-watch: a snapshot at revision R, then events
@@ -40,15 +48,19 @@ import ipaddress
 import logging
 import random
 import time
-from dataclasses import replace
 from typing import Any, Callable
 
+from udpoverlay.cluster.acquire import Acquirer
+from udpoverlay.cluster.allocate import own_lease_value
 from udpoverlay.cluster.codec import Lease, subnets_prefix
 from udpoverlay.cluster.feed import COALESCE, ApplyPeers, PeerFeed, call_back
-from udpoverlay.cluster.guard import LeaseGuard
+from udpoverlay.cluster.guard import Guard
 from udpoverlay.cluster.network import NetworkConfig
+from udpoverlay.cluster.ownlease import OwnLease
 from udpoverlay.cluster.policy import Context
 from udpoverlay.cluster.store.base import DELETE, KeyValue, LeaseStore, StoreEvent
+from udpoverlay.cluster.storelink import StoreLink
+from udpoverlay.cluster.validate import LeaseValidator
 from udpoverlay.config.defaults import BACKENDS, DEFAULT_PREFIX
 from udpoverlay.errors import ConfigError, LeaseLostError, LeaseStoreError, StoreCompacted, StoreDisconnected
 
@@ -59,7 +71,7 @@ log = logging.getLogger(__name__)
 ON_LOST = ("reacquire", "exit")
 
 
-class ClusterMembership(LeaseGuard):
+class ClusterMembership:
     """This node's subnet lease and its view of the other nodes' leases.
 
     backend_type None means "whatever the network config says"; for vxlan,
@@ -98,27 +110,67 @@ class ClusterMembership(LeaseGuard):
         self.on_lost = on_lost
         self.clock = clock
         self.rng = rng or random.Random()
-        self.retry_initial, self.retry_max, self.op_timeout = retry_initial, retry_max, op_timeout
         self.config: NetworkConfig | None = None
-        self.lease: Lease | None = None
-        self._lease_id = 0
-        self._granted_ttl: float | None = None
-        self._own_revision = 0
-        self._own_key: str | None = None
-        self._own_create_revision = 0
-        self._value: str | None = None
-        self._generation = 0
         self.underlay_network = None if underlay_network is None else \
             ipaddress.IPv4Network(underlay_network)
-        self._validators = {}
-        self._guard_logged: dict[str, Any] = {}
-        self._down_logged: float | None = None
+        self.state = OwnLease()
+        self.link = StoreLink(store, clock=clock, rng=self.rng, retry_initial=retry_initial,
+                              retry_max=retry_max, op_timeout=op_timeout)
+        self._validators: dict[NetworkConfig, LeaseValidator] = {}
         self.feed = PeerFeed(self._publish_context, self._validator, clock, retry_max, coalesce)
-        self._store_state = "disconnected: not contacted yet"
-        self._last_contact: float | None = None     # clock() of the last store success
+        self.acquirer = Acquirer(self.link, self.state, self.feed, self._validator,
+                                 prefix=prefix, public_ip=self.public_ip,
+                                 lease_ttl=self.lease_ttl, clock=clock, rng=self.rng)
+        self.guard = Guard(self.link, self.state, self._lost, prefix=prefix,
+                           public_ip=self.public_ip, lease_ttl=self.lease_ttl, clock=clock)
         self._on_lease_changed: Callable[[Lease], Any] | None = None
         self._lost_lock = asyncio.Lock()
-        self._rewake = asyncio.Event()
+
+    @property
+    def lease(self) -> Lease | None:
+        """Our subnet lease (None before acquire())."""
+        return self.state.lease
+
+    # -- getting the lease (the Acquirer) -----------------------------------
+    async def load_config(self) -> NetworkConfig:
+        """Read `<prefix>/config`, waiting (with logged backoff) while it is
+        missing or invalid or the store is down. Never raises for those."""
+        self.config = await self.acquirer.load_config()
+        return self.config
+
+    async def acquire(self) -> Lease:
+        """Get our subnet lease (flannel's algorithm, see acquire.py).
+
+        Retries while the store is down and on lost races; raises
+        ConfigError (backend mismatch) or LeaseStoreError(retryable=False)
+        when no subnet is free.
+        """
+        if self.config is None:
+            await self.load_config()
+        lease = await self._acquire(self.previous_subnet, allow_other=True)
+        self.previous_subnet = lease.subnet
+        return lease
+
+    async def _acquire(self, previous: ipaddress.IPv4Network | None,
+                       allow_other: bool) -> Lease:
+        assert self.config is not None
+        value = own_lease_value(self.config, self.public_ip, self._backend(),
+                                self.backend_data)
+        return await self.acquirer.acquire(self.config, value, previous, allow_other)
+
+    def _backend(self) -> str:
+        assert self.config is not None
+        return self.backend_type or self.config.backend_type
+
+    def _validator(self) -> LeaseValidator:
+        """The lease validator for the current network config."""
+        assert self.config is not None
+        validator = self._validators.get(self.config)
+        if validator is None:
+            validator = LeaseValidator(self.prefix, self.config, self.underlay_network,
+                                       self.clock)
+            self._validators = {self.config: validator}
+        return validator
 
     # -- running -----------------------------------------------------------
     async def run(self, apply_peers: ApplyPeers,
@@ -128,12 +180,14 @@ class ClusterMembership(LeaseGuard):
         the lease is lost and cannot be re-created (on_lost='exit', or the
         subnet was taken and no on_lease_changed callback accepts a new one),
         NetworkConfigChanged when `<prefix>/config` changed (restart needed)."""
-        if self.lease is None:
+        if self.state.lease is None:
             await self.acquire()
+        assert self.config is not None
         self.feed.apply, self._on_lease_changed = apply_peers, on_lease_changed
         tasks = [asyncio.create_task(self._watch_loop(), name="udpoverlay-lease-watch"),
                  asyncio.create_task(self._renew_loop(), name="udpoverlay-lease-renew"),
-                 asyncio.create_task(self._config_loop(), name="udpoverlay-config-watch")]
+                 asyncio.create_task(self.guard.watch_config(self.config),
+                                     name="udpoverlay-config-watch")]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -143,55 +197,58 @@ class ClusterMembership(LeaseGuard):
             await _cancel_all([*tasks, *([retry] if retry else [])])
 
     def _renew_delay(self) -> float | None:
-        if self.lease is None or self.lease.expires is None or not self._granted_ttl:
+        lease, ttl = self.state.lease, self.state.granted_ttl
+        if lease is None or lease.expires is None or not ttl:
             return None
-        margin = min(self.renew_margin, self._granted_ttl / 2)
-        return max(0.0, self.lease.expires - margin - self.clock())
+        margin = min(self.renew_margin, ttl / 2)
+        return max(0.0, lease.expires - margin - self.clock())
 
     async def _renew_loop(self) -> None:
-        backoff = self._store_backoff()
+        state, link = self.state, self.link
+        backoff = link.store_backoff()
         while True:
             delay = self._renew_delay()
             if delay is None or delay > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):   # None: until rewoken
-                        await self._rewake.wait()
-                if self._rewake.is_set():
-                    self._rewake.clear()
+                        await state.changed.wait()
+                if state.changed.is_set():
+                    state.changed.clear()
                     continue  # the lease changed: recompute the deadline
-            generation, lease_id = self._generation, self._lease_id
+            generation, lease_id = state.generation, state.lease_id
             try:
-                ttl = await self._bounded(self.store.refresh(lease_id))
+                ttl = await link.bounded(self.store.refresh(lease_id))
             except LeaseStoreError as e:
-                self._set_disconnected(e)
+                link.set_disconnected(e)
                 delay = backoff.next()
-                self._warn_down("renewing subnet lease failed (%s); retrying in %.1fs", e, delay)
+                link.warn_down("renewing subnet lease failed (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
-            self._set_connected()
-            if lease_id != self._lease_id:
+            link.set_connected()
+            if lease_id != state.lease_id:
                 continue  # restored or adopted meanwhile: renew the new one
             if ttl is None:
                 await self._lost("its etcd lease expired or was revoked", generation)
-            elif generation == self._generation and self.lease is not None:
-                self._granted_ttl = ttl
-                self.lease = replace(self.lease, expires=self.clock() + ttl)
-                log.debug("renewed subnet lease %s for %ss", self.lease.subnet, ttl)
+            elif generation == state.generation and state.lease is not None:
+                state.granted_ttl = ttl
+                state.extend(ttl, self.clock())
+                log.debug("renewed subnet lease %s for %ss", state.lease.subnet, ttl)
 
     async def _watch_loop(self) -> None:
         prefix = subnets_prefix(self.prefix)
-        backoff = self._store_backoff()
+        link = self.link
+        backoff = link.store_backoff()
         while True:
             try:
-                listing = await self._bounded(self.store.list_prefix(prefix, with_ttl=False))
-                self._set_connected()
+                listing = await link.bounded(self.store.list_prefix(prefix, with_ttl=False))
+                link.set_connected()
                 backoff.reset()
                 await self._absorb_listing(listing.kvs, listing.revision)
                 batches = self.store.watch_prefix(prefix, listing.revision + 1, with_ttl=False)
                 async with contextlib.aclosing(batches):
                     async for batch in batches:
-                        self._set_connected()
+                        link.set_connected()
                         await self._absorb_events(batch)
                 raise StoreDisconnected("lease watch ended")
             except StoreCompacted as e:
@@ -200,48 +257,50 @@ class ClusterMembership(LeaseGuard):
             except LeaseLostError:
                 raise
             except LeaseStoreError as e:
-                self._set_disconnected(e)
+                link.set_disconnected(e)
                 delay = backoff.next()
-                self._warn_down("lease watch failed (%s); keeping %d known peers, retrying in "
-                                "%.1fs", e, len(self.feed.view.peers), delay)
+                link.warn_down("lease watch failed (%s); keeping %d known peers, retrying in "
+                               "%.1fs", e, len(self.feed.view.peers), delay)
                 await asyncio.sleep(delay)
 
     async def _absorb_listing(self, kvs: tuple[KeyValue, ...], revision: int) -> None:
-        own = next((kv for kv in kvs if kv.key == self._own_key), None)
-        self.feed.absorb_listing((kv for kv in kvs if kv.key != self._own_key), revision)
-        if revision >= self._own_revision:
-            await self._check_own(own, "our lease key is missing from the store")
+        own_key = self.state.own_key
+        own = next((kv for kv in kvs if kv.key == own_key), None)
+        self.feed.absorb_listing((kv for kv in kvs if kv.key != own_key), revision)
+        if revision >= self.state.own_revision:
+            await self.guard.check_own(own, "our lease key is missing from the store")
         await self.feed.publish()
 
     async def _absorb_events(self, batch: list[StoreEvent]) -> None:
-        """In order; our own key's events go to _check_own (which may move
+        """In order; our own key's events go to the Guard (which may move
         our key: later events of the old key are then another node's)."""
         chunk: list[StoreEvent] = []
         for event in batch:
-            if event.kv.key != self._own_key:
+            if event.kv.key != self.state.own_key:
                 chunk.append(event)
                 continue
             if chunk:
                 self.feed.absorb_events(chunk)
                 chunk = []
-            if event.revision > self._own_revision:
-                await self._check_own(None if event.kind == DELETE else event.kv,
-                                      "our lease key was deleted")
+            if event.revision > self.state.own_revision:
+                await self.guard.check_own(None if event.kind == DELETE else event.kv,
+                                           "our lease key was deleted")
         if chunk:
             self.feed.absorb_events(chunk)
         self.feed.schedule()
 
     async def _lost(self, reason: str, generation: int) -> None:
+        """Our key is gone (seen at `generation`): re-acquire it or stop."""
         async with self._lost_lock:
-            if generation != self._generation or self.lease is None:
+            old = self.state.lease
+            if generation != self.state.generation or old is None:
                 return  # already replaced by the other loop
-            old = self.lease
             if self.on_lost == "exit":
                 raise LeaseLostError(f"subnet lease {old.subnet} lost: {reason} (on_lost=exit)")
             log.error("subnet lease %s lost (%s); re-acquiring it", old.subnet, reason)
             try:
-                lease = await self._acquire_loop(old.subnet,
-                                                 allow_other=self._on_lease_changed is not None)
+                lease = await self._acquire(old.subnet,
+                                            allow_other=self._on_lease_changed is not None)
             except LeaseLostError:
                 raise
             except (LeaseStoreError, ConfigError) as e:
@@ -254,48 +313,47 @@ class ClusterMembership(LeaseGuard):
         await self.feed.publish()
 
     # -- store health, for metrics (ops/metrics.py) --------------------------
-    def _set_connected(self) -> None:
-        super()._set_connected()
-        self._last_contact = self.clock()
-
     def _wall(self, at: float | None) -> float | None:
         """A clock() reading as unix time (metrics speak wall time)."""
         return None if at is None else time.time() - (self.clock() - at)
 
     @property
     def store_connected(self) -> bool:
-        return self._store_state == "connected"
+        return self.link.connected
 
     @property
     def last_contact(self) -> float | None:
         """Unix time of the last successful store call or watch event."""
-        return self._wall(self._last_contact)
+        return self._wall(self.link.last_contact)
 
     @property
     def lease_expiry(self) -> float | None:
         """Unix time our subnet lease expires unless renewed (None: no lease)."""
-        return None if self.lease is None else self._wall(self.lease.expires)
+        lease = self.state.lease
+        return None if lease is None else self._wall(lease.expires)
 
     # -- peers and status ---------------------------------------------------
     def _publish_context(self) -> Context:
         assert self.config is not None
+        lease = self.state.lease
         return (self.config, self._backend(), self.public_ip,
-                self.lease.subnet if self.lease else None)
+                lease.subnet if lease else None)
 
     def status(self) -> dict:
         """JSON-serialisable snapshot for `udpoverlay status`."""
         now = self.clock()
         lease = None
-        if self.lease is not None:
-            expires = self.lease.expires
-            lease = {"subnet": str(self.lease.subnet), "public_ip": str(self.lease.public_ip),
+        own = self.state.lease
+        if own is not None:
+            expires = own.expires
+            lease = {"subnet": str(own.subnet), "public_ip": str(own.public_ip),
                      "backend_type": self._backend() if self.config else None,
                      "expires_in": None if expires is None else round(expires - now, 1),
-                     "etcd_lease": f"{self._lease_id:x}"}
+                     "etcd_lease": f"{self.state.lease_id:x}"}
         return {
             "lease": lease,
             "network": str(self.config.network) if self.config else None,
-            "store": self._store_state,
+            "store": self.link.state,
             **self.feed.status(now),
         }
 
@@ -313,4 +371,3 @@ async def _cancel_all(tasks: list[asyncio.Task], rounds: int = 50) -> None:
     for t in tasks:
         if t.done() and not t.cancelled():
             t.exception()       # retrieved: no "exception was never retrieved" noise
-

@@ -284,7 +284,7 @@ def test_store_outage_quiet_logs_and_reconnect_within_two_seconds(etcd_server, c
     async def main():
         async with Cluster(etcd_server) as c:
             await c.write_config()
-            a = c.member(1, retry_max=2.0)                # what node.py passes
+            a = c.member(1, retry_max=2.0)                # what mode.py passes
             rec = await c.start(a)
             b = await c.member(2).acquire()
             await peers_become(rec, [b.subnet], 5)

@@ -52,7 +52,7 @@ def test_wheel_installs_without_compiler_and_runs_the_compiled_path(tmp_path):
     py = str(venv / "bin/python")
     check = subprocess.run(
         [py, "-c", "import importlib.util as u, udpoverlay, udpoverlay.ops, udpoverlay.static, "
-                   "udpoverlay.cluster.node; print(u.find_spec('Cython'), udpoverlay.__file__)"],
+                   "udpoverlay.cluster.mode; print(u.find_spec('Cython'), udpoverlay.__file__)"],
         env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert check.returncode == 0, check.stderr
     spec, where = check.stdout.split()

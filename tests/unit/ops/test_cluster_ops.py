@@ -14,7 +14,7 @@ import time
 from tests.support.asyncutil import FakeClock, run
 from tests.support.memstore import MemoryStore
 from udpoverlay.cluster.membership import ClusterMembership
-from udpoverlay.cluster.node import peer_events
+from udpoverlay.cluster.mode import peer_events
 from udpoverlay.peer import Peer
 
 CONFIG = b'{"Network": "198.19.0.0/16", "Backend": {"Type": "udp"}}'

@@ -1,4 +1,5 @@
-"""Cluster mode: the daemon with its subnet and peers from etcd (flannel's layout).
+"""Cluster mode's runner: the daemon with its subnet and peers from etcd
+(flannel's layout). The same role and shape as static/mode.py: run(opts).
 
 Start sequence (one event loop, uvloop when available):
   choose the underlay interface -> store + membership -> load_config (waits
@@ -8,9 +9,12 @@ Start sequence (one event loop, uvloop when available):
   etcd yet, so every check has run) -> acquire our lease -> Daemon.setup()
   with Options.for_lease (subnet, network from the lease), in a worker thread
   (pyroute2's sync netlink must not run inside the running loop) -> subnet.env ->
-  membership.run(dataplane.set_peers) as a task next to Daemon.serve().
-Shutdown: serve() returns on SIGINT/SIGTERM; the membership task is
-cancelled and the store closed. While etcd is down the membership keeps the
+  membership.run(daemon.apply_peers) registered as one of the daemon's
+  `services` (run while it serves), the membership's status registered
+  as the "cluster" section of the status document (`status_sections`),
+  as static mode registers its peers' service and "static" section.
+Shutdown: serve() returns on SIGINT/SIGTERM and cancels the membership
+service; the store is closed. While etcd is down the membership keeps the
 last applied peers, so traffic keeps flowing.
 
 Operations (udpoverlay/ops): the /healthz, /readyz, /metrics endpoint runs
@@ -42,23 +46,11 @@ from udpoverlay.lifecycle import Lifecycle
 from udpoverlay.ops import Ops
 from udpoverlay.peer import derive_vtep_mac, format_mac
 
-__all__ = ["ClusterDaemon", "run"]
+__all__ = ["run", "with_network_config", "peer_events"]
 
 log = logging.getLogger(__name__)
 
 EVENT_LINES = 50     # per peer-list change: one line each, then a count
-
-
-class ClusterDaemon(Daemon):
-    """The daemon plus its cluster membership (shown under "cluster" in status)."""
-
-    membership: ClusterMembership | None = None
-
-    def status(self) -> dict:
-        doc = super().status()
-        if self.membership is not None:
-            doc["cluster"] = self.membership.status()
-        return doc
 
 
 def with_network_config(opts: Options, config: NetworkConfig) -> Options:
@@ -99,8 +91,7 @@ async def _main(opts: Options) -> int:
     store = EtcdStore(list(opts.endpoints), ca_file=opts.ca_file,   # checks only, no I/O
                       cert_file=opts.cert_file, key_file=opts.key_file,
                       username=opts.etcd_username, password=opts.etcd_password)
-    daemon: ClusterDaemon | None = None
-    task: asyncio.Task | None = None
+    daemon: Daemon | None = None
     lifecycle = Lifecycle()
     ops = Ops(opts, lifecycle)
     await ops.start()       # /healthz answers, /readyz says why not, from here on
@@ -124,9 +115,9 @@ async def _main(opts: Options) -> int:
         # Bind the port, create the TUN and take the MTU before anything is
         # written to etcd: a second instance on this host fails here, never
         # having touched the first one's lease.
-        daemon = ClusterDaemon(opts, lifecycle)
-        daemon.membership = membership
+        daemon = Daemon(opts, lifecycle)
         ops.attach(daemon)
+        daemon.status_sections["cluster"] = membership.status   # after "ops", as before
         await asyncio.to_thread(daemon.open_host)
         lifecycle.waiting("a subnet lease from etcd")
         lease = await membership.acquire()
@@ -163,13 +154,10 @@ async def _main(opts: Options) -> int:
                 failure.append(exc)
                 running.stop()
 
-        task = asyncio.create_task(follow(), name="udpoverlay-cluster")
+        daemon.services.append(follow)
         code = await daemon.serve()
         return 1 if failure else code
     finally:
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         try:
             await asyncio.wait_for(store.close(), 5)
         except Exception:  # noqa: BLE001 - shutting down anyway
