@@ -43,7 +43,7 @@ from udpoverlay.errors import ConfigError, NetworkConfigChanged
 from udpoverlay.eventloop import interrupt_on_sigterm, run_loop
 from udpoverlay.host.interfaces import interface_network
 from udpoverlay.lifecycle import Lifecycle
-from udpoverlay.ops import Ops
+from udpoverlay.ops.service import Ops
 from udpoverlay.peer import derive_vtep_mac, format_mac
 
 __all__ = ["run", "with_network_config", "peer_events"]

@@ -22,7 +22,7 @@ from udpoverlay.config.options import Options
 from udpoverlay.daemon import Daemon, prepare
 from udpoverlay.eventloop import interrupt_on_sigterm, run_loop
 from udpoverlay.lifecycle import Lifecycle
-from udpoverlay.ops import Ops
+from udpoverlay.ops.service import Ops
 from udpoverlay.static.peers import StaticPeers
 
 __all__ = ["run"]

@@ -148,7 +148,7 @@ def test_port_in_use_is_one_clear_error():
     from udpoverlay.config.options import build_config
     from udpoverlay.errors import TunSetupError
     from udpoverlay.lifecycle import Lifecycle
-    from udpoverlay.ops import Ops
+    from udpoverlay.ops.service import Ops
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -123,7 +123,7 @@ def test_ops_renders_off_the_loop_at_most_once_per_interval(monkeypatch):
     import asyncio
     import threading
 
-    import udpoverlay.ops as ops_mod
+    import udpoverlay.ops.service as ops_mod
     from tests.support.asyncutil import run
     from udpoverlay.config.options import build_config
 

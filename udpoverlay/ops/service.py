@@ -1,0 +1,137 @@
+"""The operations layer's one object (Ops): the /healthz, /readyz and
+/metrics endpoint, systemd's notification and SIGHUP's env-file re-read,
+wired to the Lifecycle and the Daemon.
+
+The mode runners use exactly this interface:
+    ops = Ops(opts, lifecycle); await ops.start()   # first thing on the loop
+    ops.attach(daemon)                              # once the Daemon exists
+    ops.attach_cluster(membership)                  # cluster mode, once it exists
+    await ops.close()                               # last thing
+
+Readiness is the Lifecycle's: /readyz answers 503 with what start-up waits
+for ("waiting for a subnet lease from etcd") until the daemon is ready,
+then 200; 503 "stopping" during shutdown. /healthz is 200 while the process
+serves HTTP at all (flanneld's meaning). Nothing here runs per packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from udpoverlay.config.options import Options
+from udpoverlay.errors import TunSetupError
+from udpoverlay.lifecycle import READY, STOPPING, Lifecycle
+from udpoverlay.ops import logs
+from udpoverlay.ops.http import TEXT, OpsServer, Response
+from udpoverlay.ops.metrics import OpsCollector, render_snapshot
+from udpoverlay.ops.reload import EnvReload
+from udpoverlay.ops.sdnotify import Notifier
+
+__all__ = ["Ops"]
+
+log = logging.getLogger(__name__)
+
+RENDER_INTERVAL = 1.0     # s: the youngest /metrics page is served again within this
+
+
+def _implementation() -> str:
+    from udpoverlay import dataplane
+    return dataplane.IMPLEMENTATION
+
+
+class Ops:
+    def __init__(self, opts: Options, lifecycle: Lifecycle, *,
+                 argv: list[str] | None = None) -> None:
+        from udpoverlay.eventloop import loop_name
+        self.opts = opts
+        self.lifecycle = lifecycle
+        self.daemon: Any = None
+        self.server: OpsServer | None = None
+        self.notifier = Notifier()
+        self.reloader = EnvReload(opts.env_file, argv)
+        self.collector = OpsCollector(lifecycle, _implementation, loop_name)
+        self._page: tuple[float, bytes] | None = None       # (monotonic time, body)
+        self._rendering: asyncio.Lock | None = None
+
+    @property
+    def port(self) -> int | None:
+        """The endpoint's bound port, or None when --healthz-port is 0."""
+        return self.server.port if self.server is not None else None
+
+    async def start(self) -> None:
+        """Bind the endpoint (an error here is the CLI's one-line error),
+        hook systemd's notification to the Lifecycle."""
+        self.reloader.baseline(self.opts)
+        if self.opts.healthz_port:
+            server = OpsServer(self.opts.healthz_ip, self.opts.healthz_port, {
+                "/healthz": self.healthz, "/readyz": self.readyz, "/metrics": self.metrics})
+            try:
+                await server.start()
+            except OSError as exc:
+                raise TunSetupError(f"cannot listen on {self.opts.healthz_ip}:"
+                                    f"{self.opts.healthz_port} (--healthz-port): "
+                                    f"{exc.strerror or exc}") from None
+            self.server = server
+            self.collector.rejected = lambda: server.rejected
+            log.info("health, readiness and metrics on http://%s:%d/", self.opts.healthz_ip,
+                     server.port)
+        if self.notifier.enabled:
+            self.lifecycle.subscribe(self.notifier.on_phase)
+
+    def attach(self, daemon: Any) -> None:
+        """The Daemon exists (its engine may not yet): metrics read it,
+        SIGHUP re-reads the env file."""
+        self.daemon = daemon
+        self.collector.daemon = daemon
+        daemon.reloaders.append(self.reloader.reload)
+        daemon.status_sections["ops"] = self.status
+
+    def status(self) -> dict:
+        """The "ops" section of `udpoverlay status --json`."""
+        server = self.server
+        return {"endpoint": None if server is None else
+                f"http://{self.opts.healthz_ip}:{server.port}/",
+                "http_answered": 0 if server is None else server.answered,
+                "http_rejected": 0 if server is None else server.rejected,
+                "systemd_notify": self.notifier.enabled, "env_file": self.opts.env_file,
+                "verbosity": logs.current.verbosity, "log_format": logs.current.fmt}
+
+    def attach_cluster(self, membership: Any) -> None:
+        """Cluster mode: store and lease metrics from the membership."""
+        self.collector.cluster = membership
+
+    async def close(self) -> None:
+        self.lifecycle.set_stopping()     # STOPPING=1 also when start-up is cut short
+        if self.server is not None:
+            await self.server.close()
+            self.server = None
+
+    # -- routes ------------------------------------------------------------
+    def healthz(self) -> Response:
+        return 200, TEXT, b"ok\n"
+
+    def readyz(self) -> Response:
+        phase = self.lifecycle.phase
+        if phase == READY:
+            return 200, TEXT, b"ok\n"
+        if phase == STOPPING:
+            return 503, TEXT, b"not ready: stopping\n"
+        return 503, TEXT, f"not ready: waiting for {self.lifecycle.waiting_for}\n".encode()
+
+    async def metrics(self) -> Response:
+        """A snapshot taken on the loop, rendered in a worker thread; a page
+        younger than RENDER_INTERVAL is served again, so a scrape flood
+        costs the loop at most one render per interval."""
+        if self._rendering is None:
+            self._rendering = asyncio.Lock()
+        async with self._rendering:
+            if self._page is None or time.monotonic() - self._page[0] >= RENDER_INTERVAL:
+                snap = self.collector.snapshot()
+                body = await asyncio.to_thread(render_snapshot, snap)
+                self._page = (time.monotonic(), body)
+            return 200, CONTENT_TYPE_LATEST, self._page[1]
