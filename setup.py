@@ -1,7 +1,7 @@
 """Build the compiled twin of the data plane (_fastpath/core.pyx, which
 includes the other _fastpath parts -> udpoverlay.dataplane._c).
 
-io_uring (issue 14): when liburing's static library and header are there
+io_uring: when liburing's static library and header are there
 (Debian: liburing-dev), it is linked in statically, so neither the wheel nor
 the host needs liburing at run time. Without it the extension still builds;
 its io_uring calls then report "built without liburing" and the data plane

@@ -375,9 +375,9 @@ cdef class Core:
         """How TUN reads are made, before any I/O: "io_uring" (a round's
         reads in one kernel entry; OSError if this kernel, its seccomp
         filter or this build cannot), "epoll" (one read() each) or "auto",
-        which is epoll: on kernel 6.18 a batched io_uring read measured
-        about 35 % dearer than read() (issue 14's closing note). The mode
-        in effect."""
+        which is epoll (a batched io_uring read was measured dearer than
+        read(); see the README's Performance section). The mode in
+        effect."""
         cdef int q
         if mode not in IO_MODES:
             raise ValueError(f"unknown I/O mode {mode!r}; known: {', '.join(IO_MODES)}")

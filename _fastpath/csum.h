@@ -1,4 +1,4 @@
-/* The RFC 1071 sum over long buffers (issue 14): the same loop as
+/* The RFC 1071 sum over long buffers: the same loop as
  * checksum.pxi's csum_add (32-bit words into a 64-bit accumulator, the
  * exact same 64-bit result), compiled at -O3 and, on x86-64 with gcc, also
  * for AVX2, picked at load time (target_clones): about 4x the bytes per

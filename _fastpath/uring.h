@@ -1,4 +1,4 @@
-/* io_uring for the compiled twin's TUN I/O (issue 14), on liburing (linked
+/* io_uring for the compiled twin's TUN I/O, on liburing (linked
  * statically by setup.py when liburing.a is there: UO_HAVE_LIBURING).
  *
  * One ring per direction, used by that direction only (a worker thread may

@@ -44,7 +44,7 @@ cdef enum:
     VXLAN_HDR = 22          # VXLAN header + inner Ethernet (RFC 7348): TUN read headroom
     ARP_LEN = 28
     ICMP_TTL = 64
-    IPV4_MIN = 20           # shorter from a known peer: a keepalive (issue 13)
+    IPV4_MIN = 20           # shorter from a known peer: a NAT keepalive
     PEER_SPEC_LEN = 18      # one packed peer record (wire.PEER_SPEC_FORMAT)
     REPLY_MAX = 96          # an ICMP error (20 + 8 + at most 60 + 8) or a VXLAN ARP (22 + 28)
 

@@ -3,7 +3,7 @@
 Test and benchmark scaffolding (it shells out to iproute2 through Lab.run);
 the daemon itself uses netlink.
 
-Design notes (what flannel's vxlan backend does, see shared/COMPAT.md):
+Design notes (what flannel's vxlan backend does):
 - One device `flannel.<VNI>`: `nolearning`, the given dstport (8472 is the
   kernel's default and flannel's), `local` = the node's public IP, `dev` = the
   underlay interface, MTU = underlay MTU - 50, a random locally administered

@@ -6,7 +6,7 @@ key carries our PublicIP or is free, else the lease carrying our PublicIP,
 else a random free subnet among the first 100 between SubnetMin and
 SubnetMax (allocate.pick_free). flannel tries "our PublicIP" first; we put
 the subnet file first because any writer can put our address into a second
-key (issue 11: a restarted host then moved to the forged subnet). The key is
+key (a restarted host would then move to the forged subnet). The key is
 created in a transaction guarded by version(key) == 0 with a TTL lease, so
 two hosts racing for one subnet cannot both win (the loser lists again and
 retries, up to RACE_RETRIES times).

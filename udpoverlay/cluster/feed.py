@@ -8,7 +8,7 @@ desired list only when it changed, retrying a failed apply later.
 Membership feeds it listings and events and owns our own key; the feed
 never touches the store.
 
-Why it scales (issue 11: one change used to cost ~80 ms at 5000 leases):
+Why it scales (one change must not cost a pass over thousands of leases):
 events only mark subnets dirty; publish() re-evaluates the dirty subnets
 alone and keeps the Peer objects of the others, so the cost of a change is
 O(changed) plus one list() of the peers for apply_peers. schedule()

@@ -9,7 +9,7 @@ restores or adopts our key in the OwnLease; when the key is lost it calls
 back the membership's `lost` (which re-acquires or stops). It owns only
 its "logged once" memory and the config watch.
 
-Why these rules (issue 11: any writer could take a node down by rewriting
+Why these rules (any writer could take a node down by rewriting
 its key, and a changed Network went unnoticed):
 - Our key rewritten in place (same creation revision, another value): we
   put our value back (guarded by the key's mod revision, on a fresh etcd

@@ -77,7 +77,7 @@ MAX_QUEUES = 16     # TUN queues, each with its worker pair (--queues)
 VXLAN_HDR = 8 + 14  # VXLAN header + inner Ethernet header (RFC 7348)
 ARP_LEN = 28        # ARP for IPv4 over Ethernet
 ICMP_TTL = 64
-IPV4_MIN = 20       # shorter from a known peer: a keepalive (issue 13)
+IPV4_MIN = 20       # shorter from a known peer: a NAT keepalive
 ICMP_ERRORS = (3, 4, 5, 11, 12)   # never answer these with another error (RFC 1812)
 
 # -- virtio_net_hdr (IFF_VNET_HDR): 10 bytes, host byte order ------------------------

@@ -2,7 +2,7 @@
 
 pyroute2's sync IPRoute must run before the event loop starts or through
 asyncio.to_thread: inside a running loop it fails, and a uvloop event-loop
-policy breaks it entirely (see DEPENDENCIES.md).
+policy breaks it entirely (pyroute2 0.9 under uvloop 0.23).
 """
 
 from __future__ import annotations

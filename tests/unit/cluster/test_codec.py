@@ -25,7 +25,7 @@ from udpoverlay.errors import LeaseDecodeError
 N = ipaddress.IPv4Network
 A = ipaddress.IPv4Address
 PREFIX = "/coreos.com/network"
-# Exactly what flannel v0.28 writes (COMPAT.md), re-addressed into 198.18.0.0/15.
+# Exactly what flannel v0.28 writes, re-addressed into 198.18.0.0/15.
 FLANNEL_VXLAN = ('{"PublicIP":"198.18.0.3","PublicIPv6":null,"BackendType":"vxlan",'
                  '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}')
 # json.Marshal(LeaseAttrs{PublicIP: ...}) from flannel's udp backend: PublicIPv6 is a nil
