@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from udpoverlay.errors import UdpOverlayError
 from udpoverlay.wireguard import messages as m
 from udpoverlay.wireguard.keys import NO_PSK, PrivateKey
-from udpoverlay.wireguard.primitives import aead_open, aead_seal, hash_, kdf1, kdf2, kdf3
+from udpoverlay.wireguard.primitives import MAC_SIZE, aead_open, aead_seal, hash_, kdf1, kdf2, kdf3
 
 __all__ = ["CONSTRUCTION", "IDENTIFIER", "HandshakeError", "Identity", "InitiatorState",
            "ConsumedInitiation", "TransportKeys", "tai64n", "create_initiation",
@@ -130,12 +130,15 @@ class TransportKeys:
 
 def create_initiation(identity: Identity, remote_static: bytes, static_static: bytes,
                       local_index: int, timestamp: bytes,
-                      ephemeral: X25519PrivateKey | None = None) -> tuple[bytearray, InitiatorState]:
+                      ephemeral: X25519PrivateKey | None = None,
+                      prologue_hash: bytes = HASH_0) -> tuple[bytearray, InitiatorState]:
     """The 148-byte initiation with zero MACs, and the state to keep.
-    static_static is DH(our static, their static), computed once per peer."""
+    static_static is DH(our static, their static), computed once per peer.
+    (prologue_hash and a payload other than a 12-byte timestamp exist only
+    for the generic Noise test vectors.)"""
     e = ephemeral or X25519PrivateKey.generate()
     e_pub = _public(e)
-    h = hash_to(remote_static)
+    h = hash_(prologue_hash, remote_static)
     c = kdf1(CHAINING_KEY_0, e_pub)
     h = hash_(h, e_pub)
     c, k = kdf2(c, _dh(e, remote_static))
@@ -144,23 +147,20 @@ def create_initiation(identity: Identity, remote_static: bytes, static_static: b
     c, k = kdf2(c, static_static)
     enc_time = aead_seal(k, 0, timestamp, h)
     h = hash_(h, enc_time)
-    msg = bytearray(m.INITIATION_SIZE)
-    msg[0] = m.INITIATION
-    m.U32.pack_into(msg, m.INIT_SENDER, local_index)
-    msg[m.INIT_EPHEMERAL:m.INIT_STATIC] = e_pub
-    msg[m.INIT_STATIC:m.INIT_TIMESTAMP] = enc_static
-    msg[m.INIT_TIMESTAMP:m.INIT_MAC1] = enc_time
+    msg = bytearray(bytes([m.INITIATION, 0, 0, 0]) + m.U32.pack(local_index) + e_pub + enc_static
+                    + enc_time + bytes(2 * MAC_SIZE))
     return msg, InitiatorState(local_index, e, c, h)
 
 
-def consume_initiation(identity: Identity, msg: bytes, static_static_of) -> ConsumedInitiation:
+def consume_initiation(identity: Identity, msg: bytes, static_static_of,
+                       prologue_hash: bytes = HASH_0) -> ConsumedInitiation:
     """Decrypt an initiation sent to us (its MAC1 already checked).
     static_static_of(remote_public) gives DH(our static, theirs) for a
     configured peer, or None: then HandshakeError("unknown_peer")."""
     e_pub = bytes(msg[m.INIT_EPHEMERAL:m.INIT_STATIC])
     enc_static = bytes(msg[m.INIT_STATIC:m.INIT_TIMESTAMP])
-    enc_time = bytes(msg[m.INIT_TIMESTAMP:m.INIT_MAC1])
-    h = identity.hash_to_us
+    enc_time = bytes(msg[m.INIT_TIMESTAMP:len(msg) - 2 * MAC_SIZE])
+    h = identity.hash_to_us if prologue_hash == HASH_0 else hash_(prologue_hash, identity.public)
     c = kdf1(CHAINING_KEY_0, e_pub)
     h = hash_(h, e_pub)
     c, k = kdf2(c, _dh(identity.private, e_pub))
@@ -180,8 +180,10 @@ def consume_initiation(identity: Identity, msg: bytes, static_static_of) -> Cons
 
 
 def create_response(init: ConsumedInitiation, psk: bytes | None, local_index: int,
-                    ephemeral: X25519PrivateKey | None = None) -> tuple[bytearray, TransportKeys]:
-    """The 92-byte response (zero MACs) and the responder's transport keys."""
+                    ephemeral: X25519PrivateKey | None = None,
+                    payload: bytes = b"") -> tuple[bytearray, TransportKeys]:
+    """The 92-byte response (zero MACs) and the responder's transport keys.
+    (WireGuard's payload is empty; others exist for the Noise test vectors.)"""
     e = ephemeral or X25519PrivateKey.generate()
     e_pub = _public(e)
     c = kdf1(init.chaining_key, e_pub)
@@ -190,13 +192,9 @@ def create_response(init: ConsumedInitiation, psk: bytes | None, local_index: in
     c = kdf1(c, _dh(e, init.remote_static))
     c, tau, k = kdf3(c, psk or NO_PSK)
     h = hash_(h, tau)
-    enc_empty = aead_seal(k, 0, b"", h)
-    msg = bytearray(m.RESPONSE_SIZE)
-    msg[0] = m.RESPONSE
-    m.U32.pack_into(msg, m.RESP_SENDER, local_index)
-    m.U32.pack_into(msg, m.RESP_RECEIVER, init.sender_index)
-    msg[m.RESP_EPHEMERAL:m.RESP_EMPTY] = e_pub
-    msg[m.RESP_EMPTY:m.RESP_MAC1] = enc_empty
+    enc_empty = aead_seal(k, 0, payload, h)
+    msg = bytearray(bytes([m.RESPONSE, 0, 0, 0]) + m.U32.pack(local_index)
+                    + m.U32.pack(init.sender_index) + e_pub + enc_empty + bytes(2 * MAC_SIZE))
     recv, send = kdf2(c, b"")
     return msg, TransportKeys(send, recv, local_index, init.sender_index, False)
 
@@ -212,7 +210,7 @@ def consume_response(identity: Identity, state: InitiatorState, msg: bytes,
     c = kdf1(c, _dh(identity.private, e_pub))
     c, tau, k = kdf3(c, psk or NO_PSK)
     h = hash_(h, tau)
-    if aead_open(k, 0, bytes(msg[m.RESP_EMPTY:m.RESP_MAC1]), h) is None:
+    if aead_open(k, 0, bytes(msg[m.RESP_EMPTY:len(msg) - 2 * MAC_SIZE]), h) is None:
         raise HandshakeError("bad_auth", "response does not authenticate")
     send, recv = kdf2(c, b"")
     return TransportKeys(send, recv, state.local_index, m.u32(msg, m.RESP_SENDER), True)

@@ -27,6 +27,7 @@ import pytest
 from tests.support.requirements import require, require_root_tools
 from tests.support.wireguard import icmp_echo, parse_icmp_echo
 from udpoverlay.wireguard import Engine, PresharedKey, generate
+from udpoverlay.wireguard.constants import REKEY_AFTER_TIME
 
 WG_IP, US_IP = "198.18.0.1", "198.18.0.2"
 PORT = 51820
@@ -82,7 +83,11 @@ class Driver:
 
     def __init__(self, engine: Engine, sock: socket.socket) -> None:
         self.engine, self.sock = engine, sock
-        self.events: list = []  # (monotonic time, Received)
+        self.events: list = []  # (engine time, Received)
+        self.offset = 0.0  # added to the engine's clock: lets a test jump ahead in time
+
+    def now(self) -> float:
+        return time.monotonic() + self.offset
 
     def send(self, datagrams) -> None:
         for data, addr in datagrams:
@@ -100,20 +105,20 @@ class Driver:
             wait = min(deadline - now, 0.05)
             due = self.engine.next_deadline()
             if due is not None:
-                wait = max(0.0, min(wait, due - now))
+                wait = max(0.0, min(wait, due - self.now()))
             readable, _, _ = select.select([self.sock], [], [], wait)
             for _ in range(64 if readable else 0):
                 try:
                     data, addr = self.sock.recvfrom(65535)
                 except BlockingIOError:
                     break
-                r = self.engine.receive(data, addr, time.monotonic())
-                self.events.append((time.monotonic(), r))
+                r = self.engine.receive(data, addr, self.now())
+                self.events.append((self.now(), r))
                 self.send(r.datagrams)
                 if r.packet is not None and on_packet is not None:
                     for reply in on_packet(r.packet):
-                        self.send(self.engine.send(r.peer, reply, time.monotonic()))
-            self.send(self.engine.tick(time.monotonic()).datagrams)
+                        self.send(self.engine.send(r.peer, reply, self.now()))
+            self.send(self.engine.tick(self.now()).datagrams)
         return until()
 
     def verdicts(self) -> list[str]:
@@ -204,9 +209,11 @@ def wg(lab, tmp_path, request):
         node.close()
 
 
-def _our_side(wg: WgNode, psk: PresharedKey | None = None, keepalive: int = 0):
+def _our_side(wg: WgNode, psk: PresharedKey | None = None, keepalive: int = 0,
+              under_load: bool = False):
     """Our engine with wireguard-go as its one peer, wg told about us."""
     engine = Engine(generate())
+    engine.under_load = under_load
     peer = engine.add_peer(wg.key.public, endpoint=(WG_IP, PORT), allowed_ips=[WG_NET],
                            preshared_key=psk, now=time.monotonic())
     sock = udp_socket_in(wg.us_ns, (US_IP, PORT))  # first: wg may send at once
@@ -299,3 +306,40 @@ def test_a_strangers_initiation_gets_no_answer(wg):
         assert wg.latest_handshake(engine.public_key.to_base64()) == 0
     finally:
         sock.close()
+
+
+def test_we_rekey_with_wireguard_go_without_losing_a_packet(wg):
+    """Our clock jumps past REKEY_AFTER_TIME mid-stream: we start a new
+    handshake while echo traffic flows; every request gets its reply."""
+    engine, peer, driver = _our_side(wg)
+    try:
+        ident, count = 0x5151, 40
+        first_index = None
+        for seq in range(1, count + 1):
+            if seq == count // 2:
+                first_index = peer.keypairs.current.local_index
+                driver.offset += REKEY_AFTER_TIME + 1
+            driver.send(engine.send(peer, icmp_echo(US_OVERLAY_IP, WG_TUN_IP, ident, seq), driver.now()))
+            driver.pump(lambda: False, timeout=0.02)
+        assert driver.pump(lambda: len(_echo_replies(driver, ident)) == count, timeout=5), (
+            driver.verdicts(), dict(engine.counters))
+        assert sorted(r["seq"] for r in _echo_replies(driver, ident)) == list(range(1, count + 1))
+        assert engine.counters["tx_initiation"] == 2 and engine.counters["response"] == 2
+        assert peer.keypairs.current.local_index != first_index
+        assert not {"bad_auth", "replay", "unknown_index"} & set(engine.counters)
+    finally:
+        driver.sock.close()
+
+
+def test_wireguard_go_understands_our_cookie_reply(wg):
+    """Under load we answer its initiation with a cookie; its retry (after
+    REKEY_TIMEOUT) carries a MAC2 we accept, and the session comes up."""
+    engine, peer, driver = _our_side(wg, keepalive=1, under_load=True)
+    try:
+        assert driver.pump(lambda: "keepalive" in driver.verdicts(), timeout=9), driver.verdicts()
+        verdicts = driver.verdicts()
+        assert verdicts[0] == "cookie_sent" and "initiation" in verdicts
+        assert verdicts.index("initiation") > verdicts.index("cookie_sent")
+        assert engine.counters["tx_cookie_reply"] >= 1 and engine.counters["tx_response"] == 1
+    finally:
+        driver.sock.close()
