@@ -59,7 +59,7 @@ from udpoverlay.wireguard.noise import (
 from udpoverlay.wireguard.peer import Endpoint, Peer
 from udpoverlay.wireguard.session import Keypair
 
-__all__ = ["Engine", "Received", "Tick", "Datagram", "RECEIVE_VERDICTS", "PeerConfigError"]
+__all__ = ["Engine", "Received", "Tick", "Datagram", "RECEIVE_VERDICTS", "EVENT_COUNTERS", "PeerConfigError"]
 
 Datagram = tuple[bytes, Endpoint]
 
@@ -83,6 +83,23 @@ RECEIVE_VERDICTS = {
     "replay": "a data counter seen before, too old for the window, or past the limit",
     "malformed_inner": "decrypted data that is not a whole IPv4/IPv6 packet",
     "wrong_inner_source": "decrypted data whose inner source is outside the peer's allowed IPs",
+}
+
+# The engine's other counters (what it sent, and what happened to queues
+# and handshakes), one line each.
+EVENT_COUNTERS = {
+    "tx_data": "an IP packet sent encrypted",
+    "tx_keepalive": "an empty data packet sent (keepalive, or session confirmation)",
+    "tx_initiation": "a handshake initiation sent (first tries and retries)",
+    "tx_initiation_retry": "of those, retries after REKEY_TIMEOUT without a response",
+    "tx_response": "a handshake response sent",
+    "tx_cookie_reply": "a cookie reply sent (under load)",
+    "persistent_keepalive": "the persistent-keepalive timer fired",
+    "queue_full": "a waiting packet dropped because the peer's queue was full (oldest first)",
+    "queue_dropped": "waiting packets dropped when a handshake gave up",
+    "handshake_timeout": "a handshake given up after REKEY_ATTEMPT_TIME",
+    "no_endpoint": "a packet or handshake for a peer whose endpoint is not known yet",
+    "keys_zeroed": "a peer's keys erased after 3 x REJECT_AFTER_TIME without a handshake",
 }
 
 

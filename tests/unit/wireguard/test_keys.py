@@ -12,6 +12,7 @@ import subprocess
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from tests.support.requirements import require
 from udpoverlay.errors import ConfigError
 from udpoverlay.wireguard import keys
 from udpoverlay.wireguard.keys import (
@@ -37,8 +38,8 @@ def test_generate_is_clamped_and_matches_pyca():
     assert parse_public_key(public_of(key).to_base64()) == public_of(key)
 
 
-@pytest.mark.skipif(shutil.which("wg") is None, reason="wg (wireguard-tools) not installed")
 def test_public_key_agrees_with_wg_pubkey():
+    require(shutil.which("wg") is not None, "needs wg (Debian package wireguard-tools)")
     key = generate()
     out = subprocess.run(["wg", "pubkey"], input=key.secret_base64() + "\n", capture_output=True,
                          text=True, timeout=10, check=True).stdout.strip()
@@ -143,8 +144,8 @@ def test_owner_only_modes_accepted(tmp_path, mode):
     assert load_private_key(str(path), owner_uid=os.geteuid()) == key
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
 def test_not_owned_by_root_refused(tmp_path):
+    require(os.geteuid() == 0, "needs root (chown)")
     path = tmp_path / "wgkey"
     key = generate()
     _write(path, key.secret_base64())
