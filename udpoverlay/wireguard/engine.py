@@ -79,6 +79,7 @@ RECEIVE_VERDICTS = {
     "stale_initiation": "an initiation whose timestamp is not newer than the greatest seen",
     "handshake_flood": "a peer's initiations faster than 50 per second",
     "unknown_index": "a response, cookie reply or data for an index we do not have",
+    "stale_response": "a response to an initiation older than its retry time (tick() ran late)",
     "expired_session": "data on a keypair older than REJECT_AFTER_TIME",
     "replay": "a data counter seen before, too old for the window, or past the limit",
     "malformed_inner": "decrypted data that is not a whole IPv4/IPv6 packet",
@@ -322,9 +323,9 @@ class Engine:
                 out += self._send_initiation(peer, now)
         if peer.keepalive_at is not None and now >= peer.keepalive_at:
             peer.keepalive_at = None
+            again, peer.another_keepalive = peer.another_keepalive, False
             out += self._keepalive(peer, now)
-            if peer.another_keepalive:  # data kept coming after the first was due
-                peer.another_keepalive = False
+            if again:  # data kept coming after this one was due: one more later
                 peer.keepalive_at = now + KEEPALIVE_TIMEOUT
         if peer.new_handshake_at is not None and now >= peer.new_handshake_at:
             # We sent data and heard nothing back: the session may be dead.
@@ -415,6 +416,11 @@ class Engine:
         peer = self._index.get(receiver)
         if peer is None or peer.handshake is None or peer.handshake.local_index != receiver:
             return Received("unknown_index")
+        if (peer.last_initiation_sent is None
+                or now - peer.last_initiation_sent > REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX):
+            # Our retry would have replaced this initiation had tick() run on
+            # time; the responder's keypair is as old as it: do not use it.
+            return Received("stale_response", peer)
         try:
             keys = consume_response(self.identity, peer.handshake, data, peer.psk)
         except HandshakeError as exc:
@@ -463,6 +469,7 @@ class Engine:
         # Authenticated from here on.
         peer.endpoint = addr
         peer.rx_bytes += len(data)
+        peer.received_authenticated(now)  # before sending: what we send now still awaits an answer
         out: list[Datagram] = []
         if kp is peer.keypairs.next:
             self._forget(peer.keypairs.confirm(kp))
@@ -473,7 +480,6 @@ class Engine:
                 and now - current.created >= REKEY_ON_RECEIVE_AGE):
             peer.rekey_on_receive_sent = True
             out += self._begin_handshake(peer, now)
-        peer.received_authenticated(now)
         if not plaintext:
             return Received("keepalive", peer, datagrams=out)
         peer.received_data(now)

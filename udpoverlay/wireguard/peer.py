@@ -97,7 +97,6 @@ class Peer:
 
     def sent_authenticated(self, now: float) -> None:
         self.keepalive_at = None
-        self.another_keepalive = False
         self._rearm_persistent(now)
 
     def received_authenticated(self, now: float) -> None:

@@ -233,6 +233,16 @@ def test_initiation_flood_is_dropped():
     assert p.b.receive(second[0][0], A_ADDR, p.clock.now + 0.1).verdict == "initiation"
 
 
+def test_a_response_older_than_the_retry_time_is_not_used():
+    """tick() ran late: the responder's keypair is as old as our initiation."""
+    p = make_pair()
+    init = p.a.send(p.a_peer_b, a_to_b(1), p.clock.now)
+    resp = p.b.receive(init[0][0], A_ADDR, p.clock.now).datagrams
+    p.clock.advance(REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX + 0.01)
+    r = p.a.receive(resp[0][0], B_ADDR, p.clock.now)
+    assert r.verdict == "stale_response" and r.datagrams == [] and p.a_peer_b.keypairs.all() == []
+
+
 def test_replayed_data_is_dropped():
     p = established()
     out = p.a.send(p.a_peer_b, a_to_b(1), p.clock.now)
@@ -381,6 +391,18 @@ def test_keepalive_after_receiving_data_when_we_stay_quiet():
     p.clock.advance(KEEPALIVE_TIMEOUT)
     assert p.a.receive(out[0][0], B_ADDR, p.clock.now).verdict == "keepalive"
     assert p.a_peer_b.keepalive_at is None  # a keepalive is not data: no keepalive back
+
+
+def test_data_while_a_keepalive_is_due_earns_a_second_one():
+    p = established()
+    t0 = p.clock.now
+    p.clock.advance(5)
+    p.deliver(p.a.send(p.a_peer_b, a_to_b(1), p.clock.now), "b")
+    assert p.b_peer_a.keepalive_at == pytest.approx(t0 + KEEPALIVE_TIMEOUT)  # not pushed back
+    assert [len(d) for d, _ in p.b.tick(t0 + KEEPALIVE_TIMEOUT).datagrams] == [32]
+    assert p.b.tick(t0 + 2 * KEEPALIVE_TIMEOUT - 0.01).datagrams == []
+    assert [len(d) for d, _ in p.b.tick(t0 + 2 * KEEPALIVE_TIMEOUT).datagrams] == [32]
+    assert p.b_peer_a.keepalive_at is None
 
 
 def test_no_keepalive_when_we_answered_with_data():
