@@ -253,6 +253,23 @@ def test_we_initiate_and_get_the_echo_reply(wg, with_psk):
         driver.sock.close()
 
 
+def test_a_preshared_key_mismatch_fails_the_handshake(wg):
+    """wireguard-go answers (the PSK only enters the response), and we
+    refuse the response: no session, nothing decrypted."""
+    engine = Engine(generate())
+    peer = engine.add_peer(wg.key.public, endpoint=(WG_IP, PORT), allowed_ips=[WG_NET],
+                           preshared_key=PresharedKey(os.urandom(32)))
+    sock = udp_socket_in(wg.us_ns, (US_IP, PORT))
+    wg.add_peer(engine.public_key.to_base64(), psk=PresharedKey(os.urandom(32)))
+    driver = Driver(engine, sock)
+    try:
+        driver.send(engine.send(peer, icmp_echo(US_OVERLAY_IP, WG_TUN_IP, 3, 1), driver.now()))
+        assert driver.pump(lambda: "bad_auth" in driver.verdicts(), timeout=3), driver.verdicts()
+        assert peer.keypairs.all() == [] and driver.packets() == []
+    finally:
+        sock.close()
+
+
 def test_wireguard_go_initiates_and_ping_gets_answers(wg):
     engine, peer, driver = _our_side(wg)
     try:
