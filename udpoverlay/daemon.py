@@ -46,7 +46,7 @@ from typing import Any, Callable, Coroutine
 from udpoverlay import __version__, dataplane
 from udpoverlay.config.options import Options
 from udpoverlay.control import ControlServer
-from udpoverlay.dataplane import wire
+from udpoverlay.dataplane import twins, wire
 from udpoverlay.errors import ConfigError, TunSetupError
 from udpoverlay.eventloop import loop_name
 from udpoverlay.host import interfaces, queues, sockets
@@ -89,6 +89,7 @@ class Daemon:
             raise ConfigError("the daemon needs a public IP")
         if opts.bind_ip is None:       # bind what we advertise (no NAT)
             opts = dataclasses.replace(opts, bind_ip=opts.public_ip)
+        twins.check_fast_path(opts.require_fast_path)
         self.opts = opts
         self.started = time.monotonic()
         self.mtu = 0
@@ -304,6 +305,7 @@ class Daemon:
         doc: dict = {
             "version": __version__,
             "implementation": self.engine.implementation if self.engine else "?",
+            "fast_path_error": dataplane.FALLBACK,
             "loop": loop_name(),
             "dataplane": self.runner.mode if self.runner is not None else None,
             "iface": o.tun,           # the TUN's name (key kept for compatibility)

@@ -70,6 +70,9 @@ def format_status(doc: dict) -> str:
     if doc.get("underlay_address_gone"):
         lines.insert(2, f"  underlay: address {doc.get('bind_ip')} is GONE from this host: "
                         f"restart needed")
+    if doc.get("fast_path_error"):
+        lines.insert(2, f"  fast path: the compiled twin did not load "
+                        f"({doc['fast_path_error']}): running the pure-Python reference")
     for p in doc.get("peers", []):
         lines += _peer_lines(p)
     if not doc.get("peers"):

@@ -74,6 +74,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "--strict-peers": ("true", True),
     "--keepalive": ("25", "25"),
     "--busy-poll-us": ("50", "50"),
+    "--require-fast-path": ("true", True),
 }
 ALIASES = {alias: row.name for row in FLAGS for alias in row.aliases}
 

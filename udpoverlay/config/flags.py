@@ -290,6 +290,9 @@ FLAGS: tuple[Flag, ...] = (
          help="TUN reads: epoll (one read() per packet, on the loop's epoll), io_uring (a "
               "round of reads per kernel entry; opt-in, an error at start if io_uring is "
               "blocked) or auto (default: epoll)"),
+    Flag("--require-fast-path", "require_fast_path", "process", kind="bool", default=False,
+         help="refuse to start (exit 2) unless the compiled fast path loaded; without it a "
+              "failed import runs the pure-Python reference with a WARNING naming the error"),
     Flag("--busy-poll-us", "busy_poll_us", "process", metavar="MICROSECONDS", default=0,
          check=_int("--busy-poll-us", 0, d.MAX_BUSY_POLL_US),
          help="after draining, keep polling the TUN and the socket this long before sleeping: "

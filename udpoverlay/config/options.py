@@ -79,6 +79,7 @@ class Options:
     env_file: str | None = None     # FLANNELD_* settings re-read on SIGHUP (--env-file)
     io_mode: str = DEFAULT_IO_MODE  # TUN I/O: auto | io_uring | epoll (--io)
     busy_poll_us: int = 0           # poll this long after a drain before sleeping; 0 = off
+    require_fast_path: bool = False  # the compiled twin or exit 2 (--require-fast-path)
     # static peers (laptops): a TOML peers file, name resolution, NAT keepalives
     peers_file: str | None = None
     resolve_interval: float = DEFAULT_RESOLVE_INTERVAL   # seconds

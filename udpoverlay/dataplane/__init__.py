@@ -7,6 +7,6 @@ from __future__ import annotations
 from udpoverlay.dataplane import arp
 from udpoverlay.dataplane.engine import Engine
 from udpoverlay.dataplane.runner import Runner
-from udpoverlay.dataplane.twins import DEFAULT, IMPLEMENTATION, twin
+from udpoverlay.dataplane.twins import DEFAULT, FALLBACK, IMPLEMENTATION, twin
 
-__all__ = ["DEFAULT", "IMPLEMENTATION", "twin", "Engine", "Runner", "arp"]
+__all__ = ["DEFAULT", "FALLBACK", "IMPLEMENTATION", "twin", "Engine", "Runner", "arp"]
