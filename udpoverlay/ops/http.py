@@ -14,7 +14,9 @@ reachable from the network, so its limits are explicit and tested:
   drops (issue 21: 0 of 14 probes answered). Whatever others hold, a
   client that sends its request at once is served. At most MAX_PROBATION
   connections are on probation; when full, the oldest one that has not
-  sent its whole head is closed (evicted) for the newcomer. "Has sent its
+  sent its whole head is closed (evicted) for the newcomer, else the
+  oldest one whose answer has taken longer than PROBATION_TIMEOUT (a
+  client that does not read cannot pin the places either). "Has sent its
   head" is noted as the bytes arrive (_HeadReader), not when the handler
   next runs, so a burst of newcomers cannot evict a probe whose request is
   already here. What is left: a flood of new connections, more than
@@ -25,7 +27,7 @@ reachable from the network, so its limits are explicit and tested:
 - a route that raises answers 500 with one line; the server never stops;
 - after an error answer (4xx) the rest of the request is read and dropped
   for up to LINGER seconds before closing, so the client reads the answer
-  instead of a reset.
+  instead of a reset;
 - a 200 answer of GZIP_MIN bytes or more is gzip-compressed when the
   request says `Accept-Encoding: gzip` (as prometheus_client's own server
   does); a large body is compressed in a worker thread, and the last one
@@ -42,6 +44,7 @@ import contextlib
 import gzip
 import inspect
 import logging
+import time
 from typing import Awaitable, Callable, Iterable, SupportsIndex, Union
 
 __all__ = ["OpsServer", "Response", "HEAD_LIMIT", "HEAD_TIMEOUT", "WRITE_TIMEOUT",
@@ -58,6 +61,7 @@ MAX_PER_CLIENT = 8
 MAX_PROBATION = 128          # over the caps, on probation at once
 PROBATION_TIMEOUT = 1.0      # s: a kubelet probe's own default timeout
 LINGER = 1.0
+BACKLOG = 1024               # a connect burst waits in the kernel, not SYN-dropped
 GZIP_MIN = 1024              # smaller answers are not worth compressing
 GZIP_LEVEL = 6
 _GZIP_INLINE = 65536         # larger bodies are compressed in a worker thread
@@ -90,13 +94,14 @@ class _HeadReader(asyncio.StreamReader):
 class _Conn:
     """One accepted connection's bookkeeping."""
 
-    __slots__ = ("client", "reader", "writer", "probation", "open")
+    __slots__ = ("client", "reader", "writer", "probation", "open", "since")
 
     def __init__(self, client: str, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, probation: bool) -> None:
         self.client, self.reader, self.writer = client, reader, writer
         self.probation = probation
         self.open = True
+        self.since = time.monotonic()
 
     @property
     def evictable(self) -> bool:
@@ -143,7 +148,7 @@ class OpsServer:
             return asyncio.StreamReaderProtocol(_HeadReader(limit=HEAD_LIMIT, loop=loop),
                                                 self._accept, loop=loop)
         self._server = await loop.create_server(protocol, self.host, self.requested_port,
-                                                reuse_address=True)
+                                                reuse_address=True, backlog=BACKLOG)
 
     async def close(self) -> None:
         if self._server is None:
@@ -166,8 +171,10 @@ class OpsServer:
     def _admit(self, client: str, reader: asyncio.StreamReader,
                writer: asyncio.StreamWriter) -> _Conn | None:
         """Within the caps: a regular connection. Over them: on probation,
-        evicting the oldest probationer that owes its head if there is no
-        room; None (reset) only when every probationer is being answered."""
+        evicting for it, when there is no room, the oldest probationer that
+        owes its head, else the oldest one older than the probation timeout
+        (its answer stalled: a client that does not read); None (reset)
+        only when every probationer is a younger one being answered."""
         if self._regular < self.max_connections and \
                 self._clients.get(client, 0) < self.max_per_client:
             self._clients[client] = self._clients.get(client, 0) + 1
@@ -176,6 +183,9 @@ class OpsServer:
         else:
             if len(self._probation) >= self.max_probation:
                 victim = next((c for c in self._probation if c.evictable), None)
+                if victim is None:
+                    old = time.monotonic() - self.probation_timeout
+                    victim = next((c for c in self._probation if c.since <= old), None)
                 if victim is None:
                     return None
                 self.evicted += 1

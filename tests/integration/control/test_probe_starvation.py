@@ -9,6 +9,7 @@ answered, for each attacker alone and for all of them at once."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -119,6 +120,13 @@ def _probes(ov, h1) -> list[str]:
     return json.loads(r.stdout)
 
 
+def _cpu(pid: int) -> float:
+    """utime + stime of a process, seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rejected(ov, h1) -> int:
     return ov.status(h1)["ops"]["http_rejected"]
 
@@ -143,6 +151,7 @@ def test_held_and_reopened_idle_connections_do_not_starve_probes(ov):
     report = []
     for title, attackers in scenarios:
         rejected = _rejected(ov, h1)
+        cpu, t0 = _cpu(d.proc.pid), time.monotonic()
         procs = [_attack(ov, host, name, target, specs, nobody)
                  for host, name, target, specs, nobody in attackers]
         try:
@@ -156,7 +165,8 @@ def test_held_and_reopened_idle_connections_do_not_starve_probes(ov):
             for proc, _ in procs:
                 ov.lab.stop(proc)
         stats = [json.loads(out.read_text().splitlines()[-1]) for _, out in procs]
-        report.append((title, answers, stats))
+        load = (_cpu(d.proc.pid) - cpu) / (time.monotonic() - t0)
+        report.append((title, answers, stats, load))
         assert answers == ["HTTP/1.1 200 OK"] * PROBES, (title, answers, stats)
         for s, (_, _, _, specs, _) in zip(stats, attackers):
             held = sum(int(x.split("=")[1]) for x in specs)
@@ -168,4 +178,4 @@ def test_held_and_reopened_idle_connections_do_not_starve_probes(ov):
         assert _rejected(ov, h1) > rejected, title
     assert d.proc.poll() is None
     print("\n".join(f"{t}: {a.count('HTTP/1.1 200 OK')}/{PROBES} probes answered; "
-                    f"attackers {s}" for t, a, s in report))
+                    f"daemon CPU {load:.2f} cores; attackers {s}" for t, a, s, load in report))

@@ -254,6 +254,44 @@ def test_idle_connections_reopened_at_once_do_not_starve_probes(loop):
     run(main(), timeout=30)
 
 
+def test_clients_that_do_not_read_cannot_pin_the_probation_places(loop):
+    """Every place taken by clients that asked for a large answer and never
+    read it: a probe evicts the oldest one stalled past the probation
+    timeout and is answered."""
+    async def main():
+        srv = _server(max_connections=1, max_per_client=1, max_probation=2,
+                      probation_timeout=0.3, write_timeout=5)
+        await srv.start()
+        lazy = []
+        try:
+            held = await _idle(srv.port)
+            for _ in range(2):
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", srv.port))
+                r, w = await asyncio.open_connection(sock=sock)
+                w.write(b"GET /big HTTP/1.1\r\n\r\n")
+                lazy.append((r, w))
+            await asyncio.sleep(0.1)
+            assert len(srv._probation) == 2
+            assert all(not c.evictable for c in srv._probation)    # heads are in
+            try:                       # both answers younger than 0.3 s: reset
+                early = await _probe(srv.port)
+            except ConnectionError:
+                early = b""
+            assert early == b"" and srv.evicted == 0
+            await asyncio.sleep(0.4)
+            assert (await _probe(srv.port)).endswith(b"ok\n")
+            assert srv.evicted == 1
+            held[1].close()
+        finally:
+            for _, w in lazy:
+                w.close()
+            await srv.close()
+    run(main())
+
+
 def test_gzip_when_asked(loop, monkeypatch):
     import gzip as gz
 
