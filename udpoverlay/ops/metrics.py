@@ -107,6 +107,8 @@ METRICS = {
                                                       "(unix time)"),
     "http_connections_rejected_total": ("counter", "connections to this endpoint closed "
                                                    "unanswered (no room, evicted or too slow)"),
+    "peers_unresolved": ("gauge", "vxlan: peers whose VTEP MAC is not known yet (ARP "
+                                  "unanswered): traffic to them drops as tx unresolved"),
     "peers_waiting": ("gauge", "static mode: configured peers not in the data plane (name "
                                "does not resolve, our own address, duplicate)"),
     "peer_name_lookup_failures_total": ("counter", "static mode: peer name lookups that "
@@ -162,6 +164,8 @@ class OpsCollector:
                               d.offload_status(),
                               engine.queue_counters() if engine.queues > 1 else [])
             snap["liveness"] = _liveness(d)
+            if getattr(engine, "backend", None) == "vxlan":
+                snap["unresolved"] = len(engine.unresolved())
         nodenet = getattr(d, "nodenet", None)
         if nodenet is not None and getattr(nodenet, "firewall", None) is not None:
             snap["firewall_reapplied"] = nodenet.firewall_reapplied
@@ -210,6 +214,9 @@ def families(snap: dict) -> Iterable[Metric]:
         yield _counter("tx_keepalive_errors", value=failed)
         yield _offload(offload)
         yield from _queue_metrics(queues)       # no samples with one queue
+        if "unresolved" in snap:
+            yield GaugeMetricFamily(P + "peers_unresolved", METRICS["peers_unresolved"][1],
+                                    value=snap["unresolved"])
     if "firewall_reapplied" in snap:
         yield _counter("firewall_reapplied", value=snap["firewall_reapplied"])
     if "static" in snap:

@@ -67,6 +67,8 @@ def test_names_follow_prometheus_conventions():
     assert set(SCALAR_METRICS) == set(wire.SCALAR_COUNTERS[4:]) | {"rx_arp", "rx_keepalive"}
     for name, (kind, _) in METRICS.items():
         base = name[:-len("_total")] if kind == "counter" else name
+        if base == "peers_unresolved":       # vxlan only: test_unresolved_vxlan_peers_...
+            continue
         assert "udpoverlay_" + base in fams, name
     assert {s.labels["reason"] for s in fams["udpoverlay_drops"].samples} >= {
         "spoofed_src", "unknown_peer", "bad_port", "no_route", "ttl_expired", "too_short"}
@@ -296,3 +298,17 @@ def test_exposition_is_valid_for_prometheus_and_promtool(tmp_path):
                        text=True, timeout=30)
     assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), \
         (r.stdout, r.stderr)
+
+
+def test_unresolved_vxlan_peers_are_counted():
+    peers = [g.peer("198.18.0.2", 8472, "198.19.2.0/24", g.PEER_MAC),
+             g.peer("198.18.0.3", 8472, "198.19.3.0/24"),            # MAC unknown
+             g.peer("198.18.0.4", 8472, "198.19.4.0/24")]
+    vx = dataplane.Engine("vxlan", "198.19.1.0", g.OUR_SUBNET, "198.19.0.0/16", vtep_mac=g.MAC)
+    vx.set_peers(peers)
+    fams = _families(_collector(SimpleNamespace(engine=vx, offload_status=lambda: OFFLOAD)))
+    assert _values(fams["udpoverlay_peers_unresolved"]) == {(): 2}
+    udp = dataplane.Engine("udp", "198.19.1.0", g.OUR_SUBNET, "198.19.0.0/16")
+    udp.set_peers(peers)
+    fams = _families(_collector(SimpleNamespace(engine=udp, offload_status=lambda: OFFLOAD)))
+    assert "udpoverlay_peers_unresolved" not in fams        # udp mode: no MACs to learn
