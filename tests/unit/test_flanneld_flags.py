@@ -55,6 +55,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "--ip-blackhole-route": ("true", True),
     "--healthz-ip": ("127.0.0.1", "127.0.0.1"),
     "--healthz-port": ("8081", "8081"),
+    "--metrics-per-peer": ("false", False),
     "--etcd-endpoints": (EP, EP),
     "--etcd-prefix": ("/x/network", "/x/network"),
     "--etcd-cafile": ("/etc/ca.pem", "/etc/ca.pem"),

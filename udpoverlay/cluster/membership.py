@@ -60,7 +60,7 @@ from udpoverlay.cluster.ownlease import OwnLease
 from udpoverlay.cluster.policy import Context
 from udpoverlay.cluster.store.base import DELETE, KeyValue, LeaseStore, StoreEvent
 from udpoverlay.cluster.storelink import StoreLink
-from udpoverlay.cluster.validate import LeaseValidator
+from udpoverlay.cluster.validate import REASONS, LeaseValidator
 from udpoverlay.config.defaults import BACKENDS, DEFAULT_PREFIX
 from udpoverlay.errors import ConfigError, LeaseLostError, LeaseStoreError, StoreCompacted, StoreDisconnected
 
@@ -325,6 +325,11 @@ class ClusterMembership:
     def last_contact(self) -> float | None:
         """Unix time of the last successful store call or watch event."""
         return self._wall(self.link.last_contact)
+
+    @property
+    def rejected_counts(self) -> dict[str, int]:
+        """Lease keys rejected now, by reason, every reason listed (metrics)."""
+        return {reason: 0 for reason in REASONS} | self.feed.rejects.counts
 
     @property
     def lease_expiry(self) -> float | None:

@@ -230,6 +230,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--healthz-port", "healthz_port", "node", metavar="PORT", default=0,
          check=_int("--healthz-port", 0, 65535),
          help="port of that endpoint (default 0 = off)"),
+    Flag("--metrics-per-peer", "metrics_per_peer", "node", kind="bool", default=True,
+         help="per-peer series (packets, bytes, liveness) on /metrics (default true); false "
+              "keeps the totals only: 5 series per peer add up on large clusters"),
     # -- static peers --------------------------------------------------------------
     Flag("--peers-file", "peers_file", "static", modes=STATIC, metavar="FILE",
          check=_or_none, help="a TOML file of peers, merged with --peer; re-read on SIGHUP"),

@@ -74,6 +74,7 @@ class Options:
     ip_blackhole_route: bool = False
     healthz_ip: str = DEFAULT_HEALTHZ_IP
     healthz_port: int = 0           # 0 = off
+    metrics_per_peer: bool = True   # per-peer series on /metrics (--metrics-per-peer)
     verbosity: int = 0              # -v N
     log_format: str = "text"        # text | json (--log-format)
     env_file: str | None = None     # FLANNELD_* settings re-read on SIGHUP (--env-file)

@@ -13,7 +13,17 @@ registered in prometheus_client's global registry.
 Names follow Prometheus conventions: the `udpoverlay_` prefix, `_total`
 for counters, base units (bytes, seconds), `direction` = "tx" (TUN -> wire)
 or "rx" (wire -> TUN). METRICS lists every family with its help text; the
-README's table is made from it.
+README's table is made from it. Plus prometheus_client's standard
+`process_*` families (CPU, memory, fds, start time), read from /proc in
+the snapshot.
+
+Series count: per peer 5 (packets and bytes by direction, liveness), so
+per_peer=False (--metrics-per-peer=false) drops them all for big clusters;
+the totals and the peers-by-state gauge stay. Drop series: only the
+(direction, reason) pairs a data-plane twin can count (DROP_REASONS); the
+others (NEVER_COUNTED: e.g. a TUN packet is never "spoofed", a received
+one never has "no_route") stay at 0 in `udpoverlay status` but are not
+exported, so 20 drop series instead of 30.
 """
 
 from __future__ import annotations
@@ -21,15 +31,15 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from udpoverlay import __version__
 from udpoverlay.host.tun import TUN_F
 from udpoverlay.lifecycle import Lifecycle
 
-__all__ = ["OpsCollector", "METRICS", "SCALAR_METRICS", "render", "render_snapshot",
-           "make_registry", "families"]
+__all__ = ["OpsCollector", "METRICS", "SCALAR_METRICS", "DROP_REASONS", "NEVER_COUNTED",
+           "PEER_STATES", "render", "render_snapshot", "make_registry", "families"]
 
 P = "udpoverlay_"
 # Engine counters other than packets/bytes and drops: counter name -> metric
@@ -51,6 +61,25 @@ SCALAR_METRICS = {
     "rx_arp": ("rx_arp", "vxlan: ARP frames consumed by the engine (not drops)"),
     "rx_keepalive": ("rx_keepalives", "NAT keepalives received from peers (not drops)"),
 }
+# Which drop verdicts each direction's code can count, in both twins
+# (dataplane/_py/outgoing.py + _fastpath/outgoing.pxi for tx, incoming.* for
+# rx, frames.* for both; tests/unit/ops/test_drop_series.py holds them to
+# this). tx_error: a failed TUN read or send (tx), TUN write or ARP reply (rx).
+DROP_REASONS = {
+    "tx": ("too_short", "not_ipv4", "bad_header", "no_route", "ttl_expired", "unresolved",
+           "bad_gso", "tx_error"),
+    "rx": ("too_short", "not_ipv4", "bad_header", "unknown_peer", "bad_port", "spoofed_src",
+           "not_local", "ttl_expired", "bad_vxlan", "bad_vni", "wrong_mac", "tx_error"),
+}
+# Verdicts a direction never reaches: the engine has the counter (one array
+# per direction), nothing can move it. A verdict in neither table is
+# exported, so a new one is never silently lost.
+NEVER_COUNTED = {
+    "tx": ("unknown_peer", "spoofed_src", "not_local", "bad_vxlan", "bad_vni", "wrong_mac",
+           "bad_port"),
+    "rx": ("no_route", "unresolved", "bad_gso"),
+}
+PEER_STATES = ("active", "idle", "never")      # liveness.py's
 METRICS = {
     "build_info": ("gauge", "version, fast path and event loop; always 1"),
     "uptime_seconds": ("gauge", "seconds since the process started"),
@@ -59,6 +88,11 @@ METRICS = {
     "bytes_total": ("counter", "bytes forwarded (inner IP packets), by direction"),
     "peer_packets_total": ("counter", "packets per peer, by direction"),
     "peer_bytes_total": ("counter", "bytes per peer, by direction"),
+    "peer_active": ("gauge", "1 while a peer is heard from (a packet or keepalive within 30 s, "
+                             "or three keepalive periods), else 0 (idle, or never heard from)"),
+    "peers": ("gauge", "peers in the data plane by liveness state (active, idle, never)"),
+    "tx_keepalives_total": ("counter", "NAT keepalives sent to peers"),
+    "tx_keepalive_errors_total": ("counter", "NAT keepalives that could not be sent"),
     "drops_total": ("counter", "packets dropped, by direction and reason"),
     "queue_packets_total": ("counter", "--queues > 1: packets per queue's workers, by "
                                        "direction (to see the spread)"),
@@ -72,7 +106,17 @@ METRICS = {
                                                       "or watch event from the store "
                                                       "(unix time)"),
     "http_connections_rejected_total": ("counter", "connections to this endpoint closed "
-                                                   "unanswered (over the cap or too slow)"),
+                                                   "unanswered (no room, evicted or too slow)"),
+    "peers_unresolved": ("gauge", "vxlan: peers whose VTEP MAC is not known yet (ARP "
+                                  "unanswered): traffic to them drops as tx unresolved"),
+    "peers_waiting": ("gauge", "static mode: configured peers not in the data plane (name "
+                               "does not resolve, our own address, duplicate)"),
+    "peer_name_lookup_failures_total": ("counter", "static mode: peer name lookups that "
+                                                   "failed"),
+    "lease_keys_rejected_total": ("counter", "cluster mode: lease keys ignored as invalid, "
+                                             "by reason (each key and value counted once)"),
+    "firewall_reapplied_total": ("counter", "resyncs that found the masquerade/forward rules "
+                                            "changed and put them back"),
 }
 _OFFLOAD_FEATURES = ("vnet_hdr", *(f"tun_{n}" for n in TUN_F), "udp_gso", "udp_gro")
 
@@ -81,8 +125,10 @@ def _gauge(name: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
     return GaugeMetricFamily(P + name, METRICS[name][1], labels=list(labels))
 
 
-def _counter(name: str, labels: Iterable[str] = (), doc: str | None = None
-             ) -> CounterMetricFamily:
+def _counter(name: str, labels: Iterable[str] = (), doc: str | None = None,
+             value: float | None = None) -> CounterMetricFamily:
+    if value is not None:
+        return CounterMetricFamily(P + name, doc or METRICS[name + "_total"][1], value=value)
     return CounterMetricFamily(P + name, doc or METRICS[name + "_total"][1],
                                labels=list(labels))
 
@@ -97,33 +143,59 @@ class OpsCollector:
     rendering can run off the loop (render_snapshot)."""
 
     def __init__(self, lifecycle: Lifecycle, implementation: Callable[[], str],
-                 loop: Callable[[], str]) -> None:
+                 loop: Callable[[], str], per_peer: bool = True) -> None:
         self.lifecycle = lifecycle
         self.implementation, self.loop = implementation, loop
+        self.per_peer = per_peer
         self.daemon: Any = None
         self.cluster: Any = None
         self.rejected: Callable[[], int] = lambda: 0
+        self._process = ProcessCollector(registry=None)
 
     def snapshot(self) -> dict:
         snap: dict = {"info": [__version__, self.implementation(), self.loop()],
                       "uptime": round(time.monotonic() - self.lifecycle.started, 3),
-                      "ready": int(self.lifecycle.ready), "rejected": self.rejected()}
-        engine = getattr(self.daemon, "engine", None)
+                      "ready": int(self.lifecycle.ready), "rejected": self.rejected(),
+                      "per_peer": self.per_peer, "process": list(self._process.collect())}
+        d = self.daemon
+        engine = getattr(d, "engine", None)
         if engine is not None:
             snap["engine"] = (engine.counters(), engine.peer_status(),
-                              self.daemon.offload_status(),
+                              d.offload_status(),
                               engine.queue_counters() if engine.queues > 1 else [])
+            snap["liveness"] = _liveness(d)
+            if getattr(engine, "backend", None) == "vxlan":
+                snap["unresolved"] = len(engine.unresolved())
+        nodenet = getattr(d, "nodenet", None)
+        if nodenet is not None and getattr(nodenet, "firewall", None) is not None:
+            snap["firewall_reapplied"] = nodenet.firewall_reapplied
+        static = getattr(d, "status_sections", {}).get("static")
+        if static is not None:
+            st = static()
+            snap["static"] = (st["peers_waiting"], st["lookup_failures"])
         if self.cluster is not None:
             c = self.cluster
-            snap["cluster"] = (c.store_connected, c.last_contact, c.lease_expiry)
+            snap["cluster"] = (c.store_connected, c.last_contact, c.lease_expiry,
+                               dict(c.rejected_counts))
         return snap
 
     def collect(self) -> Iterable[Metric]:
         return families(self.snapshot())
 
 
+def _liveness(d: Any) -> tuple[dict, int, int]:
+    """({(address, port, subnet): state}, keepalives sent, failed) from the
+    daemon's Liveness (empty when it has none)."""
+    live = getattr(d, "liveness", None)
+    if live is None:
+        return {}, 0, 0
+    return ({k: v["state"] for k, v in live.details().items()}, live.tx_keepalive,
+            live.tx_keepalive_errors)
+
+
 def families(snap: dict) -> Iterable[Metric]:
     """The metric families of one snapshot."""
+    yield from snap.get("process", ())
     info = _gauge("build_info", ("version", "fastpath", "loop"))
     info.add_metric(snap["info"], 1)
     yield info
@@ -135,9 +207,21 @@ def families(snap: dict) -> Iterable[Metric]:
                               value=snap["rejected"])
     if "engine" in snap:
         counters, peers, offload, queues = snap["engine"]
-        yield from _engine_metrics(counters, peers)
+        states, sent, failed = snap.get("liveness", ({}, 0, 0))
+        yield from _engine_metrics(counters, peers, states, snap.get("per_peer", True))
+        yield _counter("tx_keepalives", value=sent)
+        yield _counter("tx_keepalive_errors", value=failed)
         yield _offload(offload)
         yield from _queue_metrics(queues)       # no samples with one queue
+        if "unresolved" in snap:
+            yield GaugeMetricFamily(P + "peers_unresolved", METRICS["peers_unresolved"][1],
+                                    value=snap["unresolved"])
+    if "firewall_reapplied" in snap:
+        yield _counter("firewall_reapplied", value=snap["firewall_reapplied"])
+    if "static" in snap:
+        waiting, failures = snap["static"]
+        yield GaugeMetricFamily(P + "peers_waiting", METRICS["peers_waiting"][1], value=waiting)
+        yield _counter("peer_name_lookup_failures", value=failures)
     if "cluster" in snap:
         yield from _cluster_metrics(*snap["cluster"])
 
@@ -152,7 +236,8 @@ class _Fixed:
         return families(self.snap)
 
 
-def _engine_metrics(counters: dict, peers: list[dict]) -> Iterable[Metric]:
+def _engine_metrics(counters: dict, peers: list[dict], states: dict,
+                    per_peer: bool) -> Iterable[Metric]:
     for what in ("packets", "bytes"):
         fam = _counter(what, ["direction"])
         for d in ("tx", "rx"):
@@ -161,7 +246,7 @@ def _engine_metrics(counters: dict, peers: list[dict]) -> Iterable[Metric]:
     drops = _counter("drops", ["direction", "reason"])
     for key, value in sorted(counters.items()):
         direction, _, reason = key.partition("_drop_")
-        if reason:
+        if reason and reason not in NEVER_COUNTED.get(direction, ()):
             drops.add_metric([direction, reason], value)
     yield drops
     for key, value in sorted(counters.items()):
@@ -169,6 +254,17 @@ def _engine_metrics(counters: dict, peers: list[dict]) -> Iterable[Metric]:
             continue
         name, doc = SCALAR_METRICS.get(key, (key, f"engine counter {key}"))
         yield CounterMetricFamily(P + name, doc, value=value)
+    by_state = dict.fromkeys(PEER_STATES, 0)
+    for p in peers:
+        state = states.get((p["public_ip"], p["port"], p["subnet"]), "never")
+        by_state[state] = by_state.get(state, 0) + 1
+    counts = _gauge("peers", ["state"])
+    for state, n in by_state.items():
+        counts.add_metric([state], n)
+    yield counts
+    yield GaugeMetricFamily(P + "routes", METRICS["routes"][1], value=len(peers))
+    if not per_peer:
+        return
     for what in ("packets", "bytes"):
         fam = _counter("peer_" + what, ["subnet", "peer", "direction"])
         for p in peers:
@@ -176,7 +272,12 @@ def _engine_metrics(counters: dict, peers: list[dict]) -> Iterable[Metric]:
             for d in ("tx", "rx"):
                 fam.add_metric([p["subnet"], where, d], p[f"{d}_{what}"])
         yield fam
-    yield GaugeMetricFamily(P + "routes", METRICS["routes"][1], value=len(peers))
+    alive = _gauge("peer_active", ["subnet", "peer"])
+    for p in peers:
+        state = states.get((p["public_ip"], p["port"], p["subnet"]), "never")
+        alive.add_metric([p["subnet"], f"{p['public_ip']}:{p['port']}"],
+                         int(state == "active"))
+    yield alive
 
 
 def _queue_metrics(queues: list[dict]) -> Iterable[Metric]:
@@ -202,10 +303,14 @@ def _offload(status: dict) -> Metric:
     return fam
 
 
-def _cluster_metrics(connected: bool, last: float | None,
-                     expiry: float | None) -> Iterable[Metric]:
+def _cluster_metrics(connected: bool, last: float | None, expiry: float | None,
+                     rejected: dict[str, int]) -> Iterable[Metric]:
     yield GaugeMetricFamily(P + "store_connected", METRICS["store_connected"][1],
                             value=int(bool(connected)))
+    fam = _counter("lease_keys_rejected", ["reason"])
+    for reason in sorted(rejected):
+        fam.add_metric([reason], rejected.get(reason, 0))
+    yield fam
     if last is not None:
         yield GaugeMetricFamily(P + "store_last_contact_timestamp_seconds",
                                 METRICS["store_last_contact_timestamp_seconds"][1],

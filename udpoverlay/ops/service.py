@@ -54,7 +54,8 @@ class Ops:
         self.server: OpsServer | None = None
         self.notifier = Notifier()
         self.reloader = EnvReload(opts.env_file, argv)
-        self.collector = OpsCollector(lifecycle, _implementation, loop_name)
+        self.collector = OpsCollector(lifecycle, _implementation, loop_name,
+                                      per_peer=opts.metrics_per_peer)
         self._page: tuple[float, bytes] | None = None       # (monotonic time, body)
         self._rendering: asyncio.Lock | None = None
 
@@ -98,6 +99,7 @@ class Ops:
                 f"http://{self.opts.healthz_ip}:{server.port}/",
                 "http_answered": 0 if server is None else server.answered,
                 "http_rejected": 0 if server is None else server.rejected,
+                "http_evicted": 0 if server is None else server.evicted,
                 "systemd_notify": self.notifier.enabled, "env_file": self.opts.env_file,
                 "verbosity": logs.current.verbosity, "log_format": logs.current.fmt}
 

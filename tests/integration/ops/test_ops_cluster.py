@@ -1,7 +1,7 @@
 """Readiness in etcd mode, as kubelet's probes see it: /readyz is 503 (and
 says why) while etcd is down at start, 200 once etcd is back and the lease
 is taken (subnet.env written by then); /healthz is 200 throughout. The
-store and lease metrics follow, and the outage is logged as an operator
+store and lease metrics follow (and a rejected lease key is counted), and the outage is logged as an operator
 needs it: a WARNING, then one INFO line when the store is back."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from lab.netns import wait_for
 from tests.integration.cluster.conftest import cluster  # noqa: F401 - the fixture
 from tests.integration.ops.httpget import HEALTHZ_PORT, get, sample, scrape
-from tests.support.cluster import underlay
+from tests.support.cluster import PREFIX, underlay
 
 
 def test_readyz_waits_for_etcd_and_the_lease(cluster):  # noqa: F811 - the fixture
@@ -61,6 +61,14 @@ def test_readyz_waits_for_etcd_and_the_lease(cluster):  # noqa: F811 - the fixtu
         time.time() + 1
     expiry = sample(m, "udpoverlay_lease_expiry_timestamp_seconds")
     assert time.time() + 500 < expiry < time.time() + 601      # --lease-ttl 600
+    assert sample(m, "udpoverlay_routes") == 0
+    assert sample(m, "udpoverlay_lease_keys_rejected_total", reason="not_a_subnet") == 0
+    # a key no subnet can be read from: ignored, and counted by reason
+    cl.etcd.etcdctl("put", f"{PREFIX}/subnets/not-a-subnet", "{}")
+    wait_for(lambda: sample(scrape(cl.ov, h1, addr), "udpoverlay_lease_keys_rejected_total",
+                            reason="not_a_subnet") == 1, 10, 0.3, "the rejected key counted")
+    m = scrape(cl.ov, h1, addr)
+    assert sample(m, "udpoverlay_lease_keys_rejected_total", reason="overlap") == 0
     assert sample(m, "udpoverlay_routes") == 0
     log = d.stderr()
     assert "WARNING waiting for the network config" in log, log
