@@ -211,8 +211,8 @@ class EtcdStore:
     def _retire(self, client: EtcdClient, generation: int) -> None:
         """End our watches on a dropped connection and close it now."""
         for queue in self._watch_queues.pop(generation, ()):
-            queue.put_nowait(StoreDisconnected(f"etcd watch via {client._host}:{client._port}: "
-                                               f"connection dropped after a failure"))
+            queue.put_nowait(StoreDisconnected(f"etcd watch via {client.target}: connection "
+                                               f"dropped after a failure"))
         task = asyncio.get_running_loop().create_task(self._shut(client))
         self._closers.add(task)                  # a strong reference until done
         task.add_done_callback(self._closers.discard)

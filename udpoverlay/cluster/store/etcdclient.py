@@ -116,6 +116,10 @@ class EtcdClient(aetcd.Client):
             self._connected.set()
 
     @property
+    def target(self) -> str:
+        return f"{self._host}:{self._port}"
+
+    @property
     def closed(self) -> bool:
         """shut() was called: whatever a call on it raises means "gone"."""
         return self._shut
