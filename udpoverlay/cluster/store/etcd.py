@@ -2,28 +2,42 @@
 
 Why these choices:
 - Endpoints are flannel-style URLs (`http://127.0.0.1:2379`, `https://...`).
-  One gRPC channel at a time; when a call fails to reach the server we
-  move to the next endpoint and retry the call there once per endpoint, so
-  a dead member costs one failed RPC, not an outage.
-- TLS like flannel's --etcd-cafile/--etcd-certfile/--etcd-keyfile. aetcd
-  1.0 only opens insecure channels, so `_TlsClient` mirrors its connect()
-  with a secure channel (pinned to aetcd 1.0's attribute names).
-- gRPC keepalive pings (10 s) so a watch on a silently dead connection
-  fails instead of hanging; etcd accepts pings every 5 s or slower.
+  One gRPC connection at a time (store/etcdclient.py). Which member, and
+  when to leave it, is store/failover.py's: a failure moves us once however
+  many tasks saw it, never back to the member that just failed while
+  another is untried. A call that fails because the member cannot serve us
+  is retried on the next member at once (once per endpoint), so a dead or
+  cut-off member costs one failed RPC, not an outage.
+- "Cannot serve us" is one rule (store/etcderrors.py): every refusal a
+  leaderless or partitioned member gives fails over; a genuine answer to
+  the request (failed compare, permission denied) does not.
+- Every call and the watch stream require a leader (`hasleader`, like
+  flanneld's watches): a member cut off from its peers refuses within a few
+  seconds instead of serving a frozen view.
+- Watches survive a fail-over: the watch is re-created on the new member
+  from the last revision seen + 1 (revisions are cluster-wide) without
+  bothering the meaning layer; only when every member failed in a row does
+  it raise StoreDisconnected (the meaning layer backs off and re-lists).
+- A dropped connection is closed at once; the calls still on it are ended
+  (a unary call, the keepalive stream and our watches each turn into
+  StoreDisconnected for the generation that already moved: no second move).
+- TLS like flannel's --etcd-cafile/--etcd-certfile/--etcd-keyfile.
+- gRPC keepalive pings (10 s) while calls are open, so a watch on a silently
+  dead connection fails instead of hanging. Not without calls: etcd's
+  enforcement policy forbids that and answers with GOAWAY too_many_pings.
 - Reconnecting is ours, not gRPC's: gRPC's own reconnect backoff grows to
   tens of seconds (daemons came back 12-33 s after a 90 s outage), so its
   backoff is capped at 1 s and, after any failure to reach the server, the
-  channel is dropped and the next call opens a fresh one right away. The
+  connection is dropped and the next call opens a fresh one right away. The
   meaning layer's retry backoff (capped, with jitter) decides when that is.
+- view_stale / view_age (store/freshness.py): how long since a watch stream
+  last showed life (an event or a progress answer, asked for every
+  stale_after / 3 s), for status, readyz and metrics.
 - TTLs cost one RPC per lease (LeaseTimeToLive); listings and watches of
   other nodes' leases can skip them (with_ttl=False), which is what makes a
   5000-lease listing or a burst of changes cheap.
-- aetcd has no automatic lease keepalive and does not re-watch after a
-  server restart; the meaning layer (cluster/membership.py) does both. Here a broken
-  watch simply raises StoreDisconnected, a compacted one StoreCompacted.
-- Every failure leaves as LeaseStoreError: unreachable / timed out ->
-  StoreDisconnected (retryable), bad credentials or permission ->
-  retryable=False, anything else retryable.
+- aetcd has no automatic lease keepalive; the meaning layer
+  (cluster/membership.py) renews. A compacted watch raises StoreCompacted.
 """
 
 from __future__ import annotations
@@ -35,13 +49,14 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import AsyncGenerator, Awaitable, Callable, Sequence, TypeVar
 
-import aetcd
 import grpc
 from aetcd import exceptions as aetcd_errors
-from aetcd import rpc
-from aetcd import watcher as aetcd_watcher
 
 from udpoverlay.cluster.store.base import DELETE, PUT, KeyValue, Listing, StoreEvent, Written
+from udpoverlay.cluster.store.etcdclient import SHUT_TIMEOUT, EtcdClient
+from udpoverlay.cluster.store.etcderrors import map_error, one_line
+from udpoverlay.cluster.store.failover import EndpointPool
+from udpoverlay.cluster.store.freshness import STALE_AFTER, ViewFreshness
 from udpoverlay.errors import ConfigError, LeaseStoreError, StoreCompacted, StoreDisconnected
 
 __all__ = ["EtcdStore", "Endpoint", "parse_endpoint", "map_error", "DEFAULT_ENDPOINT"]
@@ -53,19 +68,15 @@ _T = TypeVar("_T")
 _CHANNEL_OPTIONS = {
     "grpc.keepalive_time_ms": 10_000,
     "grpc.keepalive_timeout_ms": 5_000,
-    "grpc.keepalive_permit_without_calls": 1,
+    "grpc.keepalive_permit_without_calls": 0,
     "grpc.http2.max_pings_without_data": 0,
     "grpc.initial_reconnect_backoff_ms": 100,
     "grpc.min_reconnect_backoff_ms": 100,
     "grpc.max_reconnect_backoff_ms": 1000,
 }
-CLOSE_GRACE = 5.0              # s before a dropped client's channel is closed
 FAILOVER_LOG_INTERVAL = 60.0   # s between failover WARNINGs while the store stays down
-_DISCONNECTED = (aetcd_errors.ConnectionFailedError, aetcd_errors.ConnectionTimeoutError,
-                 aetcd_errors.WatchTimeoutError, asyncio.TimeoutError, OSError)
-_FATAL = (aetcd_errors.UnauthenticatedError, aetcd_errors.InvalidArgumentError)
-_DISCONNECTED_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-_FATAL_CODES = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+WATCH_CANCEL_TIMEOUT = 1.0     # s for telling a member we stop watching
+RESUME_RESET = 1.0             # s a watch must live before its failures count anew
 
 
 @dataclass(frozen=True)
@@ -111,75 +122,15 @@ def _credentials(ca_file: str | None, cert_file: str | None,
                                         certificate_chain=_read(cert_file, "certificate file"))
 
 
-class _TlsClient(aetcd.Client):
-    """aetcd.Client over TLS: aetcd 1.0's connect() with a secure channel."""
-
-    def __init__(self, host: str, port: int, *, credentials: grpc.ChannelCredentials,
-                 **kwargs) -> None:
-        super().__init__(host, port, **kwargs)
-        self._credentials = credentials
-        self._connect_lock = asyncio.Lock()
-
-    async def connect(self) -> None:
-        async with self._connect_lock:
-            if self._connected.is_set():
-                return
-            self.channel = grpc.aio.secure_channel(f"{self._host}:{self._port}",
-                                                   self._credentials,
-                                                   options=list(self._options.items()))
-            if self._username is not None:
-                try:
-                    resp = await rpc.AuthStub(self.channel).Authenticate(
-                        rpc.AuthenticateRequest(name=self._username, password=self._password),
-                        timeout=self._timeout)
-                except rpc.AioRpcError as e:
-                    aetcd_errors._handle_exception(e)
-                self.metadata = (("token", resp.token),)
-            self.kvstub = rpc.KVStub(self.channel)
-            self.clusterstub = rpc.ClusterStub(self.channel)
-            self.leasestub = rpc.LeaseStub(self.channel)
-            self.maintenancestub = rpc.MaintenanceStub(self.channel)
-            self._watcher = aetcd_watcher.Watcher(rpc.WatchStub(self.channel),
-                                                  timeout=self._timeout, metadata=self.metadata)
-            self._connected.set()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
-def _rpc_code(exc: BaseException) -> grpc.StatusCode | None:
-    for e in (exc, exc.__cause__):
-        if isinstance(e, grpc.aio.AioRpcError):
-            return e.code()
-    return None
-
-
-def map_error(what: str, endpoint: Endpoint | str, exc: BaseException) -> LeaseStoreError:
-    """Any client failure -> LeaseStoreError with the right `retryable`."""
-    if isinstance(exc, LeaseStoreError):
-        return exc
-    message = f"etcd {what} via {endpoint}: {_one_line(exc)}"
-    code = _rpc_code(exc)
-    if isinstance(exc, aetcd_errors.RevisionCompactedError):
-        return StoreCompacted(message, exc.compacted_revision)
-    if isinstance(exc, _DISCONNECTED) or code in _DISCONNECTED_CODES:
-        return StoreDisconnected(message)
-    if isinstance(exc, _FATAL) or code in _FATAL_CODES:
-        return LeaseStoreError(message, retryable=False)
-    return LeaseStoreError(message, retryable=True)
-
-
 class EtcdStore:
-    """LeaseStore over one or more etcd endpoints (failover in order)."""
+    """LeaseStore over one or more etcd endpoints (members of one cluster)."""
 
     def __init__(self, endpoints: Sequence[str] = (DEFAULT_ENDPOINT,), *,
                  ca_file: str | None = None, cert_file: str | None = None,
                  key_file: str | None = None, username: str | None = None,
-                 password: str | None = None, timeout: float = 5.0) -> None:
-        self._dropped: dict[aetcd.Client, asyncio.TimerHandle] = {}   # closed later
-        self._closers: set[asyncio.Task] = set()
+                 password: str | None = None, timeout: float = 5.0,
+                 stale_after: float = STALE_AFTER,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.endpoints = [parse_endpoint(e) for e in endpoints]
         if not self.endpoints:
             raise ConfigError("no etcd endpoints given")
@@ -189,62 +140,67 @@ class EtcdStore:
         plain = [str(e) for e in self.endpoints if e.scheme == "http"]
         if tls_files and plain:
             raise ConfigError(f"etcd TLS files given but endpoint {plain[0]} is not https://")
-        self._credentials = None
+        self._credentials: grpc.ChannelCredentials | None = None
         if tls_files or any(e.scheme == "https" for e in self.endpoints):
             self._credentials = _credentials(ca_file, cert_file, key_file)
         self._auth = {"username": username, "password": password}
         self.timeout = timeout
-        self._index = 0
-        self._client: aetcd.Client | None = None
+        self.pool: EndpointPool[Endpoint] = EndpointPool(self.endpoints, clock)
+        self.freshness = ViewFreshness(stale_after, clock)
+        self._client: EtcdClient | None = None
+        self._client_generation = -1
+        self._watch_queues: dict[int, set[asyncio.Queue]] = {}   # by generation
+        self._progress: asyncio.Task | None = None
+        self._closers: set[asyncio.Task] = set()
         self._failover_logged = -FAILOVER_LOG_INTERVAL
 
+    # -- what status, readyz and metrics can ask ------------------------------
     @property
     def endpoint(self) -> Endpoint:
         """The endpoint currently in use."""
-        return self.endpoints[self._index]
+        return self.pool.current
 
-    def _connect(self) -> aetcd.Client:
-        if self._client is None:
-            ep = self.endpoint
-            kwargs = dict(timeout=self.timeout, options=dict(_CHANNEL_OPTIONS), **self._auth)
-            if ep.scheme == "https":
-                self._client = _TlsClient(ep.host, ep.port, credentials=self._credentials,
-                                          **kwargs)
-            else:
-                self._client = aetcd.Client(ep.host, ep.port, **kwargs)
-        return self._client
+    @property
+    def failovers(self) -> int:
+        """Fail-overs made so far (one per detected failure)."""
+        return self.pool.moves
 
-    async def _drop_client(self) -> None:
-        """Forget the client; close it a little later. Several tasks share
-        it (lease watch, config watch, renewals): closing it under another
-        task's call in flight could leave that call hanging on a dead
-        channel, so the others get time to fail on their own first."""
+    def view_age(self) -> float | None:
+        """Seconds since a watch stream last showed life (an event, a created
+        watch, a progress answer); None before the first watch answered."""
+        return self.freshness.age()
+
+    @property
+    def view_stale(self) -> bool:
+        """True when the watched view may be out of date: no sign of life from
+        the watches for longer than stale_after (say "stale", not "connected")."""
+        return self.freshness.stale()
+
+    # -- the one connection ---------------------------------------------------
+    def _connect(self) -> tuple[EtcdClient, int]:
+        """The current connection and its generation (made on first use)."""
+        if self._client is None or self._client_generation != self.pool.generation:
+            ep, generation = self.endpoint, self.pool.generation
+            self._client = EtcdClient(
+                ep.host, ep.port, credentials=self._credentials, timeout=self.timeout,
+                options=dict(_CHANNEL_OPTIONS),
+                on_watch_response=lambda: self._watch_alive(generation), **self._auth)
+            self._client_generation = generation
+        return self._client, self._client_generation
+
+    def _watch_alive(self, generation: int) -> None:
+        if generation == self.pool.generation:   # a dropped connection proves nothing
+            self.freshness.mark()
+
+    def _failed(self, generation: int, error: LeaseStoreError) -> None:
+        """The member of `generation` cannot serve us: move on (once per
+        failure, however many tasks report it) and close its connection."""
+        if not self.pool.report(generation, str(error)):
+            return
         client, self._client = self._client, None
         if client is not None:
-            self._dropped[client] = asyncio.get_running_loop().call_later(
-                CLOSE_GRACE, self._start_closing, client)
-
-    def _start_closing(self, client: aetcd.Client) -> None:
-        task = asyncio.get_running_loop().create_task(self._close_client(client))
-        self._closers.add(task)                  # a strong reference until done
-        task.add_done_callback(self._closers.discard)
-
-    async def _close_client(self, client: aetcd.Client) -> None:
-        """Close one client (bounded; a broken channel may fail to close)."""
-        handle = self._dropped.pop(client, None)
-        if handle is not None:
-            handle.cancel()
-        try:
-            await asyncio.wait_for(client.close(), CLOSE_GRACE)
-        except Exception as e:  # noqa: BLE001 - nothing more to do with it
-            log.debug("closing etcd client: %s", _one_line(e))
-
-    async def _fail_over(self, error: LeaseStoreError) -> None:
-        """The server is unreachable: drop the channel (the next call opens a
-        fresh one, no gRPC backoff) and move to the next endpoint, if any."""
-        await self._drop_client()
+            self._retire(client, generation)
         if len(self.endpoints) > 1:
-            self._index = (self._index + 1) % len(self.endpoints)
             now = time.monotonic()
             quiet = now - self._failover_logged < FAILOVER_LOG_INTERVAL
             if not quiet:
@@ -252,33 +208,63 @@ class EtcdStore:
             log.log(logging.DEBUG if quiet else logging.WARNING,
                     "%s; switching to etcd endpoint %s", error, self.endpoint)
 
-    async def _call(self, what: str, op: Callable[[aetcd.Client], Awaitable[_T]]) -> _T:
+    def _retire(self, client: EtcdClient, generation: int) -> None:
+        """End our watches on a dropped connection and close it now."""
+        for queue in self._watch_queues.pop(generation, ()):
+            queue.put_nowait(StoreDisconnected(f"etcd watch via {client.target}: connection "
+                                               f"dropped after a failure"))
+        task = asyncio.get_running_loop().create_task(self._shut(client))
+        self._closers.add(task)                  # a strong reference until done
+        task.add_done_callback(self._closers.discard)
+
+    async def _shut(self, client: EtcdClient) -> None:
+        try:
+            await client.shut()
+        except Exception as e:  # noqa: BLE001 - nothing more to do with it
+            log.debug("closing etcd client: %s", one_line(e))
+
+    def _as_store_error(self, what: str, endpoint: Endpoint, client: EtcdClient,
+                        exc: BaseException) -> LeaseStoreError:
+        error = map_error(what, endpoint, exc)
+        if client.closed and not isinstance(error, (StoreDisconnected, StoreCompacted)):
+            # Whatever a call on a closed connection raises, it is the connection.
+            error = StoreDisconnected(f"etcd {what} via {endpoint}: connection closed "
+                                      f"({one_line(exc)})")
+        return error
+
+    async def _call(self, what: str, op: Callable[[EtcdClient], Awaitable[_T]]) -> _T:
         error: LeaseStoreError | None = None
         for _ in self.endpoints:
+            client, generation = self._connect()
             endpoint = self.endpoint
             try:
-                return await op(self._connect())
+                return await op(client)
             except asyncio.CancelledError:
-                raise
+                if _cancelling():
+                    raise
+                # Not us being cancelled: gRPC ends calls this way when their
+                # connection is closed (after another task's fail-over).
+                error = StoreDisconnected(f"etcd {what} via {endpoint}: call ended with its "
+                                          f"connection")
             except Exception as e:
-                error = map_error(what, endpoint, e)
+                error = self._as_store_error(what, endpoint, client, e)
                 if not isinstance(error, StoreDisconnected):
                     raise error from e
-                await self._fail_over(error)
+            self._failed(generation, error)
         assert error is not None
         raise error
 
-    async def _ttl(self, client: aetcd.Client, lease_id: int) -> float | None:
+    async def _ttl(self, client: EtcdClient, lease_id: int) -> float | None:
         if not lease_id:
             return None
         try:
             ttl = (await client.get_lease_info(lease_id, keys=False)).TTL
         except Exception as e:  # the TTL is informational; never fail a read for it
-            log.debug("lease %x TTL lookup failed: %s", lease_id, _one_line(e))
+            log.debug("lease %x TTL lookup failed: %s", lease_id, one_line(e))
             return None
         return float(ttl) if ttl >= 0 else None
 
-    async def _kvs(self, client: aetcd.Client, items: list,
+    async def _kvs(self, client: EtcdClient, items: list,
                    with_ttl: bool = True) -> list[KeyValue]:
         if with_ttl:
             ttls = await asyncio.gather(*(self._ttl(client, kv.lease) for kv in items))
@@ -288,18 +274,18 @@ class EtcdStore:
                          kv.lease, ttl, kv.create_revision) for kv, ttl in zip(items, ttls)]
 
     async def get(self, key: str) -> KeyValue | None:
-        async def op(c: aetcd.Client) -> KeyValue | None:
+        async def op(c: EtcdClient) -> KeyValue | None:
             got = await c.get(key.encode())
             return None if got is None else (await self._kvs(c, [got]))[0]
         return await self._call("get", op)
 
     async def list_prefix(self, prefix: str, with_ttl: bool = True) -> Listing:
-        async def op(c: aetcd.Client) -> Listing:
+        async def op(c: EtcdClient) -> Listing:
             got = await c.get_prefix(prefix.encode())
             return Listing(tuple(await self._kvs(c, list(got), with_ttl)), got.header.revision)
         return await self._call("list", op)
 
-    async def _txn_put(self, c: aetcd.Client, key: str, value: bytes, ttl: int | None,
+    async def _txn_put(self, c: EtcdClient, key: str, value: bytes, ttl: int | None,
                        guard) -> Written | None:
         lease = await c.lease(ttl) if ttl else None
         lease_id = lease.id if lease else 0
@@ -316,22 +302,22 @@ class EtcdStore:
         return Written(lease_id, lease.ttl if lease else None,
                        responses[0].response_put.header.revision)
 
-    async def _revoke_quietly(self, c: aetcd.Client, lease_id: int) -> None:
+    async def _revoke_quietly(self, c: EtcdClient, lease_id: int) -> None:
         if lease_id:
             try:
                 await c.revoke_lease(lease_id)
             except Exception as e:  # it expires on its own
-                log.debug("revoking unused lease %x: %s", lease_id, _one_line(e))
+                log.debug("revoking unused lease %x: %s", lease_id, one_line(e))
 
     async def create(self, key: str, value: bytes, ttl: int) -> Written | None:
-        async def op(c: aetcd.Client) -> Written | None:
+        async def op(c: EtcdClient) -> Written | None:
             return await self._txn_put(c, key, value, ttl,
                                        c.transactions.version(key.encode()) == 0)
         return await self._call("create", op)
 
     async def put(self, key: str, value: bytes, ttl: int | None,
                   expect_mod_revision: int | None = None) -> Written | None:
-        async def op(c: aetcd.Client) -> Written | None:
+        async def op(c: EtcdClient) -> Written | None:
             if expect_mod_revision is None:
                 guard = c.transactions.version(key.encode()) > -1  # always true
             else:
@@ -340,18 +326,20 @@ class EtcdStore:
         return await self._call("put", op)
 
     async def delete(self, key: str) -> bool:
-        async def op(c: aetcd.Client) -> bool:
+        async def op(c: EtcdClient) -> bool:
             return await c.delete(key.encode()) is not None
         return await self._call("delete", op)
 
     async def refresh(self, lease_id: int) -> int | None:
-        async def op(c: aetcd.Client) -> int | None:
+        async def op(c: EtcdClient) -> int | None:
             reply = await c.refresh_lease(lease_id)
-            return reply.TTL if reply is not None and reply.TTL > 0 else None
+            if reply is None:       # the stream ended unanswered: the connection, not the lease
+                raise StoreDisconnected(f"etcd lease refresh via {self.endpoint}: no answer")
+            return reply.TTL if reply.TTL > 0 else None
         return await self._call("lease refresh", op)
 
     async def revoke_lease(self, lease_id: int) -> None:
-        async def op(c: aetcd.Client) -> None:
+        async def op(c: EtcdClient) -> None:
             try:
                 await c.revoke_lease(lease_id)
             except aetcd_errors.ClientError as e:
@@ -361,36 +349,78 @@ class EtcdStore:
 
     async def watch_prefix(self, prefix: str, start_revision: int,
                            with_ttl: bool = True) -> AsyncGenerator[list[StoreEvent], None]:
-        endpoint = self.endpoint
-        client = self._connect()
-        try:
-            watch = await client.watch_prefix(prefix.encode(), start_revision=start_revision)
-        except Exception as e:
-            error = map_error("watch", endpoint, e)
-            if isinstance(error, StoreDisconnected):
-                await self._fail_over(error)
-            raise error from e
-        queue: asyncio.Queue = asyncio.Queue()
-        pump = asyncio.create_task(self._pump(watch, queue, endpoint))
-        try:
-            while True:
-                items = [await queue.get()]
-                while not queue.empty():
-                    items.append(queue.get_nowait())
-                raw = [i for i in items if not isinstance(i, BaseException)]
-                if raw:
-                    yield await self._events(client, raw, with_ttl)
-                errors = [i for i in items if isinstance(i, BaseException)]
-                if errors:
-                    if isinstance(errors[0], StoreDisconnected):
-                        await self._fail_over(errors[0])
-                    raise errors[0]
-        finally:
-            pump.cancel()
+        """Batches of events; across a fail-over the watch resumes on the
+        next member at the revision after the last one delivered."""
+        loop = asyncio.get_running_loop()
+        next_revision, failures = start_revision, 0
+        while True:
+            client, generation = self._connect()
+            endpoint = self.endpoint
+            queue: asyncio.Queue = asyncio.Queue()
+            self._watch_queues.setdefault(generation, set()).add(queue)
+            watch, pump, started = None, None, loop.time()
             try:
-                await watch.cancel()
-            except Exception as e:  # the stream may already be gone
-                log.debug("cancelling watch: %s", _one_line(e))
+                try:
+                    watch = await client.watch_prefix(prefix.encode(), start_revision=next_revision,
+                                                      progress_notify=True)
+                except asyncio.CancelledError:
+                    if _cancelling():
+                        raise
+                    raise StoreDisconnected(f"etcd watch via {endpoint}: connection closed") \
+                        from None
+                except Exception as e:
+                    raise self._as_store_error("watch", endpoint, client, e) from e
+                self._watch_alive(generation)
+                self.freshness.watches += 1
+                self._ensure_progress()
+                pump = asyncio.create_task(self._pump(watch, queue, endpoint))
+                try:
+                    while True:
+                        items = [await queue.get()]
+                        while not queue.empty():
+                            items.append(queue.get_nowait())
+                        raw = [i for i in items if not isinstance(i, BaseException)]
+                        if raw:
+                            batch = await self._events(client, raw, with_ttl)
+                            next_revision = max(next_revision, batch[-1].revision + 1)
+                            yield batch
+                        errors = [i for i in items if isinstance(i, BaseException)]
+                        if errors:
+                            raise errors[0]
+                finally:
+                    self.freshness.watches -= 1
+            except StoreDisconnected as e:
+                self._failed(generation, e)
+                if loop.time() - started >= RESUME_RESET:
+                    failures = 0             # it served us a while: a new incident
+                failures += 1
+                if failures >= len(self.endpoints):
+                    raise                    # every member failed in a row
+                log.info("etcd watch of %s resumes at revision %d via %s (%s)", prefix,
+                         next_revision, self.endpoint, e)
+            finally:
+                self._watch_queues.get(generation, set()).discard(queue)
+                if pump is not None:
+                    pump.cancel()
+                if watch is not None and not client.closed:
+                    try:
+                        async with asyncio.timeout(WATCH_CANCEL_TIMEOUT):
+                            await watch.cancel()
+                    except Exception as e:  # the stream may already be gone
+                        log.debug("cancelling watch: %s", one_line(e))
+
+    def _ensure_progress(self) -> None:
+        if self._progress is None or self._progress.done():
+            self._progress = asyncio.get_running_loop().create_task(
+                self._ask_progress(), name="udpoverlay-etcd-progress")
+
+    async def _ask_progress(self) -> None:
+        """While watches run, ask the current connection for a progress answer
+        every stale_after / 3 s (etcd's own progress notices come every 10 min)."""
+        while self.freshness.watches > 0:
+            await asyncio.sleep(self.freshness.progress_interval)
+            if self._client is not None and self._client_generation == self.pool.generation:
+                self._client.request_progress()
 
     async def _pump(self, watch, queue: asyncio.Queue, endpoint: Endpoint) -> None:
         try:
@@ -398,11 +428,13 @@ class EtcdStore:
                 queue.put_nowait(event)
             queue.put_nowait(StoreDisconnected(f"etcd watch via {endpoint}: stream ended"))
         except asyncio.CancelledError:
-            raise
+            if _cancelling():
+                raise
+            queue.put_nowait(StoreDisconnected(f"etcd watch via {endpoint}: connection closed"))
         except Exception as e:
             queue.put_nowait(map_error("watch", endpoint, e))
 
-    async def _events(self, client: aetcd.Client, raw: list,
+    async def _events(self, client: EtcdClient, raw: list,
                       with_ttl: bool) -> list[StoreEvent]:
         puts = [e.kv for e in raw if e.kind == "PUT"]
         kvs = iter(await self._kvs(client, puts, with_ttl))
@@ -417,9 +449,20 @@ class EtcdStore:
         return out
 
     async def close(self) -> None:
-        """Close every client now, the dropped ones too (nothing else uses
+        """Close the connection now, and any still closing (nothing else uses
         the store any more)."""
-        clients = [*self._dropped, *([self._client] if self._client is not None else [])]
-        self._client = None
-        for client in clients:
-            await self._close_client(client)
+        client, self._client = self._client, None
+        if client is not None:
+            self._retire(client, self._client_generation)
+        if self._progress is not None:
+            self._progress.cancel()
+        pending = [t for t in self._closers if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=2 * SHUT_TIMEOUT)
+
+
+def _cancelling() -> bool:
+    """Is the running task itself being cancelled (not merely handed a
+    CancelledError by a call whose connection was closed)?"""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
