@@ -29,10 +29,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from lab.netns import Lab
 from tests.support.etcdserver import ETCD, ETCDCTL, require_etcd
 from tests.support.nsrelay import NsRelay
 from tests.support.requirements import require, require_root_tools
-from udpoverlay.lab.netns import Lab
 
 __all__ = ["EtcdCluster", "CLIENT_IP", "member_ip", "require_etcd_cluster"]
 

@@ -327,6 +327,23 @@ class ClusterMembership:
         return self._wall(self.link.last_contact)
 
     @property
+    def view_stale(self) -> bool:
+        """Connected, but the watches showed no life for longer than the
+        store's bound (a member that lost its peers may serve a frozen view)."""
+        return self.link.connected and bool(getattr(self.store, "view_stale", False))
+
+    @property
+    def view_age(self) -> float | None:
+        """Seconds since the watches last showed life (None: not known)."""
+        age = getattr(self.store, "view_age", None)
+        return age() if callable(age) else None
+
+    @property
+    def failovers(self) -> int:
+        """Moves to another etcd member so far."""
+        return int(getattr(self.store, "failovers", 0))
+
+    @property
     def rejected_counts(self) -> dict[str, int]:
         """Lease keys rejected now, by reason, every reason listed (metrics)."""
         return {reason: 0 for reason in REASONS} | self.feed.rejects.counts
@@ -358,7 +375,10 @@ class ClusterMembership:
         return {
             "lease": lease,
             "network": str(self.config.network) if self.config else None,
-            "store": self.link.state,
+            "store": "stale: no watch event or progress answer for "
+                     f"{self.view_age or 0:.0f}s" if self.view_stale else self.link.state,
+            "store_endpoint": str(getattr(self.store, "endpoint", "")) or None,
+            "store_failovers": self.failovers,
             **self.feed.status(now),
         }
 

@@ -105,6 +105,11 @@ METRICS = {
     "store_last_contact_timestamp_seconds": ("gauge", "cluster mode: last successful call "
                                                       "or watch event from the store "
                                                       "(unix time)"),
+    "store_view_age_seconds": ("gauge", "cluster mode: seconds since the etcd watches last "
+                                        "showed life (an event or a progress answer)"),
+    "store_view_stale": ("gauge", "cluster mode: 1 while connected but the watched view "
+                                  "may be out of date (no life for longer than the bound)"),
+    "store_failovers_total": ("counter", "cluster mode: moves to another etcd member"),
     "http_connections_rejected_total": ("counter", "connections to this endpoint closed "
                                                    "unanswered (no room, evicted or too slow)"),
     "peers_unresolved": ("gauge", "vxlan: peers whose VTEP MAC is not known yet (ARP "
@@ -176,7 +181,9 @@ class OpsCollector:
         if self.cluster is not None:
             c = self.cluster
             snap["cluster"] = (c.store_connected, c.last_contact, c.lease_expiry,
-                               dict(c.rejected_counts))
+                               dict(c.rejected_counts), getattr(c, "view_age", None),
+                               bool(getattr(c, "view_stale", False)),
+                               int(getattr(c, "failovers", 0)))
         return snap
 
     def collect(self) -> Iterable[Metric]:
@@ -304,9 +311,16 @@ def _offload(status: dict) -> Metric:
 
 
 def _cluster_metrics(connected: bool, last: float | None, expiry: float | None,
-                     rejected: dict[str, int]) -> Iterable[Metric]:
+                     rejected: dict[str, int], view_age: float | None, stale: bool,
+                     failovers: int) -> Iterable[Metric]:
     yield GaugeMetricFamily(P + "store_connected", METRICS["store_connected"][1],
                             value=int(bool(connected)))
+    yield GaugeMetricFamily(P + "store_view_stale", METRICS["store_view_stale"][1],
+                            value=int(stale))
+    yield _counter("store_failovers", value=failovers)
+    if view_age is not None:
+        yield GaugeMetricFamily(P + "store_view_age_seconds",
+                                METRICS["store_view_age_seconds"][1], value=round(view_age, 3))
     fam = _counter("lease_keys_rejected", ["reason"])
     for reason in sorted(rejected):
         fam.add_metric([reason], rejected.get(reason, 0))

@@ -120,6 +120,11 @@ class Ops:
     def readyz(self) -> Response:
         phase = self.lifecycle.phase
         if phase == READY:
+            cluster = self.collector.cluster
+            if cluster is not None and getattr(cluster, "view_stale", False):
+                # Still ready: traffic flows with the last peers; say it, do not flap.
+                return 200, TEXT, (f"ok; etcd view may be stale (no watch event or progress "
+                                   f"for {cluster.view_age or 0:.0f}s)\n").encode()
             return 200, TEXT, b"ok\n"
         if phase == STOPPING:
             return 503, TEXT, b"not ready: stopping\n"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.netns import Lab, wait_for
 from tests.support.asyncutil import Recorder, run, wait_until
 from tests.support.cluster import UDP_CONFIG, new_prefix
 from tests.support.etcdcluster import EtcdCluster, require_etcd_cluster
@@ -30,7 +31,6 @@ from tests.support.overlay import Overlay
 from udpoverlay.cluster.codec import config_key, subnet_key
 from udpoverlay.cluster.membership import ClusterMembership
 from udpoverlay.cluster.store.etcd import EtcdStore
-from udpoverlay.lab.netns import Lab, wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 CUT = 15.0           # s the member stays cut off

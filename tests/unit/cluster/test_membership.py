@@ -746,3 +746,20 @@ def test_store_outage_warns_about_once_a_minute(caplog):
                 and "etcd down" in r.getMessage()]
     assert len(warnings) == 2
     assert caplog.text.count("lease store reachable again") == 1
+
+
+def test_status_and_readiness_say_stale_when_the_store_view_is_stale():
+    """A store that reports its watched view stale (the etcd store does when
+    no event or progress answer came for longer than its bound) makes the
+    membership's status say "stale", not "connected"; metrics read the age
+    and the fail-over count through the same properties."""
+    async def main():
+        store = await new_store()
+        m = member(store, 1)
+        m.link.set_connected()
+        assert m.status()["store"] == "connected" and not m.view_stale
+        store.view_stale, store.view_age, store.failovers = True, lambda: 42.0, 2
+        doc = m.status()
+        assert doc["store"].startswith("stale") and "42s" in doc["store"]
+        assert (m.view_stale, m.view_age, doc["store_failovers"]) == (True, 42.0, 2)
+    run(main())

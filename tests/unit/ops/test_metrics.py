@@ -54,8 +54,12 @@ def test_names_follow_prometheus_conventions():
                              status_sections={"static": lambda: {"peers_waiting": 0,
                                                                  "lookup_failures": 0}})
     cluster = SimpleNamespace(store_connected=True, last_contact=time.time(),
-                              lease_expiry=time.time() + 60, rejected_counts=_rejected())
+                              lease_expiry=time.time() + 60, rejected_counts=_rejected(),
+                              view_age=2.5, view_stale=True, failovers=1)
     fams = _families(_collector(daemon, cluster))
+    assert _values(fams["udpoverlay_store_view_stale"]) == {(): 1}
+    assert _values(fams["udpoverlay_store_failovers"]) == {(): 1}
+    assert _values(fams["udpoverlay_store_view_age_seconds"]) == {(): 2.5}
     assert PROCESS <= set(fams)            # prometheus_client's standard process_* families
     assert fams["process_resident_memory_bytes"].samples[0].value > 1 << 20
     assert fams["process_open_fds"].samples[0].value >= 3
