@@ -90,6 +90,7 @@ class NodeNetwork:
 
     def status(self) -> dict:
         return {"firewall": self.firewall.mode if self.firewall is not None else None,
+                "firewall_repairs": self.firewall.repairs if self.firewall is not None else 0,
                 "direct_routes": self.direct.installed() if self.direct is not None else {},
                 "blackhole": self._blackhole_installed}
 
