@@ -327,8 +327,10 @@ class Firewall:
             handles = {h for h, _ in ours}
             if ours and [r for r in present if r[0] in handles] == ours:
                 continue          # in place: not touched
+            # a handle is ours only with our text (a table recreated by
+            # someone else numbers its rules from 1 again)
             lines += [f"delete rule ip {NFT_TABLE} {chain.name} handle {h}"
-                      for h, _ in present if h in handles]
+                      for h, t in present if (h, t) in ours]
             lines += [f"add rule ip {NFT_TABLE} {chain.name} {rule}" for rule in chain.rules]
             redo.append(chain)
         if not redo and listing.exists:
@@ -378,13 +380,12 @@ class Firewall:
             return
         lines, gone = [], set()
         for name, ours in self._nft_owned.items():
-            handles = {h for h, _ in ours}
             present = listing.rules.get(name)
             if present is None:
                 continue
             lines += [f"delete rule ip {NFT_TABLE} {name} handle {h}"
-                      for h, _ in present if h in handles]
-            if all(h in handles for h, _ in present):
+                      for h, t in present if (h, t) in ours]
+            if all((h, t) in ours for h, t in present):
                 lines.append(f"delete chain ip {NFT_TABLE} {name}")
                 gone.add(f"chain {name}")
         if lines and set(listing.objects) <= gone:
