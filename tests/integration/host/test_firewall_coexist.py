@@ -86,16 +86,19 @@ for n in range(int(count)):
     s.sendto(hdr, (dst, 0))
     time.sleep(float(gap))
 """
-# Counts TCP segments to `port` arriving in this namespace for `secs`
-# seconds; prints "ready" first, the count last.
+# Counts TCP segments to `port` arriving in this namespace until 0.5 s after
+# the file `done` appears (the sender finished), at most `secs` seconds;
+# prints "ready" first, the count last.
 RAW_TCP_COUNTER = r"""
-import socket, struct, sys, time
-port, secs = int(sys.argv[1]), float(sys.argv[2])
+import os, socket, struct, sys, time
+port, done, secs = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
 s.settimeout(0.1)
 print("ready", flush=True)
-n, end = 0, time.monotonic() + secs
-while time.monotonic() < end:
+n, end, stop = 0, time.monotonic() + secs, None
+while time.monotonic() < (stop or end):
+    if stop is None and os.path.exists(done):
+        stop = time.monotonic() + 0.5
     try:
         pkt = s.recv(2048)
     except socket.timeout:
@@ -172,16 +175,18 @@ def _warnings(caplog) -> list[str]:
 def _count_at_pod(bed, pod, port: int, flags: str, count: int = 20) -> int:
     """Send `count` raw TCP segments with `flags` from the outside host to
     pod:port; how many reached the pod's namespace."""
-    out = bed.tmp / f"counter-{port}-{flags}.out"
+    out, done = bed.tmp / f"counter-{port}-{flags}.out", bed.tmp / f"sent-{port}-{flags}"
     with open(out, "w") as f:
-        proc = bed.lab.popen(pod.netns, [sys.executable, "-c", RAW_TCP_COUNTER, str(port), "1.5"],
+        proc = bed.lab.popen(pod.netns, [sys.executable, "-c", RAW_TCP_COUNTER, str(port),
+                                         str(done), "30"],
                              stdout=f, stderr=subprocess.STDOUT)
     wait_for(lambda: "ready" in out.read_text() or proc.poll() is not None, 10, 0.05,
              "the counter in the pod")
     r = bed.run(bed.outside.netns, [sys.executable, "-c", RAW_TCP_SENDER, OUTSIDE_IP,
                                     pod.address, str(port), str(count), flags, "0.01"])
     assert r.returncode == 0, r.stderr
-    proc.wait(timeout=20)
+    done.touch()
+    proc.wait(timeout=40)
     return int(out.read_text().split()[-1])
 
 
