@@ -37,14 +37,14 @@ import struct
 import time
 from typing import Callable
 
-from udpoverlay.errors import ControlError
+from udpoverlay.errors import ControlError, ControlSocketError
+from udpoverlay.host.rundir import DEFAULT_RUNTIME_DIR, default_runtime_dir, prepare_runtime_dir, who
 
 __all__ = ["DEFAULT_RUNTIME_DIR", "ControlServer", "ControlSocketError", "default_runtime_dir",
            "netns_inode", "prepare_runtime_dir", "query_status", "socket_path"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RUNTIME_DIR = "/run/udpoverlay"
 MAX_CLIENTS = 64
 SEND_TIMEOUT = 3.0          # seconds a client has to take the whole document
 REBUILD_INTERVAL = 0.5      # seconds per document build, sustained ...
@@ -52,18 +52,6 @@ REBUILD_BURST = 8           # ... after a burst of this many fresh ones
 CHUNK = 64 * 1024           # bytes handed to the transport at a time
 BACKLOG = 128
 _UCRED = struct.Struct("3i")   # struct ucred: pid, uid, gid
-
-
-class ControlSocketError(ControlError, OSError):
-    """The control socket cannot be set up (bad runtime dir, name taken).
-    An OSError too, so the daemon reports it like any socket failure."""
-
-
-def default_runtime_dir(euid: int | None = None) -> str:
-    """/run/udpoverlay for root; a per-user directory under /tmp for anyone
-    else (unprivileged test runs only: such a daemon is not a deployment)."""
-    euid = os.geteuid() if euid is None else euid
-    return DEFAULT_RUNTIME_DIR if euid == 0 else f"/tmp/udpoverlay-{euid}"
 
 
 def netns_inode() -> int:
@@ -80,33 +68,6 @@ def socket_path(iface: str, runtime_dir: str | None = None,
         raise ControlSocketError(f"bad interface name {iface!r}")
     ino = netns_inode() if netns is None else netns
     return os.path.join(runtime_dir or default_runtime_dir(), f"net{ino}-{iface}.sock")
-
-
-def prepare_runtime_dir(path: str, owner: int | None = None) -> None:
-    """Create `path` (mode 0700) if missing; refuse one that is not a real
-    directory owned by `owner` (default: our user) or that others may write."""
-    owner = os.geteuid() if owner is None else owner
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise ControlSocketError(f"cannot create the runtime directory {path}: "
-                                 f"{exc.strerror or exc}") from None
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise ControlSocketError(f"refusing the runtime directory {path}: not a directory "
-                                 "(a symlink or a file)")
-    if st.st_uid != owner:
-        raise ControlSocketError(f"refusing the runtime directory {path}: owned by uid "
-                                 f"{st.st_uid}, not {_who(owner)}")
-    if st.st_mode & 0o022:
-        raise ControlSocketError(f"refusing the runtime directory {path}: group/world-"
-                                 f"writable (mode {stat.S_IMODE(st.st_mode):04o})")
-
-
-def _who(uid: int) -> str:
-    return "root" if uid == 0 else f"uid {uid}"
 
 
 def _claim(path: str) -> None:
@@ -355,7 +316,7 @@ def _ask(path: str, iface: str, trusted: int, deadline: float, timeout: float) -
                                                  _UCRED.size))
         if uid != trusted:
             raise ControlError(f"refusing the answer on {path}: it is served by uid {uid} "
-                               f"(pid {pid}), not {_who(trusted)}")
+                               f"(pid {pid}), not {who(trusted)}")
         chunks: list[bytes] = []
         while True:
             s.settimeout(max(0.001, deadline - time.monotonic()))

@@ -71,4 +71,9 @@ class FirewallError(UdpOverlayError):
     removed (a missing iptables/nft, a failing command, ip_forward off)."""
 
 
-__all__ += ["FirewallError"]
+__all__ += ["FirewallError", "ControlSocketError"]
+
+
+class ControlSocketError(ControlError, OSError):
+    """The control socket cannot be set up (bad runtime dir, name taken).
+    An OSError too, so the daemon reports it like any socket failure."""

@@ -22,8 +22,9 @@ def lab():
     try:
         yield lab
     finally:
-        # A daemon the test SIGKILLed leaves its control socket file behind
-        # (keyed by its namespace's inode): remove those of our namespaces.
+        # A daemon the test SIGKILLed leaves its control socket file behind,
+        # and the firewall leaves its lock file (both keyed by the namespace's
+        # inode): remove those of our namespaces.
         inodes = []
         for netns in lab.namespaces():
             try:
@@ -32,7 +33,8 @@ def lab():
                 pass
         lab.close()
         for ino in inodes:
-            for path in glob.glob(os.path.join(DEFAULT_RUNTIME_DIR, f"net{ino}-*.sock")):
+            for path in [*glob.glob(os.path.join(DEFAULT_RUNTIME_DIR, f"net{ino}-*.sock")),
+                         os.path.join(DEFAULT_RUNTIME_DIR, f"net{ino}-firewall.lock")]:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
 

@@ -176,17 +176,20 @@ class NodeBed:
         self.outside = self.lab.add_host("out", f"{OUTSIDE_IP}/24", forward=False)
         return self.outside
 
-    def wire_pods(self, node: Node, env: dict[str, str], count: int = 2) -> list[Pod]:
+    def wire_pods(self, node: Node, env: dict[str, str], count: int = 2,
+                  bridge: str = "cni0") -> list[Pod]:
         """As the flannel CNI plugin (bridge plugin + host-local IPAM) would:
-        cni0 = gateway/prefix, MTU from env; pods .2, .3, ... behind veths."""
+        cni0 = gateway/prefix, MTU from env; pods .2, .3, ... behind veths.
+        `bridge`: another name for a second network's pods on the node."""
         cni = CniConfig.from_env(env)
         node.cni = cni
         ns, prefix = node.netns, cni.subnet.prefixlen
-        self.lab.run(ns, ["ip", "link", "add", "cni0", "mtu", str(cni.mtu), "type", "bridge"])
-        self.lab.run(ns, ["ip", "addr", "add", f"{cni.gateway}/{prefix}", "dev", "cni0"])
-        self.lab.run(ns, ["ip", "link", "set", "cni0", "up"])
+        self.lab.run(ns, ["ip", "link", "add", bridge, "mtu", str(cni.mtu), "type", "bridge"])
+        self.lab.run(ns, ["ip", "addr", "add", f"{cni.gateway}/{prefix}", "dev", bridge])
+        self.lab.run(ns, ["ip", "link", "set", bridge, "up"])
+        pods = []
         for k in range(count):
-            name = f"n{node.index}p{k + 1}"
+            name = f"n{node.index}{'' if bridge == 'cni0' else bridge}p{k + 1}"
             pod_ns = f"{self.lab.tag}-{name}"
             self.lab._add_netns(pod_ns)       # the Lab deletes it in close()
             self.lab.sysctl(pod_ns, "net.ipv6.conf.all.disable_ipv6", "1")
@@ -194,12 +197,13 @@ class NodeBed:
             veth = f"veth{name}"[:15]
             self.lab.run(ns, ["ip", "link", "add", veth, "mtu", str(cni.mtu), "type", "veth",
                               "peer", "name", "eth0", "mtu", str(cni.mtu), "netns", pod_ns])
-            self.lab.run(ns, ["ip", "link", "set", veth, "master", "cni0", "up"])
+            self.lab.run(ns, ["ip", "link", "set", veth, "master", bridge, "up"])
             self.lab.run(pod_ns, ["ip", "addr", "add", f"{addr}/{prefix}", "dev", "eth0"])
             self.lab.run(pod_ns, ["ip", "link", "set", "eth0", "up"])
             self.lab.run(pod_ns, ["ip", "route", "add", "default", "via", str(cni.gateway)])
-            node.pods.append(Pod(name, pod_ns, addr))
-        return node.pods
+            pods.append(Pod(name, pod_ns, addr))
+        node.pods += pods
+        return pods
 
     def vtep_mac(self, i: int) -> str:
         """Node i's fixed VtepMAC (locally administered unicast)."""

@@ -18,25 +18,30 @@ Design notes
   flanneld and udpoverlay converges on one set. flanneld's two modes differ
   in one masquerade rule (iptables `! -s NETWORK -d SUBNET -j RETURN`,
   nftables `ip saddr != SUBNET ip daddr NETWORK return`); each is copied.
-- One deliberate difference: our jumps go FIRST in POSTROUTING and FORWARD
-  (flanneld appends), so a DROP, ACCEPT or RETURN someone put earlier
-  cannot shadow them; check() puts them back on top if they lose the place.
-- Atomic: per iptables table one `iptables-restore --noflush` (declaring
-  the chain flushes it; old jumps are deleted and the new one inserted in
-  the same commit); in nftables mode one `nft -f` transaction replacing our
-  whole table. Anyone looking sees the old rules or the new, never half.
+- Placed as flanneld places them: our jumps are appended to POSTROUTING
+  and FORWARD, and stay wherever they are. A DROP policy applies only after
+  every rule, so an appended ACCEPT already beats Docker's `-P FORWARD
+  DROP`; going first would jump over what others put in front (kube-proxy's
+  ctstate INVALID drop) and fails flannel's rule-order check. A portmap
+  jump above ours is portmap's business.
+- Shared chains, our rules: another instance (another network on this
+  host) or flanneld uses the same chains and table. Each instance adds,
+  checks, repairs and deletes only its own rules (iptchains.py: by text;
+  nfttable.py: by handle), so both sets live side by side and each exit
+  removes only its own; the chains, jumps and table go with the last user.
+- Atomic: per iptables table one `iptables-restore --noflush`, in nftables
+  mode one `nft -f` transaction. Anyone looking sees the old rules or the
+  new, never half. Instances on one host take turns through a lock per
+  network namespace (netnslock.py); a commit that fails because the chains
+  changed under it (a tool that does not take the lock) is retried.
 - DROP hosts in nftables mode: an accept in our table only ends our own
   base chain; iptables' FORWARD chain (Docker's DROP policy) still drops
   the packet. So nftables mode ALSO installs the iptables FLANNEL-FWD chain
   and its jump when iptables is installed (flanneld does not, and its pods
   lose their traffic on Docker hosts). Without iptables there is no
   iptables DROP to beat: that part is skipped with one INFO line.
-- check() compares what is there with what apply() left (read back right
-  after installing, so formatting differences between iptables and nft
-  versions cannot cause endless repairs) and re-applies, with one WARNING,
-  if someone flushed or changed it.
-- remove() deletes only what this object installed: the jumps to our
-  chains carrying flanneld's comment, our chains, our table.
+- check() re-reads and, if our own rules are missing, changed or out of
+  their order, puts them back with one WARNING and counts it (`repairs`).
 - Everything here blocks (subprocesses): call it from a thread
   (asyncio.to_thread) or before the loop starts. A lock serialises callers.
 """
@@ -48,12 +53,16 @@ import logging
 import shutil
 import subprocess
 import threading
-from dataclasses import dataclass, field
+import time
 
 from udpoverlay.errors import ConfigError, FirewallError
+from udpoverlay.host import iptchains, nfttable
+from udpoverlay.host.iptchains import Chain
+from udpoverlay.host.netnslock import netns_lock
+from udpoverlay.host.nfttable import NftChain
 
 __all__ = ["Firewall", "NAT_CHAIN", "FWD_CHAIN", "NFT_TABLE", "MASQ_COMMENT", "FWD_COMMENT",
-           "masquerade_specs", "forward_specs", "nft_ruleset"]
+           "masquerade_specs", "forward_specs"]
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +70,12 @@ NAT_CHAIN = "FLANNEL-POSTRTG"
 FWD_CHAIN = "FLANNEL-FWD"
 MASQ_COMMENT = "flanneld masq"
 FWD_COMMENT = "flanneld forward"
-NFT_TABLE = "flannel-ipv4"
+NFT_TABLE = nfttable.TABLE
 KUBE_PROXY_MARK = "0x4000"      # kube-proxy masquerades what it marks: no double NAT
 MULTICAST = "224.0.0.0/4"
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 COMMAND_TIMEOUT = 30.0
+ATTEMPTS = 3            # a commit that lost a race with another tool is retried
 _PACKAGE = {"iptables-restore": "iptables", "iptables-save": "iptables", "nft": "nftables"}
 
 
@@ -86,108 +96,6 @@ def forward_specs(network) -> tuple[str, ...]:
     """FLANNEL-FWD's rules in iptables-save syntax."""
     c = f'-m comment --comment "{FWD_COMMENT}"'
     return (f"-s {network} {c} -j ACCEPT", f"-d {network} {c} -j ACCEPT")
-
-
-def nft_ruleset(network, subnet, *, masquerade: bool, forward: bool,
-                fully_random: bool = True) -> str:
-    """One `nft -f` transaction: (re)create table ip flannel-ipv4 whole.
-    `add` + `delete` first makes the delete succeed whether or not it exists."""
-    masq = "masquerade fully-random" if fully_random else "masquerade"
-    lines = [f"add table ip {NFT_TABLE}", f"delete table ip {NFT_TABLE}",
-             f"table ip {NFT_TABLE} {{", f'\tcomment "rules for {NFT_TABLE}"']
-    if forward:
-        lines += ["\tchain forward {", '\t\tcomment "chain to accept flannel traffic"',
-                  "\t\ttype filter hook forward priority filter; policy accept;",
-                  f"\t\tip saddr {network} accept", f"\t\tip daddr {network} accept", "\t}"]
-    if masquerade:
-        lines += ["\tchain postrtg {",
-                  '\t\tcomment "chain to manage traffic masquerading by flannel"',
-                  "\t\ttype nat hook postrouting priority srcnat; policy accept;",
-                  f"\t\tmeta mark {KUBE_PROXY_MARK} return",
-                  f"\t\tip saddr {subnet} ip daddr {network} return",
-                  f"\t\tip saddr {network} ip daddr {subnet} return",
-                  f"\t\tip saddr != {subnet} ip daddr {network} return",
-                  f"\t\tip saddr {network} ip daddr != {MULTICAST} {masq}",
-                  f"\t\tip saddr != {network} ip daddr {network} {masq}", "\t}"]
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-@dataclass(frozen=True)
-class _Chain:
-    """One of our iptables chains: its table, who jumps to it, its rules."""
-
-    table: str
-    parent: str
-    name: str
-    comment: str
-    rules: tuple[str, ...]
-
-    @property
-    def jump(self) -> str:
-        return f'-m comment --comment "{self.comment}" -j {self.name}'
-
-    def is_jump(self, spec: str) -> bool:
-        """A jump to this chain that carries flanneld's comment: ours (or
-        flanneld's, which is the same rule)."""
-        return spec.split()[-2:] == ["-j", self.name] and f'"{self.comment}"' in spec
-
-
-@dataclass
-class _Seen:
-    """What iptables-save shows of one chain and its parent."""
-
-    declared: bool = False
-    parent: list[str] = field(default_factory=list)   # the parent chain's specs, in order
-    rules: list[str] = field(default_factory=list)    # our chain's specs
-
-    def jumps(self, chain: _Chain) -> list[str]:
-        return [spec for spec in self.parent if chain.is_jump(spec)]
-
-
-def _parse_save(text: str, chain: _Chain) -> _Seen:
-    seen = _Seen()
-    for line in text.splitlines():
-        if line.startswith(f":{chain.name} "):
-            seen.declared = True
-        elif line.startswith("-A "):
-            parts = line.split(" ", 2)
-            spec = parts[2] if len(parts) == 3 else ""
-            if parts[1] == chain.parent:
-                seen.parent.append(spec)
-            elif parts[1] == chain.name:
-                seen.rules.append(spec)
-    return seen
-
-
-def _drift(chain: _Chain, seen: _Seen, installed: list[str] | None) -> str | None:
-    """Why `seen` is not what we installed, or None."""
-    where = f"{chain.name} ({chain.table})"
-    if not seen.declared:
-        return f"chain {where} is missing"
-    if installed is not None and seen.rules != installed:
-        return f"the rules in {where} changed"
-    jumps = seen.jumps(chain)
-    if not jumps:
-        return f"the jump from {chain.parent} to {chain.name} is missing"
-    if len(jumps) > 1 or not chain.is_jump(seen.parent[0]):
-        return f"the jump to {chain.name} is not alone first in {chain.parent}"
-    return None
-
-
-def _install_lines(chain: _Chain, seen: _Seen) -> list[str]:
-    # In --noflush mode declaring an existing chain flushes it.
-    return [f"*{chain.table}", f":{chain.name} - [0:0]",
-            *(f"-D {chain.parent} {spec}" for spec in seen.jumps(chain)),
-            f"-I {chain.parent} 1 {chain.jump}",
-            *(f"-A {chain.name} {rule}" for rule in chain.rules), "COMMIT"]
-
-
-def _remove_lines(chain: _Chain, seen: _Seen) -> list[str]:
-    body = [f"-D {chain.parent} {spec}" for spec in seen.jumps(chain)]
-    if seen.declared:
-        body += [f"-F {chain.name}", f"-X {chain.name}"]
-    return [f"*{chain.table}", *body, "COMMIT"] if body else []
 
 
 def _one_line(text: str) -> str:
@@ -227,9 +135,10 @@ def _require_forwarding() -> None:
 
 
 class Firewall:
-    """flanneld's masquerade and forward rules for one node (see the module
-    notes). apply() installs, check() re-asserts, remove() undoes; all
-    blocking, callable from any thread (a lock serialises them)."""
+    """flanneld's masquerade and forward rules for one node and network (see
+    the module notes). apply() installs, check() re-asserts, remove() undoes
+    this instance's part; all blocking, callable from any thread (a lock
+    serialises them)."""
 
     def __init__(self, network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, *,
                  masquerade: bool, forward_rules: bool = True, fully_random: bool = True,
@@ -245,22 +154,27 @@ class Firewall:
         self.fully_random = bool(fully_random)
         self.nftables = bool(nftables)
         self.resync = float(resync)
+        self.repairs = 0                 # check() found our rules changed and put them back
+        marks = (str(self.network), str(self.subnet))
         chains = []
         if self.masquerade and not self.nftables:
-            chains.append(_Chain("nat", "POSTROUTING", NAT_CHAIN, MASQ_COMMENT,
-                                 masquerade_specs(self.network, self.subnet, self.fully_random)))
+            chains.append(Chain("nat", "POSTROUTING", NAT_CHAIN, MASQ_COMMENT,
+                                masquerade_specs(self.network, self.subnet, self.fully_random),
+                                marks))
         if self.forward_rules:   # in nftables mode too: see "DROP hosts" above
-            chains.append(_Chain("filter", "FORWARD", FWD_CHAIN, FWD_COMMENT,
-                                 forward_specs(self.network)))
-        self._chains: tuple[_Chain, ...] = tuple(chains)
-        self._nft: str | None = None
-        if self.nftables and (self.masquerade or self.forward_rules):
-            self._nft = nft_ruleset(self.network, self.subnet, masquerade=self.masquerade,
-                                    forward=self.forward_rules, fully_random=self.fully_random)
+            chains.append(Chain("filter", "FORWARD", FWD_CHAIN, FWD_COMMENT,
+                                forward_specs(self.network), marks))
+        self._chains: tuple[Chain, ...] = tuple(chains)
+        nft: list[NftChain] = []
+        if self.nftables and self.forward_rules:
+            nft.append(nfttable.forward_chain(self.network))
+        if self.nftables and self.masquerade:
+            nft.append(nfttable.postrtg_chain(self.network, self.subnet, self.fully_random))
+        self._nft_chains: tuple[NftChain, ...] = tuple(nft)
         self._lock = threading.Lock()
         self._applied = False
-        self._installed: dict[str, list[str]] = {}   # table -> our chain's rules as read back
-        self._nft_listing: str | None = None          # our table as listed after installing
+        self._ipt_installed: set[str] = set()                 # tables we put rules in
+        self._nft_owned: dict[str, list[tuple[int, str]]] = {}   # chain -> our (handle, text)
         self._skipped_iptables_logged = False
 
     @property
@@ -268,53 +182,66 @@ class Firewall:
         return "nftables" if self.nftables else "iptables"
 
     def apply(self) -> None:
-        """Install the rules atomically (per table / one nft transaction);
-        FirewallError if ip_forward is off or a tool is missing or fails."""
-        with self._lock:
+        """Put our rules in place (atomically per table / nft transaction),
+        leaving everybody else's; FirewallError if ip_forward is off or a
+        tool is missing or fails."""
+        with self._lock, netns_lock():
             self._apply()
-        if self._chains or self._nft:
+        if self._chains or self._nft_chains:
             log.info("firewall (%s): %s for %s on %s", self.mode, self._describe(),
                      self.network, self.subnet)
 
     def check(self) -> bool:
-        """Re-assert the rules if someone flushed or changed them (one
-        WARNING naming what changed); True if it had to repair. Before
-        apply() or after remove() it does nothing: a resync still in flight
-        at shutdown must not put the rules back."""
-        with self._lock:
+        """Put our rules back if someone flushed, deleted or changed them (one
+        WARNING naming what changed, `repairs` + 1); True if it had to.
+        Others' rules around ours are not a change. Before apply() or after
+        remove() it does nothing: a resync still in flight at shutdown must
+        not put the rules back."""
+        with self._lock, netns_lock():
             if not self._applied:
                 return False
             problems = self._problems()
             if not problems:
                 return False
-            log.warning("firewall rules were changed (%s): re-applying them", "; ".join(problems))
+            self.repairs += 1
+            log.warning("firewall rules were changed (%s): re-applying ours", "; ".join(problems))
             self._apply()
             return True
 
     def remove(self) -> None:
-        """Remove exactly what this object installed; idempotent; other
-        rules are never touched."""
-        with self._lock:
-            if self._nft_listing is not None:
-                if self._nft_table_exists():
-                    _run(["nft", "delete", "table", "ip", NFT_TABLE])
-                self._nft_listing = None
+        """Remove our rules (and a chain, jump or table nobody else uses any
+        more); idempotent; other rules are never touched."""
+        with self._lock, netns_lock():
+            if self._nft_owned:
+                self._retry(self._remove_nft)
+                self._nft_owned = {}
             for chain in self._chains:
-                if chain.table not in self._installed:
+                if chain.table not in self._ipt_installed:
                     continue
-                lines = _remove_lines(chain, self._read(chain))
-                if lines:
-                    self._restore(lines, chain.table)
-                del self._installed[chain.table]
+                self._retry(lambda chain=chain: self._remove_chain(chain))
+                self._ipt_installed.discard(chain.table)
             self._applied = False
 
-    # -- internals (called with the lock held) ---------------------------------------
+    # -- internals (called with both locks held) ---------------------------------------
     def _describe(self) -> str:
         parts = (["masquerade"] if self.masquerade else []) + \
             (["forward accepts"] if self.forward_rules else [])
         return " + ".join(parts)
 
-    def _iptables_chains(self) -> tuple[_Chain, ...]:
+    @staticmethod
+    def _retry(step) -> None:
+        """step() re-reads and commits; a commit refused because the chains
+        changed in between (another tool) is tried again, a few times."""
+        for attempt in range(ATTEMPTS):
+            try:
+                step()
+                return
+            except FirewallError:
+                if attempt == ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    def _iptables_chains(self) -> tuple[Chain, ...]:
         """The iptables chains to manage now; in nftables mode only when
         iptables is installed (no iptables, no iptables DROP to beat)."""
         if not self.nftables or (shutil.which("iptables-restore") and shutil.which("iptables-save")):
@@ -326,46 +253,142 @@ class Firewall:
         return ()
 
     def _apply(self) -> None:
-        if not self._chains and self._nft is None:
-            self._applied = True
-            return
-        _require_forwarding()
-        if self._nft is not None:
-            _run(["nft", "-f", "-"], stdin=self._nft, what=f"table ip {NFT_TABLE}")
-            self._nft_listing = self._list_nft()
+        if self._chains or self._nft_chains:
+            _require_forwarding()
+        if self._nft_chains:
+            self._retry(self._install_nft)
         for chain in self._iptables_chains():
-            self._restore(_install_lines(chain, self._read(chain)), chain.table)
-            seen = self._read(chain)
-            self._installed[chain.table] = seen.rules
-            if len(seen.rules) != len(chain.rules) or _drift(chain, seen, None):
-                raise FirewallError(f"{chain.name} ({chain.table}) is not as installed right "
-                                    "after iptables-restore: is another tool rewriting it?")
+            self._retry(lambda chain=chain: self._install_chain(chain))
         self._applied = True
 
     def _problems(self) -> list[str]:
         problems = []
-        if self._nft is not None:
-            listing = self._list_nft() if self._nft_table_exists() else None
-            if listing is None:
-                problems.append(f"table ip {NFT_TABLE} is missing")
-            elif listing != self._nft_listing:
-                problems.append(f"table ip {NFT_TABLE} changed")
+        if self._nft_chains:
+            problems += self._nft_drift(self._nft_listing())
         for chain in self._iptables_chains():
-            reason = _drift(chain, self._read(chain), self._installed.get(chain.table))
+            reason = iptchains.drift(chain, self._read(chain))
             if reason:
                 problems.append(reason)
         return problems
 
-    def _read(self, chain: _Chain) -> _Seen:
-        return _parse_save(_run(["iptables-save", "-t", chain.table]), chain)
+    # iptables
+    def _read(self, chain: Chain) -> iptchains.Seen:
+        return iptchains.parse_save(_run(["iptables-save", "-t", chain.table]), chain)
 
     def _restore(self, lines: list[str], table: str) -> None:
         _run(["iptables-restore", "--noflush", "-w", "5"], stdin="\n".join(lines) + "\n",
              what=f"table {table}")
 
-    def _nft_table_exists(self) -> bool:
-        out = _run(["nft", "list", "tables", "ip"])
-        return f"table ip {NFT_TABLE}" in (line.strip() for line in out.splitlines())
+    def _install_chain(self, chain: Chain) -> None:
+        lines = iptchains.install_lines(chain, self._read(chain))
+        if lines:
+            self._restore(lines, chain.table)
+        self._ipt_installed.add(chain.table)
+        reason = iptchains.drift(chain, self._read(chain))
+        if reason:
+            raise FirewallError(f"{chain.name} ({chain.table}) is not as installed right "
+                                f"after iptables-restore ({reason}): is another tool "
+                                "rewriting it?")
 
-    def _list_nft(self) -> str:
-        return _run(["nft", "list", "table", "ip", NFT_TABLE])
+    def _remove_chain(self, chain: Chain) -> None:
+        lines = iptchains.remove_lines(chain, self._read(chain))
+        if lines:
+            self._restore(lines, chain.table)
+
+    # nftables
+    def _nft_listing(self) -> nfttable.Listing:
+        out = _run(["nft", "list", "tables", "ip"])
+        if f"table ip {NFT_TABLE}" not in (line.strip() for line in out.splitlines()):
+            return nfttable.Listing()
+        return nfttable.parse_listing(_run(["nft", "-a", "list", "table", "ip", NFT_TABLE]))
+
+    def _nft_drift(self, listing: nfttable.Listing) -> list[str]:
+        if not listing.exists:
+            return [f"table ip {NFT_TABLE} is missing"]
+        problems = []
+        for chain in self._nft_chains:
+            if chain.name not in listing.rules:
+                problems.append(f"chain {chain.name} of table ip {NFT_TABLE} is missing")
+                continue
+            ours = self._nft_owned.get(chain.name, [])
+            handles = {h for h, _ in ours}
+            if [r for r in listing.rules[chain.name] if r[0] in handles] != ours or not ours:
+                problems.append(f"our rules in chain {chain.name} of table ip {NFT_TABLE} "
+                                "changed")
+        return problems
+
+    def _install_nft(self) -> None:
+        listing = self._nft_listing()
+        lines = nfttable.header_lines(self._nft_chains)
+        redo = []
+        for chain in self._nft_chains:
+            ours = self._nft_owned.get(chain.name, [])
+            present = listing.rules.get(chain.name, [])
+            handles = {h for h, _ in ours}
+            if ours and [r for r in present if r[0] in handles] == ours:
+                continue          # in place: not touched
+            # a handle is ours only with our text (a table recreated by
+            # someone else numbers its rules from 1 again)
+            lines += [f"delete rule ip {NFT_TABLE} {chain.name} handle {h}"
+                      for h, t in present if (h, t) in ours]
+            lines += [f"add rule ip {NFT_TABLE} {chain.name} {rule}" for rule in chain.rules]
+            redo.append(chain)
+        if not redo and listing.exists:
+            return
+        echo = _run(["nft", "-e", "-a", "-f", "-"], stdin="\n".join(lines) + "\n",
+                    what=f"table ip {NFT_TABLE}")
+        added = nfttable.parse_echo(echo)
+        listed = self._nft_listing().rules     # the text as listings show it (see parse_echo)
+        for chain in redo:
+            new = [h for h, _ in added.get(chain.name, [])]
+            text = dict(listed.get(chain.name, []))
+            if len(new) != len(chain.rules) or not all(h in text for h in new):
+                raise FirewallError(f"our rules in chain {chain.name} of table ip {NFT_TABLE} "
+                                    "are not as added right after nft -f: is another tool "
+                                    "rewriting it?")
+            self._nft_owned[chain.name] = [(h, text[h]) for h in new]
+        self._drop_nft_leftovers(redo)
+
+    def _drop_nft_leftovers(self, chains: list[NftChain]) -> None:
+        """Delete copies of our network's rules that are not ours by handle
+        (an earlier run's), with the common rule heading each such run."""
+        listing = self._nft_listing()
+        lines = []
+        for chain in chains:
+            ours = {h for h, _ in self._nft_owned.get(chain.name, [])}
+            texts = {t for _, t in self._nft_owned.get(chain.name, [])}
+            common = {t for t in texts if not chain.is_own_text(t)}
+            rules = listing.rules.get(chain.name, [])
+            stale: set[int] = set()
+            for i, (h, t) in enumerate(rules):
+                if h in ours or t not in texts or not chain.is_own_text(t):
+                    continue
+                stale.add(h)
+                k = i - 1       # the common rules right before this stale run
+                while k >= 0 and rules[k][0] not in ours and rules[k][1] in common:
+                    stale.add(rules[k][0])
+                    k -= 1
+            lines += [f"delete rule ip {NFT_TABLE} {chain.name} handle {h}" for h in sorted(stale)]
+        if lines:
+            log.info("firewall: deleting %d leftover rules of %s in table ip %s",
+                     len(lines), self.network, NFT_TABLE)
+            _run(["nft", "-f", "-"], stdin="\n".join(lines) + "\n", what=f"table ip {NFT_TABLE}")
+
+    def _remove_nft(self) -> None:
+        listing = self._nft_listing()
+        if not listing.exists:
+            return
+        lines, gone = [], set()
+        for name, ours in self._nft_owned.items():
+            present = listing.rules.get(name)
+            if present is None:
+                continue
+            lines += [f"delete rule ip {NFT_TABLE} {name} handle {h}"
+                      for h, t in present if (h, t) in ours]
+            if all((h, t) in ours for h, t in present):
+                lines.append(f"delete chain ip {NFT_TABLE} {name}")
+                gone.add(f"chain {name}")
+        if lines and set(listing.objects) <= gone:
+            lines.append(f"delete table ip {NFT_TABLE}")
+        if lines:
+            _run(["nft", "-f", "-"], stdin="\n".join(lines) + "\n", what=f"table ip {NFT_TABLE}")

@@ -56,7 +56,6 @@ class NodeNetwork:
             self.direct = DirectRoutes(tun)
         self.blackhole = bool(opts.ip_blackhole_route)
         self._blackhole_installed = False
-        self.firewall_reapplied = 0      # resyncs that found the rules changed (metrics)
 
     @property
     def resync(self) -> float | None:
@@ -86,12 +85,12 @@ class NodeNetwork:
 
     def check(self) -> None:
         """Re-assert the firewall rules if someone changed them."""
-        if self.firewall is not None and self.firewall.check():
-            self.firewall_reapplied += 1
+        if self.firewall is not None:
+            self.firewall.check()       # counts its own repairs (Firewall.repairs)
 
     def status(self) -> dict:
         return {"firewall": self.firewall.mode if self.firewall is not None else None,
-                "firewall_reapplied": self.firewall_reapplied,
+                "firewall_repairs": self.firewall.repairs if self.firewall is not None else 0,
                 "direct_routes": self.direct.installed() if self.direct is not None else {},
                 "blackhole": self._blackhole_installed}
 

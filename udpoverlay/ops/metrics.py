@@ -120,8 +120,8 @@ METRICS = {
                                                    "failed"),
     "lease_keys_rejected_total": ("counter", "cluster mode: lease keys ignored as invalid, "
                                              "by reason (each key and value counted once)"),
-    "firewall_reapplied_total": ("counter", "resyncs that found the masquerade/forward rules "
-                                            "changed and put them back"),
+    "firewall_repairs_total": ("counter", "resyncs that found our masquerade/forward rules "
+                                          "changed and put them back"),
 }
 _OFFLOAD_FEATURES = ("vnet_hdr", *(f"tun_{n}" for n in TUN_F), "udp_gso", "udp_gro")
 
@@ -173,7 +173,7 @@ class OpsCollector:
                 snap["unresolved"] = len(engine.unresolved())
         nodenet = getattr(d, "nodenet", None)
         if nodenet is not None and getattr(nodenet, "firewall", None) is not None:
-            snap["firewall_reapplied"] = nodenet.firewall_reapplied
+            snap["firewall_repairs"] = nodenet.firewall.repairs
         static = getattr(d, "status_sections", {}).get("static")
         if static is not None:
             st = static()
@@ -223,8 +223,8 @@ def families(snap: dict) -> Iterable[Metric]:
         if "unresolved" in snap:
             yield GaugeMetricFamily(P + "peers_unresolved", METRICS["peers_unresolved"][1],
                                     value=snap["unresolved"])
-    if "firewall_reapplied" in snap:
-        yield _counter("firewall_reapplied", value=snap["firewall_reapplied"])
+    if "firewall_repairs" in snap:
+        yield _counter("firewall_repairs", value=snap["firewall_repairs"])
     if "static" in snap:
         waiting, failures = snap["static"]
         yield GaugeMetricFamily(P + "peers_waiting", METRICS["peers_waiting"][1], value=waiting)

@@ -33,6 +33,5 @@ def test_no_blackhole_route_unless_asked(overlay2):
     ov = overlay2
     ov.start(1)
     assert _blackholes(ov, ov.hosts[1]) == []
-    assert ov.status(ov.hosts[1])["node_network"] == {"firewall": None, "direct_routes": {},
-                                                      "blackhole": False,
-                                                      "firewall_reapplied": 0}
+    assert ov.status(ov.hosts[1])["node_network"] == {"firewall": None, "firewall_repairs": 0,
+                                                      "direct_routes": {}, "blackhole": False}

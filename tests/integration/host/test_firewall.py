@@ -116,6 +116,14 @@ def _nft_table(bed) -> str | None:
     return r.stdout if r.returncode == 0 else None
 
 
+def _nft_handle(bed, chain: str, starts: str) -> str:
+    """The handle of the rule in our table's chain whose text starts so."""
+    for line in _sh(bed, "nft", "-a", "list", "chain", "ip", "flannel-ipv4", chain).splitlines():
+        if line.strip().startswith(starts):
+            return line.rsplit("# handle ", 1)[1].strip()
+    raise AssertionError(f"no rule starting {starts!r} in {chain}")
+
+
 def _everything(bed) -> str:
     """The namespace's whole ruleset, without timestamps or counters."""
     return bed.rules(_ns(bed))
@@ -169,31 +177,44 @@ def test_only_what_is_asked_for(bed, mode):
         assert "chain postrtg" in _nft_table(bed)
 
 
-def test_applying_twice_keeps_one_jump_first(bed):
+def test_applying_twice_appends_one_jump_after_others(bed):
+    """flanneld's placement: the jump is appended after what is there, and
+    applying again changes nothing."""
     _sh(bed, "iptables", "-I", "FORWARD", "-j", "ACCEPT", "-s", "198.18.0.9")
     fw = _fw("iptables")
     in_netns(_ns(bed), fw.apply)
+    first = _chain_lines(bed, "filter")
     in_netns(_ns(bed), fw.apply)
-    lines = _chain_lines(bed, "filter")
-    assert lines[0] == FWD_RULES[0] and lines.count(FWD_RULES[0]) == 1
-    assert "-A FORWARD -s 198.18.0.9/32 -j ACCEPT" in lines
+    assert _chain_lines(bed, "filter") == first == \
+        ["-A FORWARD -s 198.18.0.9/32 -j ACCEPT", *FWD_RULES]
 
 
 # -- atomic ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
-def test_apply_is_atomic_to_an_onlooker(bed, mode):
-    """While apply() runs again and again, someone listing the rules sees
-    them whole every time: never an empty or half-filled chain."""
+def test_repair_is_atomic_to_an_onlooker(bed, mode):
+    """Our last masquerade rule is deleted and check() puts our set back,
+    again and again: someone listing the rules sees them whole or with just
+    that rule missing, never an empty or half-filled chain (a repair deletes
+    our rules and appends them again in one commit)."""
     fw = _fw(mode)
     in_netns(_ns(bed), fw.apply)
     if mode == "iptables":
         def look():
             return _chain_lines(bed, "nat") + _chain_lines(bed, "filter")
-        whole = NAT_RULES + FWD_RULES
+
+        def damage():
+            _sh(bed, "iptables", "-t", "nat", "-D", "FLANNEL-POSTRTG", "6")
+        whole, damaged = NAT_RULES + FWD_RULES, NAT_RULES[:-1] + FWD_RULES
     else:
         def look():
             return _nft_table(bed)
+
+        def damage():
+            _sh(bed, "nft", "delete", "rule", "ip", "flannel-ipv4", "postrtg", "handle",
+                _nft_handle(bed, "postrtg", "ip saddr != 198.19.0.0/16"))
         whole = NFT_TABLE
+        damaged = "".join(line for line in NFT_TABLE.splitlines(keepends=True)
+                          if not line.strip().startswith("ip saddr != 198.19.0.0/16"))
     stop, seen = threading.Event(), []
 
     def onlooker():
@@ -204,15 +225,18 @@ def test_apply_is_atomic_to_an_onlooker(bed, mode):
     t = threading.Thread(target=onlooker, daemon=True)
     t.start()
     try:
-        for n in range(200):       # at least 25 applies and 20 looks, bounded
-            in_netns(_ns(bed), fw.apply)
+        for n in range(200):       # at least 25 repairs and 20 looks, bounded
+            damage()
+            assert in_netns(_ns(bed), fw.check) is True
             if n >= 25 and len(seen) >= 20:
                 break
     finally:
         stop.set()
         t.join(70)
+    assert fw.repairs >= 25
+    assert look() == whole
     assert len(seen) >= 20, "the onlooker hardly looked"
-    bad = [s for s in seen if s != whole]
+    bad = [s for s in seen if s not in (whole, damaged)]
     assert not bad, f"{len(bad)} of {len(seen)} looks saw partial rules, e.g. {bad[0]!r}"
 
 
@@ -221,7 +245,6 @@ IPT_DAMAGE = {
     "flushed chain": ["iptables", "-t", "nat", "-F", "FLANNEL-POSTRTG"],
     "deleted jump": ["iptables", "-D", "FORWARD", "-m", "comment", "--comment",
                      "flanneld forward", "-j", "FLANNEL-FWD"],
-    "rule above ours": ["iptables", "-I", "FORWARD", "-j", "DROP"],
     "changed rule": ["iptables", "-t", "nat", "-R", "FLANNEL-POSTRTG", "5", "-s", "198.19.0.0/16",
                      "-j", "ACCEPT"],
     "flushed table": ["iptables", "-t", "nat", "-F"],
@@ -241,15 +264,18 @@ def test_check_repairs_iptables(bed, damage, caplog):
         assert in_netns(_ns(bed), fw.check) is False
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
-    assert _chain_lines(bed, "nat")[:len(NAT_RULES)] == NAT_RULES
-    filt = _chain_lines(bed, "filter")
-    assert filt[0] == FWD_RULES[0] and [f for f in filt if "FLANNEL-FWD " in f] == FWD_RULES[1:]
+    assert fw.repairs == 1
+    nat, filt = _chain_lines(bed, "nat"), _chain_lines(bed, "filter")
+    assert [line for line in nat if "flanneld" in line] == NAT_RULES
+    assert [line for line in filt if "flanneld" in line] == FWD_RULES
+    if damage == "changed rule":      # the stranger's rule stays where it was put
+        assert '-A FLANNEL-POSTRTG -s 198.19.0.0/16 -j ACCEPT' in nat
 
 
 NFT_DAMAGE = {
     "flushed chain": ["nft", "flush", "chain", "ip", "flannel-ipv4", "postrtg"],
     "deleted table": ["nft", "delete", "table", "ip", "flannel-ipv4"],
-    "added rule": ["nft", "insert", "rule", "ip", "flannel-ipv4", "forward", "drop"],
+    "deleted rule": ["nft", "delete", "rule", "ip", "flannel-ipv4", "postrtg", "handle", "HANDLE"],
     "flushed iptables forward": ["iptables", "-F", "FLANNEL-FWD"],
 }
 
@@ -258,13 +284,15 @@ NFT_DAMAGE = {
 def test_check_repairs_nftables(bed, damage, caplog):
     fw = _fw("nftables")
     in_netns(_ns(bed), fw.apply)
-    _sh(bed, *NFT_DAMAGE[damage])
+    handle = _nft_handle(bed, "postrtg", "ip saddr 198.19.0.0/16 ip daddr != 224.0.0.0/4")
+    _sh(bed, *(word.replace("HANDLE", handle) for word in NFT_DAMAGE[damage]))
     assert (_nft_table(bed), _chain_lines(bed, "filter")) != (NFT_TABLE, FWD_RULES)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="udpoverlay.host.firewall"):
         assert in_netns(_ns(bed), fw.check) is True
         assert in_netns(_ns(bed), fw.check) is False
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    assert fw.repairs == 1
     assert _nft_table(bed) == NFT_TABLE
     assert _chain_lines(bed, "filter") == FWD_RULES
 

@@ -58,11 +58,11 @@ def test_process_liveness_keepalives_firewall_drops_and_gzip(overlay2):
              for k in m if k[0] == "udpoverlay_drops_total"}
     assert drops == {f"{d}/{r}" for d in ("tx", "rx") for r in DROP_REASONS[d]}
     # someone flushes the nat table: put back within the resync, counted
-    assert sample(m, "udpoverlay_firewall_reapplied_total") == 0
+    assert sample(m, "udpoverlay_firewall_repairs_total") == 0
     ov.lab.run(h1.netns, ["iptables", "-t", "nat", "-F"])
-    wait_for(lambda: sample(scrape(ov, h1, addr), "udpoverlay_firewall_reapplied_total") == 1,
+    wait_for(lambda: sample(scrape(ov, h1, addr), "udpoverlay_firewall_repairs_total") == 1,
              10, 0.3, "the re-apply counted")
-    assert ov.status(h1)["node_network"]["firewall_reapplied"] == 1
+    assert ov.status(h1)["node_network"]["firewall_repairs"] == 1
     # gzip when asked; the same page as plain text
     r = ov.run(h1, [sys.executable, "-c", GZ, f"http://{addr}:{HEALTHZ_PORT}/metrics"])
     assert r.returncode == 0, r.stderr

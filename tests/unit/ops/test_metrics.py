@@ -50,7 +50,7 @@ def test_names_follow_prometheus_conventions():
     engine.set_peers(g.PEERS)
     daemon = SimpleNamespace(engine=engine, offload_status=lambda: OFFLOAD,
                              liveness=Liveness(lambda: engine, lambda *a: None),
-                             nodenet=SimpleNamespace(firewall=object(), firewall_reapplied=0),
+                             nodenet=SimpleNamespace(firewall=SimpleNamespace(repairs=0)),
                              status_sections={"static": lambda: {"peers_waiting": 0,
                                                                  "lookup_failures": 0}})
     cluster = SimpleNamespace(store_connected=True, last_contact=time.time(),
@@ -244,22 +244,22 @@ def test_liveness_keepalives_and_peers_by_state():
 def test_waiting_peers_rejected_keys_and_firewall_reapplies():
     from udpoverlay.cluster.validate import REASONS
     d = _live_daemon()
-    d.nodenet = SimpleNamespace(firewall=object(), firewall_reapplied=3)
+    d.nodenet = SimpleNamespace(firewall=SimpleNamespace(repairs=3))
     d.status_sections = {"static": lambda: {"peers_waiting": 2, "lookup_failures": 7}}
     cluster = SimpleNamespace(store_connected=True, last_contact=None, lease_expiry=None,
                               rejected_counts=_rejected(overlap=2, bad_public_ip=1))
     fams = _families(_collector(d, cluster))
-    assert _values(fams["udpoverlay_firewall_reapplied"]) == {(): 3}
+    assert _values(fams["udpoverlay_firewall_repairs"]) == {(): 3}
     assert _values(fams["udpoverlay_peers_waiting"]) == {(): 2}
     assert _values(fams["udpoverlay_peer_name_lookup_failures"]) == {(): 7}
     rejected = _values(fams["udpoverlay_lease_keys_rejected"])
     assert rejected == {(("reason", r),): {"overlap": 2, "bad_public_ip": 1}.get(r, 0)
                         for r in REASONS}          # every reason, 0 until one happens
     # absent where they mean nothing: no firewall, no static section, no cluster
-    d.nodenet = SimpleNamespace(firewall=None, firewall_reapplied=0)
+    d.nodenet = SimpleNamespace(firewall=None)
     del d.status_sections
     fams = _families(_collector(d))
-    assert not {"udpoverlay_firewall_reapplied", "udpoverlay_peers_waiting",
+    assert not {"udpoverlay_firewall_repairs", "udpoverlay_peers_waiting",
                 "udpoverlay_lease_keys_rejected"} & set(fams)
 
 
@@ -293,7 +293,7 @@ def test_exposition_is_valid_for_prometheus_and_promtool(tmp_path):
 
     import pytest
     d = _live_daemon()
-    d.nodenet = SimpleNamespace(firewall=object(), firewall_reapplied=1)
+    d.nodenet = SimpleNamespace(firewall=SimpleNamespace(repairs=1))
     d.status_sections = {"static": lambda: {"peers_waiting": 1, "lookup_failures": 2}}
     cluster = SimpleNamespace(store_connected=True, last_contact=time.time(),
                               lease_expiry=time.time() + 60,
