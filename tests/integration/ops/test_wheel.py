@@ -3,6 +3,8 @@ build stage runs the same script) builds udpoverlay's wheel with the
 compiled fast path and a wheel of every dependency; a fresh venv installs
 them with no index, no Cython, no compiler on PATH and CC=false, and the
 installed `udpoverlay --version` reports the compiled (cython) fast path.
+A higher `udpoverlay` offered by an index (here: a find-links directory
+from the environment) is never built in, and the wheel carries the LICENSE.
 Slow (~30-60 s: a real Cython build), marked `slow`."""
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -27,13 +31,40 @@ def _no_compiler_env(path: str) -> dict[str, str]:
     return env
 
 
+def _impostor(directory: Path) -> Path:
+    """A wheel named udpoverlay with a higher version, as anyone could upload
+    to an index under the name."""
+    directory.mkdir()
+    path = directory / "udpoverlay-99.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("udpoverlay-99.0.dist-info/METADATA",
+                   "Metadata-Version: 2.1\nName: udpoverlay\nVersion: 99.0\n")
+        z.writestr("udpoverlay-99.0.dist-info/WHEEL",
+                   "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr("udpoverlay-99.0.dist-info/RECORD", "")
+    return path
+
+
 def test_wheel_installs_without_compiler_and_runs_the_compiled_path(tmp_path):
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     wheels = tmp_path / "wheelhouse"
+    wheels.mkdir()
+    (wheels / "udpoverlay-0.0.1-cp311-cp311-linux_x86_64.whl").write_bytes(b"stale")
+    impostor = _impostor(tmp_path / "index")
     built = subprocess.run(["sh", str(ROOT / "contrib/build-wheels.sh"), str(wheels)],
-                           env=dict(os.environ, PYTHON=sys.executable), capture_output=True,
-                           text=True, timeout=600, cwd=tmp_path)
+                           env=dict(os.environ, PYTHON=sys.executable,
+                                    PIP_FIND_LINKS=str(impostor.parent)),
+                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert built.returncode == 0, built.stdout + built.stderr
     names = sorted(p.name for p in wheels.glob("*.whl"))
+    ours = [n for n in names if n.startswith("udpoverlay-")]
+    assert len(ours) == 1 and ours[0].startswith(f"udpoverlay-{version}-cp"), names
+    assert built.stdout.strip() == str(wheels / ours[0])
+    with zipfile.ZipFile(wheels / ours[0]) as z:
+        licence = z.read(f"udpoverlay-{version}.dist-info/licenses/LICENSE").decode()
+        metadata = z.read(f"udpoverlay-{version}.dist-info/METADATA").decode()
+    assert licence == (ROOT / "LICENSE").read_text()
+    assert "License-Expression: Apache-2.0" in metadata
     assert not [p for p in wheels.iterdir() if not p.name.endswith(".whl")], names   # no sdists
     for dep in ("udpoverlay-", "uvloop-", "python_pytun-", "pyroute2-", "aetcd-",
                 "prometheus_client-", "grpcio-"):

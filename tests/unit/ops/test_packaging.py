@@ -4,7 +4,12 @@ contrib/build-wheels.sh (which tests/integration/ops/test_wheel.py runs),
 its runtime stage installs from those wheels alone and carries no
 compiler; the DaemonSet parses and probes /healthz and /readyz on the port
 the daemon is told; the unit file is Type=notify with a reload and passes
-`systemd-analyze verify`; the package list installs ops/ and static/."""
+`systemd-analyze verify`; the package list installs ops/ and static/; the
+licence is declared as setuptools wants it now (an SPDX expression and
+license-files: no deprecation warning) and its file reaches the sdist, the
+wheel (tests/integration/ops/test_wheel.py) and the image's build stage;
+aetcd is bounded above (cluster/store/etcd.py reads its private attributes).
+deploy/ and the image's iptables selector: test_deploy.py."""
 
 from __future__ import annotations
 
@@ -55,6 +60,37 @@ def test_dockerfile_build_and_runtime_stages():
             for src in line.split()[1:-1]:
                 assert (ROOT / src).exists(), src
     assert (ROOT / "contrib/build-wheels.sh").stat().st_mode & 0o111
+    # what pyproject.toml names reaches the build stage (setuptools fails on a
+    # missing license file)
+    copied = {src for line in stages["build"] if line.startswith("COPY")
+              for src in line.split()[1:-1]}
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert {meta["readme"], *meta["license-files"], "pyproject.toml", "setup.py"} <= copied
+
+
+def test_licence_declared_and_shipped():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = meta["project"]
+    # an SPDX expression and license-files (setuptools >= 77); the TOML table is deprecated
+    assert project["license"] == "Apache-2.0"
+    assert project["license-files"] == ["LICENSE"]
+    assert any(r.replace(" ", "").startswith("setuptools>=77")
+               for r in meta["build-system"]["requires"])
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text and len(text) > 10_000   # the full text
+    assert "include LICENSE" in (ROOT / "MANIFEST.in").read_text().splitlines()
+
+
+def test_private_internals_are_bounded_above():
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+    deps = {r.name: r for r in map(Requirement, tomllib.loads(
+        (ROOT / "pyproject.toml").read_text())["project"]["dependencies"])}
+    # _TlsClient mirrors aetcd 1.0's connect() over its private attributes
+    assert "_TlsClient" in (ROOT / "udpoverlay/cluster/store/etcd.py").read_text()
+    aetcd = deps["aetcd"].specifier
+    assert Version("1.0.0") in aetcd and Version("1.1.0") not in aetcd
 
 
 def test_daemonset_parses_and_probes_the_endpoint():
