@@ -37,6 +37,7 @@ from typing import Callable
 from udpoverlay.cluster.codec import Lease, decode_lease_value, parse_subnet_key, subnets_prefix
 from udpoverlay.cluster.network import NetworkConfig
 from udpoverlay.cluster.store.base import KeyValue
+from udpoverlay.config.peerspec import bad_peer_address
 from udpoverlay.errors import LeaseDecodeError
 
 __all__ = ["Entry", "Rejection", "LeaseValidator", "RejectLog", "REASONS", "bad_public_ip"]
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 
 REASONS = ("nested_key", "not_a_subnet", "subnet_len", "outside_network", "outside_range",
            "bad_value", "bad_public_ip", "overlap")
-_CLASS_E = ipaddress.IPv4Network("240.0.0.0/4")
 
 
 @dataclass(frozen=True)
@@ -71,18 +71,9 @@ class Rejection:
 
 def bad_public_ip(addr: ipaddress.IPv4Address,
                   underlay: ipaddress.IPv4Network | None) -> str | None:
-    """Why `addr` cannot be a peer's underlay address (None: it can)."""
-    if addr.is_unspecified:
-        return "is 0.0.0.0"
-    if addr.is_loopback:
-        return "is a loopback address"
-    if addr.is_multicast:
-        return "is a multicast address"
-    if addr in _CLASS_E:
-        return "is a broadcast or reserved (class E) address"
-    if underlay is not None and underlay.prefixlen < 31 and addr == underlay.broadcast_address:
-        return f"is the broadcast address of the underlay network {underlay}"
-    return None
+    """Why `addr` cannot be a peer's underlay address (None: it can): the
+    one check both modes share (config/peerspec.bad_peer_address)."""
+    return bad_peer_address(addr, underlay)
 
 
 class LeaseValidator:

@@ -20,7 +20,9 @@ EnvironmentFile syntax (KEY=VALUE lines, '#' or ';' comments, single or
 double quotes, a trailing backslash continues a line). Precedence: the
 command line, then the real environment, then the file. Other keys in the
 file are ignored (it may be shared with other units), a malformed line is
-an error naming FILE:LINE.
+an error naming FILE:LINE. The file is read as config/textfile.py reads
+the peers file: root's, not writable by others, a regular file (never a
+FIFO), or refused in one line.
 """
 
 from __future__ import annotations
@@ -222,5 +224,5 @@ def read_env_file(path: str) -> dict[str, str]:
     try:
         text = read_text(path, ENV_FILE_LIMIT)
     except ValueError as exc:
-        raise ValueError(f"cannot read env file {path}: {exc}") from None
+        raise ValueError(f"env file {path}: {exc}") from None
     return {k: v for k, v in parse_env_file(text, path).items() if k.startswith(ENV_PREFIX)}

@@ -39,7 +39,7 @@ from udpoverlay.config.defaults import (
     DEFAULT_VNI,
 )
 from udpoverlay.config.flags import FLAGS, STATIC
-from udpoverlay.config.peerspec import check_peer_addresses, check_peer_specs, spec_of
+from udpoverlay.config.peerspec import check_literal, check_peer_addresses, check_peer_specs, spec_of
 from udpoverlay.errors import ConfigError
 from udpoverlay.peer import Peer, PeerSpec
 
@@ -149,6 +149,15 @@ def _checked(o: Options) -> Options:
         raise ConfigError(f"--subnet {sub} must be smaller than --network {net}")
     check_peer_specs(o.peer_specs or [spec_of(p, o.port) for p in o.peers], sub, net, o.backend)
     check_peer_addresses(o.peers, o.public_ip, o.backend)
+    for spec in o.peer_specs:
+        check_literal(spec, own=(o.public_ip, o.bind_ip))
+    # the masquerade rule matches sources inside --network: it would rewrite
+    # our own datagrams' source port (8285 -> random), and peers drop them
+    for addr, flag in ((o.bind_ip, "underlay address"), (o.public_ip, "--public-ip")):
+        if o.ip_masq and addr is not None and addr in net:
+            raise ConfigError(f"--network {net} contains our {flag} {addr}: with --ip-masq the "
+                              f"masquerade rule would rewrite the tunnel's own datagrams "
+                              f"(choose a --network apart from the underlay)")
     return o
 
 

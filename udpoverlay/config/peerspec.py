@@ -4,22 +4,70 @@ any lookup), what holds for the specs without addresses (subnets), and what
 holds once addresses are known (not ours, not twice). options.py runs them
 on the flags, static/peers.py again on the merged flags + peers file and on
 every resolution. ConfigError, one line.
+
+bad_peer_address() is the one judgement of an address as a peer's, for
+both modes: a literal --peer or peers-file HOST, what a peer name resolves
+to (static/names.py), a lease's PublicIP (cluster/validate.py). Refused:
+0.0.0.0 (the kernel delivers it to this host), loopback (a local socket,
+any user's, would receive the pods' packets and could inject as that peer),
+multicast and broadcast (the pods' packets sprayed onto the LAN), class E,
+the underlay network's broadcast address when it is known, and our own
+addresses. (Loopback is accepted only when our own underlay address is
+loopback too: a daemon on 127.0.0.1, as in tests, can reach nothing else.)
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Iterable
 
 from udpoverlay.config import values
 from udpoverlay.config.defaults import MAX_KEEPALIVE
 from udpoverlay.errors import ConfigError
 from udpoverlay.peer import Peer, PeerSpec
 
-__all__ = ["check_host", "check_peer_specs", "check_peer_addresses", "check_keepalive",
-           "parse_peer_spec", "parse_peer", "spec_of"]
+__all__ = ["bad_peer_address", "check_literal", "check_host", "check_peer_specs",
+           "check_peer_addresses", "check_keepalive", "parse_peer_spec", "parse_peer", "spec_of"]
 
+_CLASS_E = ipaddress.IPv4Network("240.0.0.0/4")     # 255.255.255.255 included
 _LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def bad_peer_address(addr: ipaddress.IPv4Address,
+                     underlay: ipaddress.IPv4Network | None = None,
+                     own: Iterable[ipaddress.IPv4Address | None] = ()) -> str | None:
+    """Why `addr` cannot be a peer's underlay address (None: it can).
+    underlay: our underlay network, if known (its broadcast address);
+    own: our own addresses (--public-ip, the bound address). A loopback
+    peer is accepted only when our own underlay is loopback as well (a
+    one-host set-up, tests: nothing can leave the host then)."""
+    own = tuple(own)
+    if addr.is_unspecified:
+        return "is the unspecified address (0.0.0.0)"
+    if addr.is_loopback and not any(a is not None and a.is_loopback for a in own):
+        return "is a loopback address"      # (fine when our own underlay is loopback too)
+    if addr.is_multicast:
+        return "is a multicast address"
+    if addr in _CLASS_E:
+        return "is a broadcast or reserved (class E) address"
+    if underlay is not None and underlay.prefixlen < 31 and addr == underlay.broadcast_address:
+        return f"is the broadcast address of the underlay network {underlay}"
+    if addr in own:
+        return "is our own address"
+    return None
+
+
+def check_literal(spec: PeerSpec, underlay: ipaddress.IPv4Network | None = None,
+                  own: Iterable[ipaddress.IPv4Address | None] = ()) -> None:
+    """A peer given by address (not by name) at an address bad_peer_address
+    refuses: ConfigError naming the peer and where it was given."""
+    if spec.literal is None:
+        return
+    why = bad_peer_address(spec.literal, underlay, own)
+    if why is not None:
+        raise ConfigError(f"peer {spec.host}={spec.subnet} ({spec.origin}): {spec.host} {why}, "
+                          f"not a peer's address")
 
 
 def check_host(host: str, what: str) -> str:

@@ -12,7 +12,12 @@ start, flag by flag:
   needs a restart", one WARNING per setting, on every SIGHUP until the
   daemon is restarted (the running value stays);
 - a file that cannot be read or holds a bad value: one ERROR line, the
-  running settings stay (Daemon.reload logs the ConfigError).
+  running settings stay (Daemon.reload logs the ConfigError). That covers
+  a file that is not root's (or writable by others), a FIFO or anything
+  but a regular file (config/textfile.py).
+The re-read and re-parse run off the event loop on a daemon thread,
+bounded in time (textfile.off_loop): a read that blocks stalls neither the
+traffic nor /healthz, and never holds up a stop.
 Without --env-file there is nothing of ours to re-read (other reloaders,
 such as static mode's --peers-file, still run).
 """
@@ -27,6 +32,7 @@ from typing import Any, Mapping
 
 from udpoverlay.config import envflags
 from udpoverlay.config.parser import flag_of_dest, parse_run_args, run_options
+from udpoverlay.config.textfile import off_loop
 from udpoverlay.errors import ConfigError
 from udpoverlay.ops import logs
 
@@ -77,7 +83,8 @@ class EnvReload:
         if self.start is None:
             log.warning("SIGHUP: not re-reading %s (see the warning at start)", self.env_file)
             return
-        args, sources, _ = _parse(self.argv, self.environ)
+        args, sources, _ = await off_loop(_parse, self.argv, self.environ,
+                                          what=f"--env-file {self.env_file}")
         new = vars(args)
         flags = flag_of_dest()
         for dest in sorted(new):

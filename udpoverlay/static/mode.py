@@ -21,6 +21,7 @@ import dataclasses
 from udpoverlay.config.options import Options
 from udpoverlay.daemon import Daemon, prepare
 from udpoverlay.eventloop import interrupt_on_sigterm, run_loop
+from udpoverlay.host.interfaces import interface_network
 from udpoverlay.lifecycle import Lifecycle
 from udpoverlay.ops.service import Ops
 from udpoverlay.static.peers import StaticPeers
@@ -39,7 +40,8 @@ async def _main(opts: Options) -> int:
                       or opts.public_ip or opts.bind_ip)
         opts = await asyncio.to_thread(prepare, opts)
         lifecycle.waiting("the peer names")
-        peers = StaticPeers(opts)
+        underlay = await asyncio.to_thread(interface_network, str(opts.bind_ip))
+        peers = StaticPeers(opts, underlay=underlay)     # its broadcast: no peer's address
         opts = dataclasses.replace(opts, peers=tuple(await peers.start()), bind_any=not pinned)
         daemon = Daemon(opts, lifecycle)
         peers.apply = daemon.apply_peers

@@ -8,6 +8,14 @@ resolving keeps its last good address: a resolver outage must not take
 a working peer down; status shows the error and when it last resolved.
 When a lookup returns several addresses, the one in use is kept while it
 is among them, so round-robin DNS does not flap the route.
+
+An answer is judged before use (config/peerspec.bad_peer_address, the
+check cluster leases get too): a name that resolves only to a loopback,
+unspecified, multicast or broadcast address, or to our own, is refused:
+the peer has no address (it waits, never used; anyone's socket on
+127.0.0.1 would otherwise receive the pods' packets and inject as that
+peer), `refused` counts such answers and the state says why. Refused
+addresses among good ones are skipped.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
+from udpoverlay.config.peerspec import bad_peer_address
+
 __all__ = ["Names", "NameState", "system_lookup", "LOOKUP_TIMEOUT", "RETRY_FIRST"]
 
 log = logging.getLogger(__name__)
@@ -28,6 +38,7 @@ LOOKUP_TIMEOUT = 5.0      # seconds for one lookup (the resolver's own retries i
 RETRY_FIRST = 1.0         # first retry after a failure, doubled up to the interval
 
 Lookup = Callable[[str], Awaitable[list[str]]]
+Check = Callable[[ipaddress.IPv4Address], str | None]     # why not a peer's address
 
 
 async def system_lookup(host: str) -> list[str]:
@@ -46,6 +57,7 @@ class NameState:
     checked_at: float | None = None     # wall clock of the last attempt
     error: str | None = None            # the last attempt's failure, if it failed
     failures: int = 0                   # consecutive
+    refused: bool = False               # the last answer held no usable address
     due: float = 0.0                    # monotonic: next lookup
 
     def status(self, wall_now: float) -> dict:
@@ -54,7 +66,7 @@ class NameState:
                 "resolved_ago": None if self.resolved_at is None
                 else round(wall_now - self.resolved_at, 1),
                 "resolved_at": self.resolved_at, "error": self.error,
-                "failures": self.failures}
+                "failures": self.failures, "refused": self.refused}
 
 
 class Names:
@@ -63,13 +75,16 @@ class Names:
     def __init__(self, interval: float, lookup: Lookup = system_lookup,
                  timeout: float = LOOKUP_TIMEOUT,
                  clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 check: Check = bad_peer_address) -> None:
         self.interval = float(interval)
+        self.check = check
         self.timeout = timeout
         self._lookup, self._clock, self._wall = lookup, clock, wall
         self.states: dict[str, NameState] = {}
         self.lookups = 0
         self.lookup_failures = 0
+        self.refused = 0            # answers with no usable address
 
     def track(self, hosts: Iterable[str]) -> None:
         """Resolve exactly these names from now on (new ones are due now)."""
@@ -115,16 +130,31 @@ class Names:
             return self._failed(state, f"no answer within {self.timeout:g} s")
         except (OSError, ValueError) as exc:
             return self._failed(state, getattr(exc, "strerror", None) or str(exc))
-        state.checked_at = state.resolved_at = self._wall()
+        state.checked_at = self._wall()
         state.due = self._clock() + self.interval
-        if state.failures:
+        usable = [a for a in addrs if self.check(a) is None]
+        if not usable:
+            return self._refuse(state, addrs[0])
+        state.resolved_at = state.checked_at
+        if state.failures or state.refused:
             log.info("peer name %s resolves again", state.host)
-        state.error, state.failures = None, 0
+        state.error, state.failures, state.refused = None, 0, False
+        addrs = usable
         if state.address in addrs:
             return False
         log.info("peer name %s: %s -> %s", state.host, state.address or "(none)", addrs[0])
         state.address = addrs[0]
         return True
+
+    def _refuse(self, state: NameState, addr: ipaddress.IPv4Address) -> bool:
+        """The answer is no peer's address: the peer waits (the WARNING
+        comes from the table's waiting list), the old address is dropped."""
+        self.refused += 1
+        state.failures, state.refused = 0, True
+        state.error = f"resolves to {addr}, which {self.check(addr)}: refused"
+        changed = state.address is not None
+        state.address = None
+        return changed
 
     def _failed(self, state: NameState, why: str) -> bool:
         self.lookup_failures += 1

@@ -7,19 +7,30 @@ When the table changes: at start; when a name's address changes (periodic
 re-resolution); on SIGHUP (the peers file re-read, every name re-resolved).
 A peer waits, out of the table (so traffic to its subnet is answered with
 ICMP net unreachable by the data plane), while its name has never
-resolved, or while its address is ours or another peer's. Bad peers-file
-content on a reload is one log line and the running table stays.
+resolved, while it resolves only to an address no peer can have (names.py:
+loopback, 0.0.0.0, multicast, broadcast, ours), or while its address is
+another peer's. A literal address of that kind is a ConfigError, as is bad
+peers-file content: at start the daemon exits 2, on a reload it is one
+ERROR line and the running table stays.
+
+The file is read off the event loop on a daemon thread, bounded in time
+(config/textfile.off_loop): a FIFO or a hung file system never stalls the
+traffic, /healthz or a stop. A reload that finds the file empty of peers
+while it had some applies it (emptying the file is how all its peers are
+removed without a restart) with one WARNING naming how many go.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from typing import Awaitable, Callable
 
 from udpoverlay.config import peersfile
 from udpoverlay.config.options import Options
-from udpoverlay.config.peerspec import check_peer_specs
+from udpoverlay.config.peerspec import bad_peer_address, check_literal, check_peer_specs
+from udpoverlay.config.textfile import off_loop
 from udpoverlay.errors import ConfigError
 from udpoverlay.peer import Peer, PeerSpec
 from udpoverlay.static.names import Names
@@ -34,10 +45,15 @@ Apply = Callable[[list[Peer]], Awaitable[None]]
 class StaticPeers:
     """Configured peers -> the resolved table, kept current."""
 
-    def __init__(self, opts: Options, names: Names | None = None) -> None:
+    def __init__(self, opts: Options, names: Names | None = None,
+                 underlay: ipaddress.IPv4Network | None = None) -> None:
+        """underlay: our underlay network, when known (its broadcast
+        address is then no peer's either)."""
         assert opts.subnet is not None and opts.network is not None
         self.opts = opts
+        self.underlay = underlay
         self.names = names or Names(opts.resolve_interval)
+        self.names.check = self.bad_address
         self.flag_specs: tuple[PeerSpec, ...] = opts.peer_specs
         self.specs: tuple[PeerSpec, ...] = opts.peer_specs
         self.table: list[Peer] = []
@@ -49,17 +65,25 @@ class StaticPeers:
         self._lock = asyncio.Lock()
 
     # -- building the table --------------------------------------------------
+    def bad_address(self, addr: ipaddress.IPv4Address) -> str | None:
+        """Why no peer can be at `addr` (None: one can)."""
+        return bad_peer_address(addr, self.underlay, (self.opts.public_ip, self.opts.bind_ip))
+
     def _merged(self, file_specs: list[PeerSpec]) -> tuple[PeerSpec, ...]:
         specs = (*self.flag_specs, *file_specs)
         o = self.opts
         assert o.subnet is not None and o.network is not None
         check_peer_specs(specs, o.subnet, o.network, o.backend)
+        for spec in specs:
+            check_literal(spec, self.underlay, (o.public_ip, o.bind_ip))
         return specs
 
-    def _read_file(self) -> list[PeerSpec]:
-        if self.opts.peers_file is None:
+    async def _read_file(self) -> list[PeerSpec]:
+        """The peers file's specs, read off the loop and bounded in time."""
+        path = self.opts.peers_file
+        if path is None:
             return []
-        return peersfile.load(self.opts.peers_file, self.opts.port)
+        return await off_loop(peersfile.load, path, self.opts.port, what=f"--peers-file {path}")
 
     def build(self) -> list[Peer]:
         """The table from the specs and the names' addresses now; the specs
@@ -73,7 +97,8 @@ class StaticPeers:
             ip = spec.literal or self.names.address(spec.host)
             if ip is None:
                 state = self.names.states.get(spec.host)
-                waiting[spec] = (f"does not resolve: {state.error}" if state and state.error
+                waiting[spec] = (str(state.error) if state and state.refused
+                                 else f"does not resolve: {state.error}" if state and state.error
                                  else "not resolved yet")
                 continue
             key = (ip, spec.port) if udp else (ip,)
@@ -109,7 +134,7 @@ class StaticPeers:
         """At start: read the peers file, resolve every name once; the first
         table (ConfigError for a bad file, or with --strict-peers an
         unresolved name)."""
-        self.specs = self._merged(await asyncio.to_thread(self._read_file))
+        self.specs = self._merged(await self._read_file())
         self.names.track(s.host for s in self.specs if s.literal is None)
         await self.names.resolve(every=True)
         self.table = self.build()
@@ -124,12 +149,17 @@ class StaticPeers:
         async with self._lock:
             self.reloads += 1
             try:
-                specs = self._merged(await asyncio.to_thread(self._read_file))
+                file_specs = await self._read_file()
+                specs = self._merged(file_specs)
             except ConfigError as exc:
                 self.reload_error = str(exc)
                 log.error("reload: %s; running peers kept", exc)
                 return
             self.reload_error = None
+            had = len(self.specs) - len(self.flag_specs)
+            if not file_specs and had:
+                log.warning("reload: %s lists no peers now: removing the %d peer%s it had",
+                            self.opts.peers_file, had, "" if had == 1 else "s")
             before = {s.label() for s in self.specs}
             self.specs = specs
             self.names.track(s.host for s in specs if s.literal is None)
@@ -158,6 +188,7 @@ class StaticPeers:
             "reload_error": self.reload_error,
             "lookups": self.names.lookups,
             "lookup_failures": self.names.lookup_failures,
+            "refused_addresses": self.names.refused,
             "names": list(names.values()),
             "peers_waiting": len(self.waiting),
             "waiting": [{"host": s.host, "port": s.port, "subnet": str(s.subnet),

@@ -7,10 +7,13 @@ settings."""
 from __future__ import annotations
 
 import logging
+import os
+import time
 
 import pytest
 
 from tests.support.asyncutil import run
+from tests.support.requirements import require
 from udpoverlay.cli import main, parse_args, run_options
 from udpoverlay.config import envflags
 from udpoverlay.errors import ConfigError
@@ -42,7 +45,7 @@ def test_only_flanneld_variables_and_limits(tmp_path):
     f.write_bytes(b"#" * (envflags.ENV_FILE_LIMIT + 1))
     with pytest.raises(ValueError, match="larger than"):
         envflags.read_env_file(str(f))
-    with pytest.raises(ValueError, match="cannot read env file"):
+    with pytest.raises(ValueError, match=r"env file .*: cannot read it"):
         envflags.read_env_file(str(tmp_path / "missing"))
 
 
@@ -106,7 +109,7 @@ def test_reload_applies_live_settings_and_names_the_rest(tmp_path, caplog, live_
         run(r.reload())
     assert logs.current.verbosity == 2                      # running settings kept
     f.unlink()
-    with pytest.raises(ConfigError, match="cannot read env file"):
+    with pytest.raises(ConfigError, match=r"env file .*: cannot read it"):
         run(r.reload())
 
 
@@ -121,3 +124,40 @@ def test_reload_without_env_file_or_with_foreign_argv(tmp_path, caplog):
         run(r.reload())
     msgs = " ".join(rec.getMessage() for rec in caplog.records)
     assert "no --env-file" in msgs and "will not re-read" in msgs and "not re-reading" in msgs
+
+
+def test_env_file_others_could_change_is_refused_at_start_in_one_line(tmp_path, capsys):
+    require(os.geteuid() == 0, "needs root (a file owned by another user)")
+    f = tmp_path / "env"
+    f.write_text("FLANNELD_V=1\n")
+    f.chmod(0o666)
+    with pytest.raises(SystemExit) as exc:
+        main([*STATIC, "--env-file", str(f)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"env file {f}: refused: writable by group" in err
+    f.chmod(0o644)
+    os.chown(f, 65534, 65534)
+    with pytest.raises(SystemExit):
+        main([*STATIC, "--env-file", str(f)])
+    assert "owned by uid 65534, not root" in capsys.readouterr().err
+
+
+def test_reload_of_a_fifo_or_foreign_env_file_is_an_error_and_never_blocks(tmp_path, live_logs):
+    require(os.geteuid() == 0, "needs root (a file owned by another user)")
+    f = tmp_path / "env"
+    f.write_text("FLANNELD_V=0\n")
+    argv = [*STATIC, "--env-file", str(f)]
+    r = EnvReload(str(f), argv, {})
+    r.baseline(run_options(parse_args(argv, {})[0]))
+    f.write_text("FLANNELD_V=3\n")
+    os.chown(f, 65534, 65534)
+    with pytest.raises(ConfigError, match="owned by uid 65534"):
+        run(r.reload())
+    f.unlink()
+    os.mkfifo(f, 0o600)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"not a regular file \(a FIFO\)"):
+        run(r.reload())
+    assert time.monotonic() - started < 2.0
+    assert logs.current.verbosity == 0                      # running settings kept
