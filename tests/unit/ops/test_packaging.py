@@ -87,8 +87,9 @@ def test_private_internals_are_bounded_above():
     from packaging.version import Version
     deps = {r.name: r for r in map(Requirement, tomllib.loads(
         (ROOT / "pyproject.toml").read_text())["project"]["dependencies"])}
-    # _TlsClient mirrors aetcd 1.0's connect() over its private attributes
-    assert "_TlsClient" in (ROOT / "udpoverlay/cluster/store/etcd.py").read_text()
+    # EtcdClient subclasses aetcd 1.0's Client over its private attributes
+    assert "class EtcdClient(aetcd.Client)" in (
+        ROOT / "udpoverlay/cluster/store/etcdclient.py").read_text()
     aetcd = deps["aetcd"].specifier
     assert Version("1.0.0") in aetcd and Version("1.1.0") not in aetcd
 
