@@ -193,12 +193,32 @@ def test_tls_like_flannels_etcd_flags(tmp_path):
         run(main(), 20)
     finally:
         server.stop()
-    with pytest.raises(ConfigError, match="not https"):
-        EtcdStore([f"http://127.0.0.1:{server.client_port}"], **files)
     with pytest.raises(ConfigError, match="both a certificate file and a key file"):
         EtcdStore([server.endpoint], ca_file=str(tls.ca), cert_file=str(tls.client_cert))
     with pytest.raises(ConfigError, match="cannot read"):
         EtcdStore([server.endpoint], ca_file=str(tmp_path / "missing.crt"))
+
+
+def test_tls_files_with_an_http_endpoint_as_flanneld(shared_etcd, tmp_path, caplog):
+    """flanneld accepts TLS files with http:// endpoints (flannel's own
+    functional test starts it so): the files apply to https endpoints only,
+    the http one is used in plain, and we say so once."""
+    tls = make_tls_files(tmp_path / "tls")
+    files = dict(ca_file=str(tls.ca), cert_file=str(tls.client_cert), key_file=str(tls.client_key))
+    caplog.set_level(logging.WARNING, logger="udpoverlay.cluster.store")
+
+    async def main():
+        store = EtcdStore([shared_etcd.endpoint], **files)
+        try:
+            await store.put("/udpoverlay-test/tls-http", b"v", None)
+            return await store.get("/udpoverlay-test/tls-http")
+        finally:
+            await store.close()
+    kv = run(main(), 20)
+    assert kv is not None and kv.value == b"v"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "https:// endpoints only" in warnings[0]
+    assert shared_etcd.endpoint in warnings[0]
 
 
 def test_endpoint_failover_and_unreachable_store(shared_etcd):

@@ -138,8 +138,9 @@ class EtcdStore:
             raise ConfigError("etcd authentication needs both a username and a password")
         tls_files = any(p is not None for p in (ca_file, cert_file, key_file))
         plain = [str(e) for e in self.endpoints if e.scheme == "http"]
-        if tls_files and plain:
-            raise ConfigError(f"etcd TLS files given but endpoint {plain[0]} is not https://")
+        if tls_files and plain:     # as flanneld: the files are for https endpoints only
+            log.warning("etcd TLS files apply to https:// endpoints only: %s used without "
+                        "TLS", ", ".join(plain))
         self._credentials: grpc.ChannelCredentials | None = None
         if tls_files or any(e.scheme == "https" for e in self.endpoints):
             self._credentials = _credentials(ca_file, cert_file, key_file)
@@ -182,7 +183,8 @@ class EtcdStore:
         if self._client is None or self._client_generation != self.pool.generation:
             ep, generation = self.endpoint, self.pool.generation
             self._client = EtcdClient(
-                ep.host, ep.port, credentials=self._credentials, timeout=self.timeout,
+                ep.host, ep.port, timeout=self.timeout,
+                credentials=self._credentials if ep.scheme == "https" else None,
                 options=dict(_CHANNEL_OPTIONS),
                 on_watch_response=lambda: self._watch_alive(generation), **self._auth)
             self._client_generation = generation
