@@ -52,6 +52,7 @@ from udpoverlay.eventloop import loop_name
 from udpoverlay.host import interfaces, queues, sockets
 from udpoverlay.host import tun as tunmod
 from udpoverlay.host.nodenet import NodeNetwork
+from udpoverlay.host.tunwatch import TunGone, TunWatch, refuse_foreign_overlay
 from udpoverlay.lifecycle import Lifecycle
 from udpoverlay.liveness import Liveness
 from udpoverlay.peer import derive_vtep_mac, format_mac
@@ -106,6 +107,8 @@ class Daemon:
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
+        self.exit_code = 0
+        self.tunwatch: TunWatch | None = None
         self.lifecycle = lifecycle or Lifecycle()
         self.services: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self.reloads = Reloads()
@@ -148,6 +151,10 @@ class Daemon:
     def configure_tun(self, tun: tunmod.TunDevice, subnet: str, network: str,
                       mtu: int) -> None:
         tunmod.configure_tun(tun, subnet, network, mtu)
+        self.tunwatch = TunWatch(tun.name, subnet.split("/")[0], network)
+
+    def refuse_taken_network(self, network: str) -> None:
+        refuse_foreign_overlay(network, self.opts.tun)
 
     # -- set-up (sync, before the loop) -----------------------------------
     def open_host(self) -> None:
@@ -157,6 +164,8 @@ class Daemon:
         if self.sock is not None:
             return
         o = self.opts
+        if o.network is not None:     # before anything is made or written to etcd
+            self.refuse_taken_network(str(o.network))
         try:
             if o.queues > 1:
                 self.sock, *self.queue_socks = queues.open_socket_group(
@@ -238,15 +247,23 @@ class Daemon:
         self.engine.set_peers(peers)
 
     async def _resync(self, every: float) -> None:
-        """Re-assert the firewall rules every `every` seconds (flanneld's
-        --iptables-resync), off the loop."""
-        assert self.nodenet is not None
+        """Re-assert the TUN's set-up and the firewall rules every `every`
+        seconds (flanneld's --iptables-resync), off the loop. A TUN that is
+        gone stops the daemon, exit 1: only a restart can make a new one."""
         while True:
             await asyncio.sleep(every)
             try:
-                await asyncio.to_thread(self.nodenet.check)
+                if self.tunwatch is not None:
+                    await asyncio.to_thread(self.tunwatch.check)
+                if self.nodenet is not None and self.nodenet.resync:
+                    await asyncio.to_thread(self.nodenet.check)
+            except TunGone as exc:
+                log.error("%s: exiting so that udpoverlay is restarted", exc)
+                self.exit_code = 1
+                self.stop()
+                return
             except Exception as exc:  # noqa: BLE001 - keep forwarding; say it, retry
-                log.warning("re-asserting firewall rules failed: %s", exc)
+                log.warning("re-asserting the TUN and firewall set-up failed: %s", exc)
 
     def check_address(self) -> None:
         """Note an underlay address change (see the module doc)."""
@@ -324,6 +341,7 @@ class Daemon:
             "uptime": round(time.monotonic() - self.started, 3),
             "offload": self.offload_status(),
             "node_network": self.nodenet.status() if self.nodenet is not None else None,
+            "tun_repairs": self.tunwatch.repairs if self.tunwatch is not None else 0,
         }
         if self.engine is not None:
             peers = self.liveness.peer_entries(self.engine, self.peer_details)
@@ -376,8 +394,7 @@ class Daemon:
             if self.opts.backend == "vxlan":
                 tasks.append(asyncio.create_task(
                     dataplane.arp.resolve_macs(self.engine, self.sock)))
-            if self.nodenet is not None and self.nodenet.resync:
-                tasks.append(asyncio.create_task(self._resync(self.nodenet.resync)))
+            tasks.append(asyncio.create_task(self._resync(self.opts.iptables_resync)))
             tasks.append(asyncio.create_task(self.liveness.run()))
             tasks.append(asyncio.create_task(self.address.watch(self._toward, self._pinned())))
             for service in self.services:
@@ -403,4 +420,4 @@ class Daemon:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         log.info("stopped")
-        return 0
+        return self.exit_code

@@ -54,14 +54,15 @@ EVENT_LINES = 50     # per peer-list change: one line each, then a count
 
 
 def with_network_config(opts: Options, config: NetworkConfig) -> Options:
-    """The options with what the network config decides (backend, port, VNI,
-    EnableNFTables, Backend.MTU unless --mtu, DirectRouting or the flag);
-    ConfigError for a flag the config makes meaningless."""
+    """The options with what the network config decides (network, backend,
+    port, VNI, EnableNFTables, Backend.MTU unless --mtu, DirectRouting or the
+    flag); ConfigError for a flag the config makes meaningless."""
     if opts.direct_routing and config.backend_type != "vxlan":
         raise ConfigError(f"--direct-routing only applies to the vxlan backend (the network "
                           f"config says {config.backend_type})")
     return dataclasses.replace(
-        opts, backend=config.backend_type, port=config.backend_port, vni=config.vni,
+        opts, network=config.network, backend=config.backend_type,
+        port=config.backend_port, vni=config.vni,
         mtu=opts.mtu if opts.mtu is not None else config.mtu,
         direct_routing=opts.direct_routing or config.direct_routing,
         enable_nftables=config.enable_nftables)

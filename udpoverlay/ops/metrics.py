@@ -120,6 +120,8 @@ METRICS = {
                                                    "failed"),
     "lease_keys_rejected_total": ("counter", "cluster mode: lease keys ignored as invalid, "
                                              "by reason (each key and value counted once)"),
+    "tun_repairs_total": ("counter", "resyncs that found our TUN's route, address or link "
+                                     "state changed and put them back"),
     "firewall_repairs_total": ("counter", "resyncs that found our masquerade/forward rules "
                                           "changed and put them back"),
 }
@@ -171,6 +173,9 @@ class OpsCollector:
             snap["liveness"] = _liveness(d)
             if getattr(engine, "backend", None) == "vxlan":
                 snap["unresolved"] = len(engine.unresolved())
+        tunwatch = getattr(d, "tunwatch", None)
+        if tunwatch is not None:
+            snap["tun_repairs"] = tunwatch.repairs
         nodenet = getattr(d, "nodenet", None)
         if nodenet is not None and getattr(nodenet, "firewall", None) is not None:
             snap["firewall_repairs"] = nodenet.firewall.repairs
@@ -223,6 +228,8 @@ def families(snap: dict) -> Iterable[Metric]:
         if "unresolved" in snap:
             yield GaugeMetricFamily(P + "peers_unresolved", METRICS["peers_unresolved"][1],
                                     value=snap["unresolved"])
+    if "tun_repairs" in snap:
+        yield _counter("tun_repairs", value=snap["tun_repairs"])
     if "firewall_repairs" in snap:
         yield _counter("firewall_repairs", value=snap["firewall_repairs"])
     if "static" in snap:

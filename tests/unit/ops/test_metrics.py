@@ -51,6 +51,7 @@ def test_names_follow_prometheus_conventions():
     daemon = SimpleNamespace(engine=engine, offload_status=lambda: OFFLOAD,
                              liveness=Liveness(lambda: engine, lambda *a: None),
                              nodenet=SimpleNamespace(firewall=SimpleNamespace(repairs=0)),
+                             tunwatch=SimpleNamespace(repairs=2),
                              status_sections={"static": lambda: {"peers_waiting": 0,
                                                                  "lookup_failures": 0}})
     cluster = SimpleNamespace(store_connected=True, last_contact=time.time(),
@@ -58,6 +59,7 @@ def test_names_follow_prometheus_conventions():
                               view_age=2.5, view_stale=True, failovers=1)
     fams = _families(_collector(daemon, cluster))
     assert _values(fams["udpoverlay_store_view_stale"]) == {(): 1}
+    assert _values(fams["udpoverlay_tun_repairs"]) == {(): 2}
     assert _values(fams["udpoverlay_store_failovers"]) == {(): 1}
     assert _values(fams["udpoverlay_store_view_age_seconds"]) == {(): 2.5}
     assert PROCESS <= set(fams)            # prometheus_client's standard process_* families
