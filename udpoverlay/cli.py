@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -90,6 +91,8 @@ def _cmd_run(args, env: dict[str, str]) -> int:
         return _fail(str(exc), 2, env)
     from udpoverlay.ops import logs
     logs.setup(opts.verbosity, opts.log_format)
+    for note in getattr(args, "variable_notes", ()):
+        logging.getLogger("udpoverlay.config").warning("%s", note)
     try:
         if opts.cluster:
             from udpoverlay.cluster import mode as cluster
@@ -132,12 +135,15 @@ def parse_args(argv: list[str], environ=None, *,
         argv.insert(0, "run")
     parser = build_parser()
     env: dict[str, str] = {}
+    notes: list[str] = []
     if argv and argv[0] == "run":
         run = parser.run_parser     # type: ignore[attr-defined]
         run.raising = raising
         flags, env = parse_run(run, argv[1:], environ)
+        notes = run.notes
         argv = ["run", *flags]
     args = parser.parse_args(argv)
+    args.variable_notes = notes     # logged once logging is set up
     if args.command is None:
         parser.print_help()
         parser.exit(2)

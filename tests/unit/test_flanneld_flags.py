@@ -127,7 +127,7 @@ def test_a_handful_from_the_environment_make_the_options():
            "FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "30", "FLANNELD_ETCD_USERNAME": "u",
            "FLANNELD_ETCD_PASSWORD": "p", "FLANNELD_V": "2", "FLANNELD_TUN": "flannel0",
            "FLANNELD_IPTABLES_RESYNC": "7", "FLANNELD_HEALTHZ_PORT": "8081",
-           "FLANNELD_KUBE_SUBNET_MGR": "true",          # unknown to us: ignored, as flanneld
+           "FLANNELD_KUBE_API_URL": "https://x",        # flanneld's, not ours: a WARNING
            "FLANNELD_SUBNET": ""}                       # empty: ignored, as flanneld
     o = run_options(_args([], env)[0])
     assert o.cluster and o.endpoints == (EP, "http://198.18.0.253:2379")
@@ -267,3 +267,43 @@ def test_process_refuses_before_creating_or_writing(extra, env, tmp_path):
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("udpoverlay: error: ")
     assert r.stdout == ""
     assert not _tun_exists(tun) and not subnet_file.exists()
+
+
+def test_variables_that_are_not_ours_are_named_never_silent(tmp_path, capsys):
+    """A typo'd FLANNELD_* variable (environment or env file) is a WARNING
+    with the setting it most likely meant; flanneld's own flags we lack are
+    named as such; FLANNELD_KUBE_SUBNET_MGR=true cannot be ignored."""
+    f = tmp_path / "flanneld.env"
+    f.write_text("FLANNELD_IPTABLES_RESINC=3\nFLANNELD_PUBLIC_IPV6=2001:db8::1\n")
+    f.chmod(0o600)
+    args, _ = parse_args(["run", *STATIC, "--env-file", str(f)],
+                         {"FLANNELD_IP_MAS": "true", "FLANNELD_NOTHING_LIKE_IT": "1",
+                          "FLANNELD_EMPTY_TYPO": "", "FLANNELD_IP_MASQ": "false"})
+    notes = args.variable_notes
+    assert any("FLANNELD_IP_MAS (the environment)" in n and "did you mean FLANNELD_IP_MASQ?" in n
+               for n in notes), notes
+    assert any(f"FLANNELD_IPTABLES_RESINC ({f})" in n and "FLANNELD_IPTABLES_RESYNC" in n
+               for n in notes), notes
+    assert any("FLANNELD_PUBLIC_IPV6" in n and "flanneld's --public-ipv6" in n for n in notes)
+    assert any("FLANNELD_NOTHING_LIKE_IT" in n and "did you mean" not in n for n in notes)
+    assert not any("EMPTY_TYPO" in n or "FLANNELD_IP_MASQ " in n for n in notes)
+    assert len(notes) == 4
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["run"], {"FLANNELD_KUBE_SUBNET_MGR": "true"})
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "FLANNELD_KUBE_SUBNET_MGR=true" in err[0] and "--etcd-endpoints" in err[0]
+    quiet, _ = parse_args(["run", *STATIC], {"FLANNELD_KUBE_SUBNET_MGR": "false"})
+    assert any("flanneld's --kube-subnet-mgr" in n for n in quiet.variable_notes)
+
+
+def test_a_typo_reaches_the_log_as_a_warning():
+    """The WARNING is logged once logging is set up, before the daemon
+    fails here on an interface that does not exist (nothing is created)."""
+    env = {**os.environ, "FLANNELD_IP_MAS": "true"}
+    r = subprocess.run([sys.executable, "-m", "udpoverlay", "run", *STATIC, "--iface", "nosuch0"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert r.returncode != 0
+    warnings = [line for line in r.stderr.splitlines() if "WARNING" in line]
+    assert any("FLANNELD_IP_MAS (the environment)" in w and "FLANNELD_IP_MASQ?" in w
+               for w in warnings), r.stderr

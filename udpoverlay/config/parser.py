@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from udpoverlay.config import envflags
 from udpoverlay.config.flags import FLAGS, GROUPS, Flag
 from udpoverlay.config.options import Options, build_options
+from udpoverlay.config.variables import check_variables
 from udpoverlay.errors import ConfigError
 
 __all__ = ["Parser", "PROG", "add_run_args", "run_parser", "parse_run", "parse_run_args",
@@ -25,6 +26,7 @@ PROG = "udpoverlay"
 class Parser(argparse.ArgumentParser):
     env_sources: dict[str, str] = {}     # flag -> FLANNELD_* variable it came from
     raising = False                      # raise ConfigError instead of exiting (a reload)
+    notes: list[str] = []                # WARNINGs to log once logging is set up
 
     def error(self, message):  # one line, exit 2
         message = envflags.annotate(message, self.env_sources)
@@ -107,6 +109,10 @@ def parse_run(run: Parser, argv: list[str], environ: Mapping[str, str] | None = 
     environ = os.environ if environ is None else environ
     flags = envflags.go_spelling(run, argv)
     path, settings = _env_file_settings(run, flags, environ)
+    try:
+        run.notes = check_variables(environ, settings, path)
+    except ConfigError as exc:
+        run.error(str(exc))
     injected, env = envflags.from_environment(run, flags, {**settings, **environ})
     env = {flag: var if var in environ else f"{var} in {path}" for flag, var in env.items()}
     run.env_sources = env
@@ -114,13 +120,17 @@ def parse_run(run: Parser, argv: list[str], environ: Mapping[str, str] | None = 
 
 
 def parse_run_args(argv: list[str], environ: Mapping[str, str] | None = None, *,
-                   raising: bool = False) -> tuple[argparse.Namespace, dict[str, str]]:
+                   raising: bool = False, notes: list[str] | None = None,
+                   ) -> tuple[argparse.Namespace, dict[str, str]]:
     """`[run] FLAGS...` as the daemon was started -> (arguments, sources);
-    bad arguments exit 2 in one line, or raise ConfigError with `raising`."""
+    bad arguments exit 2 in one line, or raise ConfigError with `raising`.
+    `notes` receives the WARNINGs about variables that are not ours."""
     argv = list(argv)
     if argv[:1] == ["run"]:
         argv = argv[1:]
     run = run_parser()
     run.raising = raising
     args, env = parse_run(run, argv, environ)
+    if notes is not None:
+        notes.extend(run.notes)
     return run.parse_args(args), env

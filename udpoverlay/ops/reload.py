@@ -43,10 +43,15 @@ log = logging.getLogger(__name__)
 LIVE = ("v", "log_format")      # argparse dests applied without a restart
 
 
-def _parse(argv: list[str], environ: Mapping[str, str]) -> tuple[argparse.Namespace,
-                                                                 dict[str, str], Any]:
-    """(arguments, their FLANNELD_* sources, Options): the start's own parse."""
-    args, sources = parse_run_args(argv, environ, raising=True)
+def _parse(argv: list[str], environ: Mapping[str, str], *, announce: bool = True,
+           ) -> tuple[argparse.Namespace, dict[str, str], Any]:
+    """(arguments, their FLANNELD_* sources, Options): the start's own parse;
+    variables that are not ours are WARNINGs again (not at the baseline: the
+    start already said them)."""
+    notes: list[str] = []
+    args, sources = parse_run_args(argv, environ, raising=True, notes=notes)
+    for note in notes if announce else ():
+        log.warning("SIGHUP: %s", note)
     return args, sources, run_options(args)   # the same checks as at start
 
 
@@ -67,7 +72,7 @@ class EnvReload:
         if self.env_file is None:
             return
         try:
-            args, _, opts = _parse(self.argv, self.environ)
+            args, _, opts = _parse(self.argv, self.environ, announce=False)
             if expected is not None and opts != expected:
                 raise ConfigError("the command line seen now differs from the one at start")
         except (ConfigError, SystemExit) as exc:

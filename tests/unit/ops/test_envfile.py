@@ -161,3 +161,19 @@ def test_reload_of_a_fifo_or_foreign_env_file_is_an_error_and_never_blocks(tmp_p
         run(r.reload())
     assert time.monotonic() - started < 2.0
     assert logs.current.verbosity == 0                      # running settings kept
+
+
+def test_reload_names_a_typo_in_the_env_file(tmp_path, caplog, live_logs):
+    f = tmp_path / "env"
+    f.write_text("FLANNELD_V=0\n")
+    f.chmod(0o600)
+    argv = [*STATIC, "--env-file", str(f)]
+    r = EnvReload(str(f), argv, {})
+    with caplog.at_level(logging.INFO, logger="udpoverlay"):
+        r.baseline(run_options(parse_args(argv, {})[0]))
+        assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
+        f.write_text("FLANNELD_V=0\nFLANNELD_IP_MAS=true\n")
+        run(r.reload())
+    warnings = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "SIGHUP: FLANNELD_IP_MAS" in warnings[0]
+    assert "FLANNELD_IP_MASQ?" in warnings[0]
