@@ -247,7 +247,7 @@ class ControlServer:
             self._unlink()
             raise
         self.closing = False
-        log.info("control socket %s (mode 0600: root only)", self.path)
+        log.debug("control socket %s (mode 0600: root only)", self.path)
 
     def _unlink(self) -> None:
         """Remove our socket file, unless someone else's replaced it."""

@@ -150,7 +150,8 @@ def setup_summary(doc: dict) -> list[str]:
     lines.append("offloads: " + offload_text(doc["offload"]))
     peers = doc.get("peers") or []
     if not peers:
-        lines.append("no peers configured")
+        lines.append("peers: from the etcd leases (none yet)" if "cluster" in doc
+                     else "no peers configured")
     for p in peers:
         name = f" ({p['host']})" if p.get("host") else ""
         lines.append(f"peer {p['public_ip']}:{p['port']}{name} -> {p['subnet']}")

@@ -307,3 +307,13 @@ def test_a_typo_reaches_the_log_as_a_warning():
     warnings = [line for line in r.stderr.splitlines() if "WARNING" in line]
     assert any("FLANNELD_IP_MAS (the environment)" in w and "FLANNELD_IP_MASQ?" in w
                for w in warnings), r.stderr
+
+
+def test_every_valued_flag_names_its_unit_or_kind_in_help():
+    """No metavar that only repeats the flag's name (LEASE_TTL): a unit
+    (SECONDS, BYTES, MINUTES, ...) or what the value is (FILE, IP, CIDR)."""
+    for row in FLAGS:
+        if row.kind == "bool" or row.choices:
+            continue
+        assert row.metavar, row.name
+        assert row.metavar != row.name.lstrip("-").upper().replace("-", "_"), row.name

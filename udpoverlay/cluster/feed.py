@@ -149,7 +149,8 @@ class PeerFeed:
             return
         self.applied = len(peers)
         self.publishes += 1
-        log.info("peers now %d%s", len(peers), _summary(changes, self.view.peers))
+        # DEBUG: cluster/mode.py logs each change on its own line at INFO
+        log.debug("peers now %d%s", len(peers), _summary(changes, self.view.peers))
 
     def _resolve(self, subnet: Net, context: Context) -> str | None:
         """Pick the subnet's winning key, reject the others, update the view."""

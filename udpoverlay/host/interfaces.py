@@ -108,7 +108,7 @@ def _by_iface(ipr, addrs, iface: str) -> Underlay | None:
     for index, addr in addrs:
         if found and index == found[0]:
             return Underlay(iface, addr)
-    log.info("--iface %s: no interface with that name or address has an IPv4 address",
+    log.warning("--iface %s: no interface with that name or address has an IPv4 address",
              iface)
     return None
 
@@ -123,7 +123,7 @@ def _by_regex(ipr, addrs, pattern: str) -> Underlay | None:
         name = _name(ipr, index)
         if rx.search(name):
             return Underlay(name, addr)
-    log.info("--iface-regex %s: no interface address or name matches", pattern)
+    log.warning("--iface-regex %s: no interface address or name matches", pattern)
     return None
 
 
@@ -132,14 +132,14 @@ def _by_route(ipr, addrs, dst: str) -> Underlay | None:
     try:
         routes = ipr.route("get", dst=dst)
     except Exception as exc:  # noqa: BLE001 - netlink says "unreachable" as an error
-        log.info("--iface-can-reach %s: no route (%s)", dst, exc)
+        log.warning("--iface-can-reach %s: no route (%s)", dst, exc)
         return None
     for r in routes:
         oif, src = attr(r, "RTA_OIF"), attr(r, "RTA_PREFSRC")
         for index, addr in addrs:
             if index == oif and (src is None or addr == src):
                 return Underlay(_name(ipr, index), addr)
-    log.info("--iface-can-reach %s: the route's interface has no IPv4 address", dst)
+    log.warning("--iface-can-reach %s: the route's interface has no IPv4 address", dst)
     return None
 
 

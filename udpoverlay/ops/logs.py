@@ -27,9 +27,9 @@ import sys
 from typing import IO
 
 __all__ = ["setup", "set_verbosity", "set_format", "journald_stream", "JsonFormatter",
-           "JournalFormatter", "TEXT_FORMAT", "current"]
+           "JournalFormatter", "TextFormatter", "TEXT_FORMAT", "current"]
 
-TEXT_FORMAT = "%(asctime)s udpoverlay %(levelname)s %(message)s"
+TEXT_FORMAT = "%(asctime)s %(source)s %(levelname)s %(message)s"
 _OURS = "udpoverlay"
 # syslog priorities (sd-daemon.h's SD_ERR, SD_WARNING, ...) by logging level
 _PRIORITY = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
@@ -56,17 +56,42 @@ def journald_stream(stream: IO | None = None, environ=None) -> bool:
     return bool(want) and want == f"{st.st_dev}:{st.st_ino}"
 
 
+def _source(record: logging.LogRecord) -> str:
+    """"udpoverlay" for our lines; a library's own name for its lines (-v 2),
+    so pyroute2's or gRPC's debug is never taken for ours."""
+    name = record.name
+    return _OURS if name == _OURS or name.startswith(_OURS + ".") else name
+
+
+class TextFormatter(logging.Formatter):
+    """'TIME udpoverlay LEVEL message' (a library's line: its logger name)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.source = _source(record)
+        return super().format(record)
+
+
 class JournalFormatter(logging.Formatter):
-    """'<4>WARNING message': no timestamp (journald adds its own)."""
+    """'<4>WARNING message': no timestamp (journald adds its own); a
+    library's line carries its logger name in brackets."""
 
     def __init__(self) -> None:
         super().__init__("%(levelname)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         prio = next((p for level, p in _PRIORITY if record.levelno >= level), 7)
+        source = _source(record)
+        tag = "" if source == _OURS else f"[{source}] "
+        line = super().format(record)
+        if tag:
+            level, _, rest = line.partition(" ")
+            line = f"{level} {tag}{rest}"
         # A traceback's lines would each become an entry at the default
         # priority: keep the record on one line.
-        return f"<{prio}>" + super().format(record).replace("\n", " | ")
+        return f"<{prio}>" + line.replace("\n", " | ")
 
 
 class JsonFormatter(logging.Formatter):
@@ -87,7 +112,7 @@ def _formatter(fmt: str, stream: IO) -> logging.Formatter:
         return JsonFormatter()
     if journald_stream(stream):
         return JournalFormatter()
-    return logging.Formatter(TEXT_FORMAT)
+    return TextFormatter()
 
 
 def setup(verbosity: int = 0, fmt: str = "text", stream: IO | None = None) -> None:

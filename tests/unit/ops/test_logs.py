@@ -89,3 +89,17 @@ def test_json_one_object_per_line_and_live_switch(tmp_path, restore_logging):
     assert a["time"].endswith("Z")
     assert b["level"] == "error" and "ValueError: boom" in b["exc"]
     assert lines[2].endswith("udpoverlay INFO plain again")
+
+
+def test_a_librarys_lines_carry_its_own_name_never_ours():
+    """-v 2 lets pyroute2's and gRPC's debug through: in text and journald
+    form their lines say whose they are."""
+    from udpoverlay.ops.logs import JournalFormatter, TextFormatter
+
+    def record(name: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.DEBUG, __file__, 1, "hello %s", ("x",), None)
+    assert " udpoverlay DEBUG hello x" in TextFormatter().format(record("udpoverlay.daemon"))
+    text = TextFormatter().format(record("pyroute2.netlink"))
+    assert " pyroute2.netlink DEBUG hello x" in text and "udpoverlay" not in text
+    assert JournalFormatter().format(record("udpoverlay.cli")) == "<7>DEBUG hello x"
+    assert JournalFormatter().format(record("pyroute2")) == "<7>DEBUG [pyroute2] hello x"
