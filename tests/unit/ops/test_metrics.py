@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import pktgen as g
+from tests.support.requirements import require
 from udpoverlay import dataplane
 from udpoverlay.dataplane import wire
 from udpoverlay.lifecycle import Lifecycle
@@ -293,7 +294,6 @@ def test_exposition_is_valid_for_prometheus_and_promtool(tmp_path):
     import shutil
     import subprocess
 
-    import pytest
     d = _live_daemon()
     d.nodenet = SimpleNamespace(firewall=SimpleNamespace(repairs=1))
     d.status_sections = {"static": lambda: {"peers_waiting": 1, "lookup_failures": 2}}
@@ -305,8 +305,9 @@ def test_exposition_is_valid_for_prometheus_and_promtool(tmp_path):
     assert {"udpoverlay_peer_active", "udpoverlay_lease_keys_rejected",
             "process_cpu_seconds"} <= names
     promtool = os.environ.get("PROMTOOL") or shutil.which("promtool")
-    if not promtool:
-        pytest.skip("promtool not installed (Debian package prometheus)")
+    require(promtool is not None, "promtool not installed (./dev test unpacks it from "
+            "Debian's prometheus package)")
+    assert promtool is not None
     r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), \
