@@ -102,7 +102,7 @@ def test_store_and_membership_through_a_member_cut_off(ha, capsys, caplog, which
         try:
             await wait_until(lambda: rec.calls or task.done(), 10, "first apply_peers")
             assert not task.done(), task.result()
-            subnet, lease_id = m.lease.subnet, m._lease_id
+            subnet, lease_id = m.lease.subnet, m.state.lease_id
             peer = _peer_subnet(str(subnet))
             assert relay.open_connections(victim) == 1 and store.failovers == 0
 
@@ -126,7 +126,7 @@ def test_store_and_membership_through_a_member_cut_off(ha, capsys, caplog, which
 
             await asyncio.sleep(max(0.0, t0 + CUT - time.monotonic()))
             assert not task.done(), task.result()
-            assert (m.lease.subnet, m._lease_id) == (subnet, lease_id)      # never lost
+            assert (m.lease.subnet, m.state.lease_id) == (subnet, lease_id)      # never lost
             out = await asyncio.to_thread(ha.etcdctl, "lease", "timetolive", f"{lease_id:x}")
             assert "remaining(" in out and "already expired" not in out, out
             got = await asyncio.to_thread(ha.etcdctl, "get", subnet_key(prefix, subnet),
