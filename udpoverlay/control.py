@@ -39,7 +39,8 @@ from typing import Callable
 
 from udpoverlay.errors import ControlError
 
-__all__ = ["DEFAULT_RUNTIME_DIR", "ControlServer", "ControlSocketError", "default_runtime_dir",
+__all__ = ["DEFAULT_RUNTIME_DIR", "ControlServer", "ControlSocketError", "ControlSocketBusy",
+           "default_runtime_dir",
            "netns_inode", "prepare_runtime_dir", "query_status", "socket_path"]
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,11 @@ _UCRED = struct.Struct("3i")   # struct ucred: pid, uid, gid
 class ControlSocketError(ControlError, OSError):
     """The control socket cannot be set up (bad runtime dir, name taken).
     An OSError too, so the daemon reports it like any socket failure."""
+
+
+class ControlSocketBusy(ControlSocketError):
+    """Another daemon answers on our socket: the same TUN name in the same
+    network namespace is taken."""
 
 
 def default_runtime_dir(euid: int | None = None) -> str:
@@ -132,7 +138,7 @@ def _claim(path: str) -> None:
         pass                    # busy (full backlog) or slow: someone is there
     finally:
         probe.close()
-    raise ControlSocketError(f"another udpoverlay daemon is listening on {path}")
+    raise ControlSocketBusy(f"another udpoverlay daemon is listening on {path}")
 
 
 class _Client(asyncio.Protocol):
