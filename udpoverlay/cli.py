@@ -3,7 +3,7 @@ environment and their checks are the config package's (config/flags.py).
 
   udpoverlay [run] --subnet CIDR --network CIDR --peer HOST=CIDR ... [--peers-file F]
   udpoverlay [run] --etcd-endpoints URL [--iface IFACE] ...     (cluster mode)
-  udpoverlay status [--tun X] [--json]
+  udpoverlay status [--tun X] [--json]      (exit 0 ready, 3 starting/stopping)
   udpoverlay --version
 
 `run` takes flanneld's flags with flanneld's meanings, also from FLANNELD_*
@@ -27,6 +27,7 @@ from udpoverlay.errors import ConfigError, ControlError, TunSetupError
 __all__ = ["main", "build_parser", "parse_args", "run_options"]
 
 SUBCOMMANDS = ("run", "status")
+NOT_READY = 3       # `status` answered, but the daemon is starting or stopping
 
 
 def _implementation() -> str:
@@ -75,9 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show the running daemon's routes and counters, or "
                                        "what its start-up waits for",
                         description="Query the daemon in this network namespace "
-                                    "(root only), also while it starts (the answer then "
-                                    "says what it waits for). The daemon is named by its "
-                                    "TUN device (--tun).")
+                                    "(root only), also while it starts: the answer then "
+                                    "says what it waits for. Exit 0 when the daemon is "
+                                    "ready, 3 while it starts or stops, 1 when no daemon "
+                                    "answers. The daemon is named by its TUN device "
+                                    "(--tun).")
     st.add_argument("--tun", default=DEFAULT_TUN,
                     help=f"TUN device of the daemon (default {DEFAULT_TUN})")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -162,13 +165,14 @@ def _cmd_status(args) -> int:
         doc = query_status(args.tun, timeout=args.timeout)
     except ControlError as exc:
         return _fail(str(exc), 1)
+    ready = doc.get("phase", "ready") == "ready"
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
-    elif "waiting_for" in doc or "peers" not in doc and doc.get("phase") != "ready":
+    elif "waiting_for" in doc or (not ready and "peers" not in doc):
         print(_format_starting(doc))
     else:
         print(format_status(doc))
-    return 0
+    return 0 if ready else NOT_READY
 
 
 def _format_starting(doc: dict) -> str:

@@ -3,11 +3,13 @@ namespaces: the sd_notify datagrams on a real AF_UNIX socket ($NOTIFY_SOCKET:
 STATUS= while waiting, READY=1, WATCHDOG=1 at half of $WATCHDOG_USEC,
 STOPPING=1); `udpoverlay status` answering while the daemon waits for an
 etcd nobody serves, and a stop during that wait logged; in cluster mode
-ip_forward=0 ends the daemon before anything is written to etcd."""
+ip_forward=0 ends the daemon before anything is written to etcd; the unit's
+SystemCallFilter, built as systemd builds it, lets the daemon work."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import time
@@ -16,7 +18,10 @@ import pytest
 
 from lab.netns import wait_for
 from tests.integration.cluster.conftest import cluster  # noqa: F401 - the fixture
+from tests.support import seccomp
 from tests.support.cluster import PREFIX, underlay
+from tests.support.overlay import ROOT
+from tests.support.requirements import require
 
 STATIC_NOTIFY_WAIT = 20.0
 
@@ -87,7 +92,11 @@ def test_status_answers_while_waiting_for_etcd_and_a_stop_is_logged(overlay2, no
     assert want in got, (got, d.stderr())
     assert not any(m.startswith("READY=1") for m in got)
 
-    doc = ov.status(h1)
+    assert ov.status(h1, check=False) is None           # not ready: exit 3
+    r = ov.run(h1, [sys.executable, "-m", "udpoverlay", "status", "--json", "--timeout", "3"],
+               timeout=15)
+    assert r.returncode == 3, r.stderr
+    doc = json.loads(r.stdout)
     assert doc["phase"] == "starting" and doc["mode"] == "cluster", doc
     assert doc["waiting_for"] == "the network config from etcd", doc
     assert doc["tun"] == "udpov0" and doc["waiting_seconds"] >= 0
@@ -95,7 +104,7 @@ def test_status_answers_while_waiting_for_etcd_and_a_stop_is_logged(overlay2, no
     assert doc["control"]["served"] >= 0
     text = ov.run(h1, [sys.executable, "-m", "udpoverlay", "status", "--timeout", "3"],
                   timeout=15)
-    assert text.returncode == 0, text.stderr
+    assert text.returncode == 3, text.stderr
     assert "starting, waiting for the network config from etcd" in text.stdout, text.stdout
     assert "etcd: disconnected" in text.stdout, text.stdout
 
@@ -108,7 +117,9 @@ def test_status_answers_while_waiting_for_etcd_and_a_stop_is_logged(overlay2, no
     rest = [m for _, m in _messages(sock, lambda m: any(x.startswith("STOPPING=1")
                                                         for _, x in m), 5.0)]
     assert any(m.startswith("STOPPING=1") for m in rest), rest
-    assert ov.status(h1, check=False) is None          # the control socket is gone
+    r = ov.run(h1, [sys.executable, "-m", "udpoverlay", "status", "--timeout", "1"],
+               timeout=15)
+    assert r.returncode == 1 and "no udpoverlay daemon" in r.stderr, r.stderr   # socket gone
 
 
 def test_ip_forward_off_fails_before_any_lease_is_written(cluster):  # noqa: F811
@@ -134,3 +145,39 @@ def test_ip_forward_off_fails_before_any_lease_is_written(cluster):  # noqa: F81
     assert cl.etcd.etcdctl("get", f"{PREFIX}/subnets/", "--prefix", "--keys-only").split()
     assert cl.ov.stop(d) == 0, d.stderr()
     wait_for(lambda: not cl.ov.link_exists(h1), 10, 0.1, "TUN removed")
+
+
+def test_static_daemon_under_the_units_syscall_filter(overlay2, tmp_path):
+    """The unit's SystemCallFilter=@system-service with SystemCallErrorNumber=EPERM,
+    built as systemd builds it: the daemon (TUN with offloads, UDP GSO/GRO,
+    --ip-masq's iptables, the control socket) comes up and carries traffic."""
+    require(seccomp.available(), "needs systemd-analyze and libseccomp")
+    unit = (ROOT / "contrib/udpoverlay.service").read_text()
+    [groups] = [line.split("=", 1)[1] for line in unit.splitlines()
+                if line.startswith("SystemCallFilter=")]
+    allowed = tmp_path / "allowed"
+    allowed.write_text("\n".join(sorted(seccomp.allowed_syscalls(*groups.split()))))
+    ov = overlay2
+    probe = ov.run(ov.hosts[1], [sys.executable, "-m", "tests.support.seccomp", str(allowed),
+                                 "--", sys.executable, "-c", "import os; os.chroot('/')"],
+                   timeout=30, cwd=str(ROOT))
+    assert probe.returncode != 0 and "Operation not permitted" in probe.stderr  # it filters
+    ov.start(2, peers=[1])
+    args = [sys.executable, "-m", "udpoverlay", "run", "--public-ip", underlay(1),
+            "--subnet", "198.19.1.0/24", "--network", "198.19.0.0/16",
+            "--peer", f"{underlay(2)}=198.19.2.0/24", "--ip-masq"]
+    d = ov.launch(1, [sys.executable, "-m", "tests.support.seccomp", str(allowed), "--", *args])
+    # ip netns exec and the loader both exec: d.proc.pid is the daemon, one filter
+    # more than we run under
+    assert _filters(d.proc.pid) == _filters(os.getpid()) + 1
+    assert ov.ping(1, 2).returncode == 0, d.stderr()
+    st = ov.status(ov.hosts[1])
+    assert st["node_network"]["firewall"] == "iptables" and st["counters"]["rx_packets"] > 0
+    assert ov.stop(d) == 0, d.stderr()
+    assert "Operation not permitted" not in d.stderr(), d.stderr()
+
+
+def _filters(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    return int(fields["Seccomp_filters"])
