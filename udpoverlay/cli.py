@@ -154,6 +154,9 @@ def _cmd_run(args, env: dict[str, str]) -> int:
     except KeyboardInterrupt:
         log.info("stopped")
         return 0
+    except Exception:  # noqa: BLE001 - a bug: one record (journald/JSON keep it on one line)
+        log.exception("unexpected error, exiting")
+        return 1
 
 
 def _cmd_status(args) -> int:

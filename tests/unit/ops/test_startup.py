@@ -164,3 +164,33 @@ def test_unit_verifies_with_a_real_exec_start(tmp_path):
     r = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True,
                        text=True, timeout=60)
     assert "Failed to parse value" in r.stderr and ": x" in r.stderr, r.stderr
+
+
+def test_an_unexpected_error_is_one_json_record_and_exit_1(monkeypatch, capsys):
+    import logging
+
+    from udpoverlay import cli
+    from udpoverlay.ops import logs
+    from udpoverlay.static import mode as static
+
+    def boom(opts):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(static, "run", boom)
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        code = cli.main(["run", "--subnet", "198.19.1.0/24", "--network", "198.19.0.0/16",
+                         "--log-format", "json"])
+    finally:
+        if logs.current.handler is not None:
+            root.removeHandler(logs.current.handler)
+        logs.current.handler, logs.current.fmt = None, "text"
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        logs.set_verbosity(0)
+    assert code == 1
+    lines = capsys.readouterr().err.splitlines()
+    docs = [json.loads(line) for line in lines]       # every line is one JSON object
+    assert docs[-1]["level"] == "error" and "unexpected error" in docs[-1]["msg"], docs
+    assert "RuntimeError: boom" in docs[-1]["exc"]
+    assert "starting: static mode" in docs[0]["msg"]
