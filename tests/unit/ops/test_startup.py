@@ -9,6 +9,7 @@ point the way."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -194,3 +195,42 @@ def test_an_unexpected_error_is_one_json_record_and_exit_1(monkeypatch, capsys):
     assert docs[-1]["level"] == "error" and "unexpected error" in docs[-1]["msg"], docs
     assert "RuntimeError: boom" in docs[-1]["exc"]
     assert "starting: static mode" in docs[0]["msg"]
+
+
+def _opts(**kw):
+    from udpoverlay.config.options import build_cluster_options
+    return build_cluster_options(endpoints="http://198.18.0.254:2379", **kw)
+
+
+def test_preflight_checks_what_the_rules_need(tmp_path, monkeypatch):
+    """ip_forward and the tools, only when rules are wanted; each failure
+    names the fix in one line."""
+    from udpoverlay.errors import FirewallError
+    from udpoverlay.host.preflight import check_firewall_prerequisites as check
+
+    off, on = tmp_path / "off", tmp_path / "on"
+    off.write_text("0\n")
+    on.write_text("1\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    # no rules wanted (cluster mode without forward rules, no --ip-masq): nothing checked
+    check(_opts(iptables_forward_rules=False), str(off))
+    with pytest.raises(FirewallError, match=r"ip_forward is 0.*sysctl -w net.ipv4.ip_forward=1"):
+        check(_opts(), str(off))
+    with pytest.raises(FirewallError, match="cannot read"):
+        check(_opts(), str(tmp_path / "missing"))
+    with pytest.raises(FirewallError, match="iptables-save not found on PATH: install the "
+                                            "iptables package"):
+        check(_opts(), str(on))
+    for tool, body in (("iptables-save", "echo 'cannot initialize' >&2; exit 3"),
+                       ("iptables-restore", "exit 0")):
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / tool).chmod(0o755)
+    with pytest.raises(FirewallError, match=r"iptables-save -t filter failed \(exit 3\): "
+                                            "cannot initialize"):
+        check(_opts(), str(on))
+    (bin_dir / "iptables-save").write_text("#!/bin/sh\nexit 0\n")
+    check(_opts(), str(on))                                        # all there: passes
+    with pytest.raises(FirewallError, match="nft not found on PATH: install the nftables"):
+        check(dataclasses.replace(_opts(), enable_nftables=True), str(on))
