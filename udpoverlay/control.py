@@ -40,7 +40,8 @@ from typing import Callable
 from udpoverlay.errors import ControlError, ControlSocketError
 from udpoverlay.host.rundir import DEFAULT_RUNTIME_DIR, default_runtime_dir, prepare_runtime_dir, who
 
-__all__ = ["DEFAULT_RUNTIME_DIR", "ControlServer", "ControlSocketError", "default_runtime_dir",
+__all__ = ["DEFAULT_RUNTIME_DIR", "ControlServer", "ControlSocketError", "ControlSocketBusy",
+           "default_runtime_dir",
            "netns_inode", "prepare_runtime_dir", "query_status", "socket_path"]
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,11 @@ REBUILD_BURST = 8           # ... after a burst of this many fresh ones
 CHUNK = 64 * 1024           # bytes handed to the transport at a time
 BACKLOG = 128
 _UCRED = struct.Struct("3i")   # struct ucred: pid, uid, gid
+
+
+class ControlSocketBusy(ControlSocketError):
+    """Another daemon answers on our socket: the same TUN name in the same
+    network namespace is taken."""
 
 
 def netns_inode() -> int:
@@ -93,7 +99,7 @@ def _claim(path: str) -> None:
         pass                    # busy (full backlog) or slow: someone is there
     finally:
         probe.close()
-    raise ControlSocketError(f"another udpoverlay daemon is listening on {path}")
+    raise ControlSocketBusy(f"another udpoverlay daemon is listening on {path}")
 
 
 class _Client(asyncio.Protocol):

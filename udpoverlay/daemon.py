@@ -10,7 +10,8 @@ ordered start and shutdown.
             chosen interface.
   setup()   the rest, also sync: TUN configured by netlink -> vxlan
             source sockets -> data-plane engine with the peers.
-  serve()   on the loop: control socket, data-plane readers (or worker
+  serve()   on the loop: control socket (its own unless the caller opened
+            one early and set `control`), data-plane readers (or worker
             threads), the vxlan ARP resolver, peer liveness and keepalives
             (liveness.py), the underlay address watch, the mode's
             `services`; marks the Lifecycle ready; returns on stop()
@@ -384,12 +385,13 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         tasks: list[asyncio.Task] = []
         try:
-            self.control = ControlServer(self.opts.tun, self.status)
-            try:
-                await self.control.start()
-            except OSError as exc:
-                raise TunSetupError(f"cannot open control socket for {self.opts.tun}: "
-                                    f"{exc}") from None
+            if self.control is None:    # else opened early by the caller (Ops)
+                self.control = ControlServer(self.opts.tun, self.status)
+                try:
+                    await self.control.start()
+                except OSError as exc:
+                    raise TunSetupError(f"cannot open control socket for {self.opts.tun}: "
+                                        f"{exc}") from None
             self.runner.start(loop)
             if self.opts.backend == "vxlan":
                 tasks.append(asyncio.create_task(

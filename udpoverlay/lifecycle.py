@@ -6,11 +6,15 @@ $NOTIFY_SOCKET, status) without reaching into the daemon.
     starting | ready --(shutdown)--> stopping
 
 `waiting_for` says in words what start-up is waiting for ("etcd", "the
-network config", "a subnet lease", ...), so a 503 explains itself. The
+network config", "a subnet lease", ...), so a 503, `udpoverlay status` and
+systemd's STATUS= line explain themselves; `waiting_since` is when that
+started (monotonic). The
 mode runners (static/mode.py, cluster/mode.py) create one Lifecycle at the
 very start, before anything can block, and hand it to the Daemon.
-Listeners run on the event loop's thread, in order; one that raises is
-logged and skipped, never allowed to stop the daemon.
+Listeners hear every phase change and, while starting, every change of
+what start-up waits for (called with STARTING). They run on the event
+loop's thread, in order; one that raises is logged and skipped, never
+allowed to stop the daemon.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class Lifecycle:
         self.started = time.monotonic()
         self.changed = self.started
         self.waiting_for = "start-up"
+        self.waiting_since = self.started
         self._listeners: list[Callable[[str], None]] = []
 
     @property
@@ -41,15 +46,18 @@ class Lifecycle:
         return self.phase == READY
 
     def subscribe(self, listener: Callable[[str], None]) -> None:
-        """Call listener(phase) on every change (and now, if past starting)."""
+        """Call listener(phase) on every change, and now."""
         self._listeners.append(listener)
-        if self.phase != STARTING:
-            self._call(listener)
+        self._call(listener)
 
     def waiting(self, what: str) -> None:
-        """Start-up is blocked on `what` (shown by /readyz and status)."""
-        if self.phase == STARTING:
+        """Start-up is blocked on `what` (shown by /readyz, status and
+        systemd's STATUS=); listeners hear it when it changes."""
+        if self.phase == STARTING and what != self.waiting_for:
             self.waiting_for = what
+            self.waiting_since = time.monotonic()
+            for listener in list(self._listeners):
+                self._call(listener)
 
     def set_ready(self) -> None:
         if self.phase == STARTING:

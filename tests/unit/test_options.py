@@ -161,7 +161,7 @@ def test_parse_peer_default_port():
     (["--public-ip", "198.18.0.1", "--network", "198.19.0.0/16"], "--subnet"),
     (["--bogus-flag"], "unrecognized"),
     (["run", "--bogus-flag"], "unrecognized"),
-    (["run", "--public-ip", "198.18.0.1"], "--subnet is required"),
+    (["run", "--public-ip", "198.18.0.1"], "--etcd-endpoints (cluster mode"),   # both ways
     (["run", "--subnet", "198.19.1.0/24", "--network", "198.19.0.0/16", "--bogus"],
      "unrecognized"),
 ])

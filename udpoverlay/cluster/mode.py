@@ -4,9 +4,10 @@
 Start sequence (one event loop, uvloop when available):
   choose the underlay interface -> store + membership -> load_config (waits
   while missing/invalid/etcd down) -> the flags checked against the config
-  (--direct-routing needs vxlan; Backend.MTU or --mtu) -> bind the port,
-  create the TUN and take the MTU (Daemon.open_host: nothing written to
-  etcd yet, so every check has run) -> acquire our lease -> Daemon.setup()
+  (--direct-routing needs vxlan; Backend.MTU or --mtu) -> what the
+  firewall rules need (host/preflight.py: ip_forward, iptables or nft) ->
+  bind the port, create the TUN and take the MTU (Daemon.open_host:
+  nothing written to etcd yet, so every check has run) -> acquire our lease -> Daemon.setup()
   with Options.for_lease (subnet, network from the lease), in a worker thread
   (pyroute2's sync netlink must not run inside the running loop) -> subnet.env ->
   membership.run(daemon.apply_peers) registered as one of the daemon's
@@ -42,6 +43,7 @@ from udpoverlay.daemon import Daemon, prepare
 from udpoverlay.errors import ConfigError, NetworkConfigChanged
 from udpoverlay.eventloop import interrupt_on_sigterm, run_loop
 from udpoverlay.host.interfaces import interface_network
+from udpoverlay.host.preflight import check_firewall_prerequisites
 from udpoverlay.lifecycle import Lifecycle
 from udpoverlay.ops.service import Ops
 from udpoverlay.peer import derive_vtep_mac, format_mac
@@ -113,9 +115,12 @@ async def _main(opts: Options) -> int:
         if config.backend_type == "vxlan":
             vtep_mac = opts.vtep_mac or derive_vtep_mac(public_ip, opts.prefix)
             membership.backend_data = {"VtepMAC": format_mac(vtep_mac)}
-        # Bind the port, create the TUN and take the MTU before anything is
-        # written to etcd: a second instance on this host fails here, never
-        # having touched the first one's lease.
+        # What the firewall rules need (ip_forward, iptables/nft), then bind
+        # the port, create the TUN and take the MTU, all before anything is
+        # written to etcd: a node that fails here holds no lease, and a
+        # second instance on this host never touches the first one's.
+        lifecycle.waiting("the host checks")
+        await asyncio.to_thread(check_firewall_prerequisites, opts)
         daemon = Daemon(opts, lifecycle)
         ops.attach(daemon)
         daemon.status_sections["cluster"] = membership.status   # after "ops", as before

@@ -15,6 +15,13 @@ Why like this:
   record, so a collector can split on newlines.
 - One handler on the root logger, owned here; setup() replaces it, so
   calling it again (a reload) never duplicates lines.
+- An error that ends the process (fatal()) is one line in the same form:
+  "<3>ERROR ..." under journald (priority err, so `journalctl -p err`
+  shows why a start failed), a JSON object with "exit_status" under
+  --log-format json, and "udpoverlay: error: ..." on a terminal or in a
+  file. It is written straight to stderr, also before setup() ran (the
+  CLI passes the format the command line or environment asks for) and
+  whatever -v says.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import sys
 from typing import IO
 
 __all__ = ["setup", "set_verbosity", "set_format", "journald_stream", "JsonFormatter",
-           "JournalFormatter", "TextFormatter", "TEXT_FORMAT", "current"]
+           "JournalFormatter", "TextFormatter", "TEXT_FORMAT", "current", "fatal"]
 
 TEXT_FORMAT = "%(asctime)s %(source)s %(levelname)s %(message)s"
 _OURS = "udpoverlay"
@@ -104,6 +111,9 @@ class JsonFormatter(logging.Formatter):
                "msg": record.getMessage()}
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
+        exit_status = getattr(record, "exit_status", None)
+        if exit_status is not None:
+            doc["exit_status"] = exit_status
         return json.dumps(doc, default=str)
 
 
@@ -144,3 +154,24 @@ def set_format(fmt: str) -> None:
     stream = getattr(handler, "stream", sys.stderr)
     handler.setFormatter(_formatter(fmt, stream))
     current.fmt = fmt
+
+
+def fatal(message: str, exit_status: int | None = None, fmt: str | None = None,
+          stream: IO | None = None) -> None:
+    """One line for an error that ends the process (see the module notes);
+    fmt defaults to the format set up, else text."""
+    stream = stream or sys.stderr
+    fmt = fmt or current.fmt
+    record = logging.LogRecord(_OURS, logging.ERROR, __file__, 0, message, None, None)
+    record.exit_status = exit_status
+    if fmt == "json":
+        line = JsonFormatter().format(record)
+    elif journald_stream(stream):
+        line = JournalFormatter().format(record)
+    else:
+        line = f"{_OURS}: error: {message}"
+    try:
+        stream.write(line + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass        # stderr gone: the exit status still tells

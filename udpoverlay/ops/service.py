@@ -1,6 +1,7 @@
-"""The operations layer's one object (Ops): the /healthz, /readyz and
-/metrics endpoint, systemd's notification and SIGHUP's env-file re-read,
-wired to the Lifecycle and the Daemon.
+"""The operations layer's one object (Ops): the control socket from the
+first moment, the /healthz, /readyz and /metrics endpoint, systemd's
+notification (READY=1, STATUS= while waiting, WATCHDOG=1) and SIGHUP's
+env-file re-read, wired to the Lifecycle and the Daemon.
 
 The mode runners use exactly this interface:
     ops = Ops(opts, lifecycle); await ops.start()   # first thing on the loop
@@ -12,6 +13,14 @@ Readiness is the Lifecycle's: /readyz answers 503 with what start-up waits
 for ("waiting for a subnet lease from etcd") until the daemon is ready,
 then 200; 503 "stopping" during shutdown. /healthz is 200 while the process
 serves HTTP at all (flanneld's meaning). Nothing here runs per packet.
+
+The control socket (`udpoverlay status`) is opened by start(), before
+anything can block, and handed to the Daemon by attach(), which serves on
+it: until the daemon has been ready it answers a start-up document (phase,
+what start-up waits for and since when, cluster mode's store state), then
+the daemon's own. A second instance on the same TUN name fails here,
+before it has touched anything. The watchdog pings come from a task on the
+event loop, so they stop when the loop hangs.
 """
 
 from __future__ import annotations
@@ -23,7 +32,9 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from udpoverlay import __version__
 from udpoverlay.config.options import Options
+from udpoverlay.control import ControlServer, ControlSocketBusy
 from udpoverlay.errors import TunSetupError
 from udpoverlay.lifecycle import READY, STOPPING, Lifecycle
 from udpoverlay.ops import logs
@@ -51,7 +62,11 @@ class Ops:
         self.opts = opts
         self.lifecycle = lifecycle
         self.daemon: Any = None
+        self.cluster: Any = None
         self.server: OpsServer | None = None
+        self.control: ControlServer | None = None
+        self.served = False                 # the daemon has been ready
+        self._watchdog: asyncio.Task | None = None
         self.notifier = Notifier()
         self.reloader = EnvReload(opts.env_file, argv)
         self.collector = OpsCollector(lifecycle, _implementation, loop_name,
@@ -65,15 +80,29 @@ class Ops:
         return self.server.port if self.server is not None else None
 
     async def start(self) -> None:
-        """Bind the endpoint (an error here is the CLI's one-line error),
-        hook systemd's notification to the Lifecycle."""
+        """Open the control socket, bind the endpoint (an error here is the
+        CLI's one-line error), hook systemd's notification to the Lifecycle,
+        start the watchdog pings when systemd asks for them."""
         self.reloader.baseline(self.opts)
+        self.lifecycle.subscribe(self._on_phase)
+        control = ControlServer(self.opts.tun, self.control_status)
+        try:
+            await control.start()
+        except ControlSocketBusy as exc:
+            raise TunSetupError(f"TUN device {self.opts.tun!r} is in use: another udpoverlay "
+                                f"instance runs on it ({exc})") from None
+        except OSError as exc:
+            raise TunSetupError(f"cannot open control socket for {self.opts.tun}: "
+                                f"{exc}") from None
+        self.control = control
         if self.opts.healthz_port:
             server = OpsServer(self.opts.healthz_ip, self.opts.healthz_port, {
                 "/healthz": self.healthz, "/readyz": self.readyz, "/metrics": self.metrics})
             try:
                 await server.start()
             except OSError as exc:
+                await control.close()
+                self.control = None
                 raise TunSetupError(f"cannot listen on {self.opts.healthz_ip}:"
                                     f"{self.opts.healthz_port} (--healthz-port): "
                                     f"{exc.strerror or exc}") from None
@@ -82,12 +111,25 @@ class Ops:
             log.info("health, readiness and metrics on http://%s:%d/", self.opts.healthz_ip,
                      server.port)
         if self.notifier.enabled:
-            self.lifecycle.subscribe(self.notifier.on_phase)
+            self.lifecycle.subscribe(self.notifier.listener(self.lifecycle))
+        if self.notifier.watchdog is not None:
+            self._watchdog = asyncio.create_task(self._ping(self.notifier.watchdog))
+            log.debug("systemd watchdog: WATCHDOG=1 every %.1fs", self.notifier.watchdog)
+
+    async def _ping(self, every: float) -> None:
+        while True:
+            self.notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(every)
+
+    def _on_phase(self, phase: str) -> None:
+        if phase == READY:
+            self.served = True
 
     def attach(self, daemon: Any) -> None:
-        """The Daemon exists (its engine may not yet): metrics read it,
-        SIGHUP re-reads the env file."""
+        """The Daemon exists (its engine may not yet): it serves on our
+        control socket, metrics read it, SIGHUP re-reads the env file."""
         self.daemon = daemon
+        daemon.control = self.control
         self.collector.daemon = daemon
         daemon.reloaders.append(self.reloader.reload)
         daemon.status_sections["ops"] = self.status
@@ -104,14 +146,47 @@ class Ops:
                 "verbosity": logs.current.verbosity, "log_format": logs.current.fmt}
 
     def attach_cluster(self, membership: Any) -> None:
-        """Cluster mode: store and lease metrics from the membership."""
+        """Cluster mode: store and lease metrics from the membership, its
+        store state in the start-up document."""
+        self.cluster = membership
         self.collector.cluster = membership
 
+    def control_status(self) -> dict:
+        """What the control socket answers: the daemon's document once it
+        has been ready, else the start-up document."""
+        if self.served and self.daemon is not None:
+            return self.daemon.status()
+        lc = self.lifecycle
+        now = time.monotonic()
+        doc: dict = {"version": __version__, "phase": lc.phase,
+                     "mode": "cluster" if self.opts.cluster else "static",
+                     "iface": self.opts.tun, "tun": self.opts.tun,
+                     "uptime": round(now - lc.started, 3), "ops": self.status()}
+        if lc.phase != READY and lc.phase != STOPPING:
+            doc["waiting_for"] = lc.waiting_for
+            doc["waiting_seconds"] = round(now - lc.waiting_since, 1)
+        if self.cluster is not None:
+            try:
+                doc["cluster"] = self.cluster.status()
+            except Exception as exc:  # noqa: BLE001 - status must always answer
+                doc["cluster"] = {"error": str(exc)}
+        return doc
+
     async def close(self) -> None:
+        if not self.served:
+            log.info("stopping before ready (start-up was waiting for %s)",
+                     self.lifecycle.waiting_for)
         self.lifecycle.set_stopping()     # STOPPING=1 also when start-up is cut short
+        if self.control is not None:
+            await self.control.close()    # idempotent: the daemon may have closed it
+            self.control = None
         if self.server is not None:
             await self.server.close()
             self.server = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
 
     # -- routes ------------------------------------------------------------
     def healthz(self) -> Response:

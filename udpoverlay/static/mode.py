@@ -1,7 +1,9 @@
 """Static mode's runner: options -> a running Daemon until SIGINT/SIGTERM.
 
-Order: the operations endpoint first (so /healthz answers and /readyz says
-503 while set-up runs) -> the underlay chosen -> the peers file read and
+Order: the operations endpoint and the control socket first (so /healthz
+answers, /readyz says 503 and `status` says what set-up waits for) -> the
+underlay chosen -> with --ip-masq, what the firewall needs (ip_forward,
+iptables or nft) -> the peers file read and
 the peer names resolved (static/peers.py; --strict-peers: a name that does
 not resolve is an error) -> the daemon set up, off the loop (pyroute2's
 sync netlink must not run inside it) -> serve(), with the re-resolution
@@ -22,6 +24,7 @@ from udpoverlay.config.options import Options
 from udpoverlay.daemon import Daemon, prepare
 from udpoverlay.eventloop import interrupt_on_sigterm, run_loop
 from udpoverlay.host.interfaces import interface_network
+from udpoverlay.host.preflight import check_firewall_prerequisites
 from udpoverlay.lifecycle import Lifecycle
 from udpoverlay.ops.service import Ops
 from udpoverlay.static.peers import StaticPeers
@@ -39,6 +42,7 @@ async def _main(opts: Options) -> int:
         pinned = bool(opts.ifaces or opts.iface_regex or opts.iface_can_reach
                       or opts.public_ip or opts.bind_ip)
         opts = await asyncio.to_thread(prepare, opts)
+        await asyncio.to_thread(check_firewall_prerequisites, opts)   # --ip-masq's needs
         lifecycle.waiting("the peer names")
         underlay = await asyncio.to_thread(interface_network, str(opts.bind_ip))
         peers = StaticPeers(opts, underlay=underlay)     # its broadcast: no peer's address

@@ -78,8 +78,8 @@ def test_readyz_waits_for_etcd_and_the_lease(cluster):  # noqa: F811 - the fixtu
 
 def test_sighup_is_ignored_and_sigterm_clean_while_waiting_for_etcd(cluster, tmp_path):  # noqa: F811
     """Start-up blocked on etcd: `systemctl reload` (SIGHUP) must not kill
-    the daemon; `systemctl stop` (SIGTERM) ends it cleanly (exit 0, STOPPING=1,
-    no TUN left behind)."""
+    the daemon; `systemctl stop` (SIGTERM) ends it cleanly (exit 0, STOPPING=1
+    after the STATUS= lines of the wait, no TUN left behind)."""
     cl = cluster
     cl.add_host(1)
     h1 = cl.ov.hosts[1]
@@ -99,7 +99,14 @@ def test_sighup_is_ignored_and_sigterm_clean_while_waiting_for_etcd(cluster, tmp
         assert d.proc.poll() is None, d.stderr()
         assert get(cl.ov, h1, "/readyz", underlay(1))[0] == 503
         assert cl.ov.stop(d) == 0, d.stderr()
-        assert notify.recv(4096).decode().splitlines()[0] == "STOPPING=1"
+        got = []
+        for _ in range(20):         # STATUS= lines while waiting, then STOPPING=1
+            got.append(notify.recv(4096).decode())
+            if got[-1].startswith("STOPPING=1"):
+                break
+        assert got[-1].splitlines()[0] == "STOPPING=1", got
+        assert "STATUS=waiting for the network config from etcd" in got, got
+        assert not any(m.startswith("READY=1") for m in got), got
         assert not cl.ov.link_exists(h1)
     finally:
         notify.close()
