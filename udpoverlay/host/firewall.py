@@ -61,7 +61,7 @@ from udpoverlay.host.iptchains import Chain
 from udpoverlay.host.netnslock import netns_lock
 from udpoverlay.host.nfttable import NftChain
 
-__all__ = ["Firewall", "NAT_CHAIN", "FWD_CHAIN", "NFT_TABLE", "MASQ_COMMENT", "FWD_COMMENT",
+__all__ = ["Firewall", "require_forwarding", "IP_FORWARD", "NAT_CHAIN", "FWD_CHAIN", "NFT_TABLE", "MASQ_COMMENT", "FWD_COMMENT",
            "masquerade_specs", "forward_specs"]
 
 log = logging.getLogger(__name__)
@@ -123,12 +123,13 @@ def _run(argv: list[str], stdin: str | None = None, what: str = "") -> str:
     return proc.stdout
 
 
-def _require_forwarding() -> None:
+def require_forwarding(path: str = IP_FORWARD) -> None:
+    """FirewallError naming the fix when this host does not forward."""
     try:
-        with open(IP_FORWARD, encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             value = f.read().strip()
     except OSError as e:
-        raise FirewallError(f"cannot read {IP_FORWARD}: {e.strerror or e}") from None
+        raise FirewallError(f"cannot read {path}: {e.strerror or e}") from None
     if value == "0":
         raise FirewallError("net.ipv4.ip_forward is 0, so this node would not forward pod "
                             "traffic: enable it (sysctl -w net.ipv4.ip_forward=1)")
@@ -254,7 +255,7 @@ class Firewall:
 
     def _apply(self) -> None:
         if self._chains or self._nft_chains:
-            _require_forwarding()
+            require_forwarding()
         if self._nft_chains:
             self._retry(self._install_nft)
         for chain in self._iptables_chains():

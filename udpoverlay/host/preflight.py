@@ -20,10 +20,10 @@ import subprocess
 
 from udpoverlay.config.options import Options
 from udpoverlay.errors import FirewallError
+from udpoverlay.host.firewall import IP_FORWARD, require_forwarding
 
 __all__ = ["check_firewall_prerequisites", "IP_FORWARD"]
 
-IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 PROBE_TIMEOUT = 15.0
 _PACKAGE = {"iptables-restore": "iptables", "iptables-save": "iptables", "nft": "nftables"}
 
@@ -38,14 +38,7 @@ def check_firewall_prerequisites(opts: Options, ip_forward: str = IP_FORWARD) ->
     installed on this host; nothing when no rules are wanted."""
     if not wants_firewall(opts):
         return
-    try:
-        with open(ip_forward, encoding="ascii") as f:
-            value = f.read().strip()
-    except OSError as e:
-        raise FirewallError(f"cannot read {ip_forward}: {e.strerror or e}") from None
-    if value == "0":
-        raise FirewallError("net.ipv4.ip_forward is 0, so this node would not forward pod "
-                            "traffic: enable it (sysctl -w net.ipv4.ip_forward=1)")
+    require_forwarding(ip_forward)
     if opts.enable_nftables:
         _probe(["nft", "list", "tables", "ip"])
     else:
