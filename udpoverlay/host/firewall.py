@@ -61,8 +61,8 @@ from udpoverlay.host.iptchains import Chain
 from udpoverlay.host.netnslock import netns_lock
 from udpoverlay.host.nfttable import NftChain
 
-__all__ = ["Firewall", "require_forwarding", "IP_FORWARD", "NAT_CHAIN", "FWD_CHAIN", "NFT_TABLE", "MASQ_COMMENT", "FWD_COMMENT",
-           "masquerade_specs", "forward_specs"]
+__all__ = ["Firewall", "require_forwarding", "IP_FORWARD", "NAT_CHAIN", "FWD_CHAIN",
+           "NFT_TABLE", "MASQ_COMMENT", "FWD_COMMENT", "masquerade_specs", "forward_specs"]
 
 log = logging.getLogger(__name__)
 
