@@ -60,7 +60,7 @@ from udpoverlay.peer import derive_vtep_mac, format_mac
 from udpoverlay.reloads import Reloads
 from udpoverlay.status import setup_summary
 
-__all__ = ["Daemon", "prepare", "OVERHEAD"]
+__all__ = ["Daemon", "OVERHEAD"]
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +69,6 @@ log = logging.getLogger(__name__)
 OUTER_HDR = 20 + 8
 OVERHEAD = {"udp": OUTER_HDR, "vxlan": OUTER_HDR + wire.VXLAN_HDR}
 ANY = "0.0.0.0"
-
-
-def prepare(opts: Options) -> Options:
-    """Choose the underlay interface as flanneld does (--iface, --iface-regex,
-    --iface-can-reach, else the default route): bind its address, advertise
-    --public-ip or that address; re-validated."""
-    if opts.bind_ip is None:
-        up = interfaces.choose_underlay(opts.ifaces, opts.iface_regex, opts.iface_can_reach,
-                                        None if opts.public_ip is None else str(opts.public_ip))
-        log.debug("underlay interface %s, address %s", up.name, up.address)
-        opts = opts.with_underlay(up.address)
-    return opts
 
 
 class Daemon:

@@ -39,10 +39,10 @@ from udpoverlay.cluster.membership import ClusterMembership
 from udpoverlay.cluster.network import NetworkConfig
 from udpoverlay.cluster.subnetenv import previous_subnet, write_subnet_env
 from udpoverlay.config.options import Options
-from udpoverlay.daemon import Daemon, prepare
+from udpoverlay.daemon import Daemon
 from udpoverlay.errors import ConfigError, NetworkConfigChanged
 from udpoverlay.eventloop import interrupt_on_sigterm, run_loop
-from udpoverlay.host.interfaces import interface_network
+from udpoverlay.host.interfaces import interface_network, prepare
 from udpoverlay.host.preflight import check_firewall_prerequisites
 from udpoverlay.lifecycle import Lifecycle
 from udpoverlay.ops.service import Ops

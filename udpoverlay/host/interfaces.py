@@ -21,10 +21,11 @@ import re
 import socket
 from dataclasses import dataclass
 
+from udpoverlay.config.options import Options
 from udpoverlay.errors import TunSetupError
 from udpoverlay.host.netlink import attr, netlink
 
-__all__ = ["interface_mtu", "interface_network", "default_route_address",
+__all__ = ["prepare", "interface_mtu", "interface_network", "default_route_address",
            "choose_underlay", "Underlay"]
 
 log = logging.getLogger(__name__)
@@ -174,3 +175,14 @@ def choose_underlay(ifaces=(), regexes=(), can_reach=None,
                 return Underlay(_name(ipr, index), addr)
     return Underlay("?", address)
 
+
+def prepare(opts: Options) -> Options:
+    """Choose the underlay interface as flanneld does (--iface, --iface-regex,
+    --iface-can-reach, else the default route): bind its address, advertise
+    --public-ip or that address; re-validated."""
+    if opts.bind_ip is None:
+        up = choose_underlay(opts.ifaces, opts.iface_regex, opts.iface_can_reach,
+                             None if opts.public_ip is None else str(opts.public_ip))
+        log.debug("underlay interface %s, address %s", up.name, up.address)
+        opts = opts.with_underlay(up.address)
+    return opts

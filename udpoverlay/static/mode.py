@@ -21,9 +21,9 @@ import asyncio
 import dataclasses
 
 from udpoverlay.config.options import Options
-from udpoverlay.daemon import Daemon, prepare
+from udpoverlay.daemon import Daemon
 from udpoverlay.eventloop import interrupt_on_sigterm, run_loop
-from udpoverlay.host.interfaces import interface_network
+from udpoverlay.host.interfaces import interface_network, prepare
 from udpoverlay.host.preflight import check_firewall_prerequisites
 from udpoverlay.lifecycle import Lifecycle
 from udpoverlay.ops.service import Ops
