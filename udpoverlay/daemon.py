@@ -47,6 +47,7 @@ import asyncio
 import dataclasses
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import time
@@ -167,7 +168,9 @@ class Daemon:
         """Our key (read, or created 0600) and the peers' keys, checked now:
         ConfigError before anything is created."""
         assert opts.private_key_file is not None and opts.subnet is not None
-        plane = WgPlane.load(opts.private_key_file, opts.subnet, keepalive=opts.keepalive)
+        # owned by root (or by the user the daemon runs as, as the peers file)
+        plane = WgPlane.load(opts.private_key_file, opts.subnet, keepalive=opts.keepalive,
+                             owner_uid=os.geteuid())
         plane.set_peers(opts.peers, strict=True)
         return plane
 

@@ -128,13 +128,13 @@ class WgPlane:
 
     def __init__(self, private_key: PrivateKey, subnet: ipaddress.IPv4Network, *,
                  keepalive: int = 0, mtu: int = 0, clock: Callable[[], float] = time.monotonic,
-                 load_psk: Callable[[str], PresharedKey] = load_preshared_key,
-                 engine: wgengine.Engine | None = None) -> None:
+                 load_psk: Callable[[str], PresharedKey] | None = None,
+                 owner_uid: int = 0, engine: wgengine.Engine | None = None) -> None:
         self.engine = engine or wgengine.Engine(private_key, mtu=mtu)
         self.public_key = self.engine.public_key
         self.keepalive = keepalive          # the default persistent keepalive (--keepalive)
         self.clock = clock
-        self._load_psk = load_psk
+        self._load_psk = load_psk or (lambda path: load_preshared_key(path, owner_uid))
         self._local = (int(subnet.network_address), int(subnet.netmask))
         self._routes: Routes[PeerRoute] = Routes()
         self._table: list[PeerRoute] = []
@@ -152,7 +152,7 @@ class WgPlane:
         """Our private key from key_file (created 0600 when missing; refused,
         one ConfigError line without key material, when unsafe)."""
         return cls(load_private_key(key_file, create=True, owner_uid=owner_uid), subnet,
-                   keepalive=keepalive, **kw)
+                   keepalive=keepalive, owner_uid=owner_uid, **kw)
 
     def set_mtu(self, mtu: int) -> None:
         """Padding never takes a packet past the TUN's MTU."""
