@@ -356,7 +356,8 @@ class Daemon:
                 "udp_offload": bool(self.opts.udp_offload),
                 "udp_gso": bool(eng is not None and eng.udp_gso),
                 "udp_gro": bool(self.udp_gro),
-                "tun_uso": bool(on and eng is not None and eng.tun_uso)}
+                "tun_uso": bool(on and eng is not None and eng.tun_uso),
+                **({"wireguard": True} if self.wg is not None else {})}
 
     def status(self) -> dict:
         """The daemon's status document (what `status --json` prints and the

@@ -151,6 +151,9 @@ def offload_text(off: dict) -> str:
     """The status document's "offload" as one truthful line: the TUN's
     offloads and the underlay socket's UDP GSO/GRO, each on or off on its
     own (--no-offload, --no-udp-offload, or what the kernel refused)."""
+    if off.get("wireguard"):
+        return ("plain TUN and socket (--backend wireguard): one packet per TUN read and write, "
+                "one datagram per send")
     if off.get("enabled"):
         tun = f"tun {','.join(off.get('tun') or []) or 'none (kernel refused TUNSETOFFLOAD)'}"
     elif off.get("vnet_hdr_refused"):

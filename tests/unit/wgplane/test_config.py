@@ -75,6 +75,19 @@ def test_a_private_key_pasted_as_public_key_is_never_repeated():
         assert secret[:20] not in str(ei.value), str(ei.value)
 
 
+def test_peer_options_from_the_environment_stay_with_their_peer():
+    from udpoverlay.cli import parse_args, run_options
+    env = {"FLANNELD_PEER": f"198.18.0.2=198.19.2.0/24,public-key={KEY_B},keepalive=5,"
+                            f"198.18.0.3=198.19.3.0/24,public-key={KEY_C},"
+                            f"preshared-key-file=/etc/udpoverlay/c.psk",
+           "FLANNELD_BACKEND": "wireguard", "FLANNELD_PRIVATE_KEY_FILE": "/etc/wg.key"}
+    args, _ = parse_args(["run", "--subnet", "198.19.1.0/24", "--network", "198.19.0.0/16"], env)
+    o = run_options(args)
+    assert [(p.public_key, p.keepalive, p.preshared_key_file) for p in o.peers] == [
+        (KEY_B, 5, None), (KEY_C, None, "/etc/udpoverlay/c.psk")]
+    assert o.private_key_file == "/etc/wg.key"
+
+
 def test_cluster_mode_has_no_wireguard_yet():
     with pytest.raises(ConfigError, match="come from etcd"):
         from udpoverlay.config.options import build_cluster_options
