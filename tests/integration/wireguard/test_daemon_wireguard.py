@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -298,3 +299,35 @@ def test_key_problems_exit_2_in_one_line_with_nothing_created(wgbed):
         assert key.secret_base64()[:30] not in r.stderr
         assert not ov.link_exists(ov.hosts[1])
     assert not (ov.tmp / "new.key").exists()       # the bad peer was found first
+
+
+def test_a_corrected_public_key_in_the_peers_file_applies_on_sighup(wgbed):
+    ov, wg = wgbed
+    key_file, our_public = _our_key(ov)
+    wg.add_peer(our_public)
+    peers = ov.tmp / "peers.toml"
+
+    def write(public: str) -> None:
+        text = (f'[[peer]]\nhost = "{underlay_of(2)}"\nsubnet = "{subnet_of(2)}"\n'
+                f'public-key = "{public}"\n')
+        with open(peers, "w") as f:
+            f.write(text)
+        os.chmod(peers, 0o600)
+
+    write(generate().public.to_base64())             # a wrong key: wireguard-go ignores us
+    d = ov.launch(1, [sys.executable, "-m", "udpoverlay", "run", "--backend", "wireguard",
+                      "--private-key-file", key_file, "--public-ip", underlay_of(1),
+                      "--subnet", subnet_of(1), "--network", NETWORK,
+                      "--peers-file", str(peers)])
+    r = ov.run(ov.hosts[1], ["ping", "-n", "-c", "1", "-W", "1", "-I", pod_of(1), pod_of(2)],
+               timeout=20)
+    assert r.returncode != 0
+    assert ov.status(ov.hosts[1])["counters"]["wg_rx_response"] == 0
+    write(wg.key.public.to_base64())
+    os.kill(d.proc.pid, signal.SIGHUP)
+    wait_for(lambda: ov.status(ov.hosts[1])["peers"][0]["public_key"] == wg.key.public.to_base64(),
+             10, 0.1, "the reloaded key")
+    _ping(ov, 1, 2)
+    st = ov.status(ov.hosts[1])
+    assert st["counters"]["wg_rx_response"] >= 1 and st["wireguard"]["refused"] == []
+    assert st["static"]["reloads"] == 1 and d.proc.poll() is None
