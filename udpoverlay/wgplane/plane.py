@@ -47,6 +47,7 @@ from udpoverlay.wireguard.keys import (
     BadKeyError,
     PresharedKey,
     PrivateKey,
+    PublicKey,
     load_preshared_key,
     load_private_key,
     parse_public_key,
@@ -109,7 +110,7 @@ class PeerRoute:
 class _Plan:
     """A peer as set_peers() will install it (keys parsed and read)."""
     peer: Peer
-    public: object
+    public: PublicKey
     psk: PresharedKey | None
     keepalive: int
 
@@ -224,9 +225,9 @@ class WgPlane:
 
     def _add(self, plan: _Plan, now: float) -> PeerRoute:
         p = plan.peer
-        wg = self.engine.add_peer(plan.public, endpoint=_endpoint(p),  # type: ignore[arg-type]
-                                  allowed_ips=[p.subnet], preshared_key=plan.psk,
-                                  persistent_keepalive=plan.keepalive, now=now)
+        wg = self.engine.add_peer(plan.public, endpoint=_endpoint(p), allowed_ips=[p.subnet],
+                                  preshared_key=plan.psk, persistent_keepalive=plan.keepalive,
+                                  now=now)
         return PeerRoute(p, wg)
 
     def _update(self, route: PeerRoute, plan: _Plan, now: float) -> PeerRoute:
