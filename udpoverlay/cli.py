@@ -4,6 +4,7 @@ environment and their checks are the config package's (config/flags.py).
   udpoverlay [run] --subnet CIDR --network CIDR --peer HOST=CIDR ... [--peers-file F]
   udpoverlay [run] --etcd-endpoints URL [--iface IFACE] ...     (cluster mode)
   udpoverlay status [--tun X] [--json]      (exit 0 ready, 3 starting/stopping)
+  udpoverlay pubkey [--private-key-file PATH]   (or the private key on stdin)
   udpoverlay --version
 
 `run` takes flanneld's flags with flanneld's meanings, also from FLANNELD_*
@@ -27,7 +28,7 @@ from udpoverlay.errors import ConfigError, ControlError, TunSetupError
 
 __all__ = ["main", "build_parser", "parse_args", "run_options"]
 
-SUBCOMMANDS = ("run", "status")
+SUBCOMMANDS = ("run", "status", "pubkey")
 NOT_READY = 3       # `status` answered, but the daemon is starting or stopping
 
 
@@ -87,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
     parser.status_parser = st     # type: ignore[attr-defined]
+    pk = sub.add_parser("pubkey", help="print the WireGuard public key of a private key",
+                        description="As `wg pubkey`: the private key (wg genkey format) from "
+                                    "standard input or --private-key-file; prints the public "
+                                    "key to give peers (--peer ...,public-key=KEY).")
+    pk.add_argument("--private-key-file", metavar="PATH",
+                    help="read the key from this file (owned by you, mode 0600 or 0400)")
     return parser
 
 
@@ -193,6 +200,15 @@ def _format_starting(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def _cmd_pubkey(args) -> int:
+    from udpoverlay.wgplane.pubkey import public_key_of
+    try:
+        public_key_of(args.private_key_file, sys.stdin.buffer, sys.stdout)
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    return 0
+
+
 def parse_args(argv: list[str], environ=None, *,
                raising: bool = False) -> tuple[argparse.Namespace, dict[str, str]]:
     """argv as `main` takes it -> (arguments, {flag: FLANNELD_* variable it
@@ -232,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_run(args, env)
     if args.command == "status":
         return _cmd_status(args)
+    if args.command == "pubkey":
+        return _cmd_pubkey(args)
     return _fail(f"unknown command {args.command!r}")
 
 

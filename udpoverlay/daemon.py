@@ -28,6 +28,14 @@ functions run as tasks while serving), `reloaders` (SIGHUP),
 `status_sections` (extra top-level keys of the status document),
 `peer_details` (extra keys per peer entry, by subnet).
 
+--backend wireguard (wgplane/): the private key is read (or created) in
+the constructor and the peers' keys checked there, before anything is
+made (a bad key file is a ConfigError: exit 2); the TUN is plain (no vnet
+header); a WgPlane takes the dataplane Engine's place (it has its shape
+where status, liveness and /metrics read it) and a WgRunner the Runner's.
+Liveness sends no keepalives of its own then: the engine's persistent
+keepalives are WireGuard's.
+
 Address changes (host/sockets.AddressWatch): bound to 0.0.0.0 the new
 source address is only noted; bound to one address, one ERROR line says it
 is gone and a restart is needed.
@@ -39,10 +47,11 @@ import asyncio
 import dataclasses
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import time
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, Union
 
 from udpoverlay import __version__, dataplane
 from udpoverlay.config.options import Options
@@ -59,6 +68,7 @@ from udpoverlay.liveness import Liveness
 from udpoverlay.peer import derive_vtep_mac, format_mac
 from udpoverlay.reloads import Reloads
 from udpoverlay.status import setup_summary
+from udpoverlay.wgplane import WgPlane, WgRunner
 
 __all__ = ["Daemon", "OVERHEAD"]
 
@@ -67,8 +77,12 @@ log = logging.getLogger(__name__)
 # The TUN MTU is the underlay's minus what encapsulation adds (flannel's MTU - 28
 # and MTU - 50): the outer IPv4 + UDP headers, for vxlan also its own header.
 OUTER_HDR = 20 + 8
-OVERHEAD = {"udp": OUTER_HDR, "vxlan": OUTER_HDR + wire.VXLAN_HDR}
+# WireGuard: outer IPv6-sized header (40) + UDP 8 + its 16-byte header and
+# 16-byte tag, flannel's MTU - 80 (so an IPv6 underlay fits as well).
+OVERHEAD = {"udp": OUTER_HDR, "vxlan": OUTER_HDR + wire.VXLAN_HDR, "wireguard": 80}
 ANY = "0.0.0.0"
+AnyEngine = Union[dataplane.Engine, WgPlane]
+AnyRunner = Union[dataplane.Runner, WgRunner]
 
 
 class Daemon:
@@ -89,8 +103,9 @@ class Daemon:
         self.tx_socks: list[socket.socket] = []
         self.queue_socks: list[socket.socket] = []     # queues 1.. (--queues)
         self.tun: tunmod.TunDevice | None = None
-        self.engine: dataplane.Engine | None = None
-        self.runner: dataplane.Runner | None = None
+        self.engine: AnyEngine | None = None
+        self.runner: AnyRunner | None = None
+        self.wg: WgPlane | None = None
         self.control: ControlServer | None = None
         self.nodenet: NodeNetwork | None = None
         self._stop: asyncio.Event | None = None
@@ -104,7 +119,10 @@ class Daemon:
         self.reloaders = self.reloads.reloaders
         self.status_sections: dict[str, Callable[[], Any]] = {}
         self.peer_details: list[Callable[[], dict[str, dict]]] = []
-        self.liveness = Liveness(lambda: self.engine, self._send, opts.keepalive)
+        self.liveness = Liveness(lambda: self.engine, self._send, opts.keepalive,
+                                 sends=opts.backend != "wireguard")
+        if opts.backend == "wireguard":
+            self.wg = self._wireguard(opts)
         self.address = sockets.AddressWatch(None if opts.bind_any else str(opts.bind_ip),
                                             str(opts.bind_ip))
 
@@ -134,6 +152,16 @@ class Daemon:
     def interface_mtu(self, ip: str) -> int:
         return interfaces.interface_mtu(ip)
 
+    def _wireguard(self, opts: Options) -> WgPlane:
+        """Our key (read, or created 0600) and the peers' keys, checked now:
+        ConfigError before anything is created."""
+        assert opts.private_key_file is not None and opts.subnet is not None
+        # owned by root (or by the user the daemon runs as, as the peers file)
+        plane = WgPlane.load(opts.private_key_file, opts.subnet, keepalive=opts.keepalive,
+                             owner_uid=os.geteuid())
+        plane.set_peers(opts.peers, strict=True)
+        return plane
+
     def create_tun(self, name: str, offload: bool) -> tunmod.TunDevice:
         return tunmod.create_tun(name, offload, self.opts.queues)
 
@@ -161,7 +189,8 @@ class Daemon:
                     self.bind_addr, o.port, o.queues, o.backend)
             else:
                 self.sock = sockets.open_socket(self.bind_addr, o.port)
-            self.tun = self.create_tun(o.tun, o.offload)
+            # wireguard: plain reads and writes, one packet each (no vnet header)
+            self.tun = self.create_tun(o.tun, o.offload and self.wg is None)
             # MTU from the interface we bind (not from --public-ip, which
             # may be a 1:1 NAT address no interface holds); known before
             # cluster mode writes to etcd.
@@ -186,40 +215,56 @@ class Daemon:
             assert self.sock is not None and self.tun is not None
             self.vtep_mac = o.vtep_mac or derive_vtep_mac(pub, str(self.subnet))
             self.configure_tun(self.tun, str(self.subnet), str(self.network), self.mtu)
-            self.engine = dataplane.Engine(o.backend, self.subnet.network_address, self.subnet,
-                                           self.network, vni=o.vni, vtep_mac=self.vtep_mac,
-                                           port=o.port)
-            self.engine.set_tun_mtu(self.mtu)
-            if o.backend == "vxlan":
-                # Each flow leaves from one of several sockets on ephemeral
-                # ports, so underlay ECMP/RSS spreads flows and keeps order.
-                self.tx_socks = sockets.open_tx_sockets(self.bind_addr)
-                self.engine.set_tx_fds([s.fileno() for s in self.tx_socks])
-            # The TUN's offloads (vnet header, --no-offload) and the
-            # socket's batching (UDP GSO/GRO, --no-udp-offload) are
-            # independent: a plain TUN's packets still leave packed into
-            # UDP_SEGMENT messages and arrive as GRO buffers, split again.
-            vnet = self.tun.vnet_hdr
-            self.udp_gro = o.udp_offload and all([sockets.enable_udp_gro(s)
-                                                  for s in (self.sock, *self.queue_socks)])
-            self.engine.set_offload(vnet, udp_gso=o.udp_offload
-                                    and sockets.udp_gso_supported(self.sock),
-                                    tun_uso=vnet and "uso4" in self.tun.offloads,
-                                    udp_gro=self.udp_gro)
-            self.runner = dataplane.Runner(self.engine, self.tun.fd, self.sock.fileno(),
-                                           threads=o.threads, io=o.io_mode,
-                                           busy_poll_us=o.busy_poll_us,
-                                           extra=list(zip(self.tun.queue_fds,
-                                                          [s.fileno() for s in self.queue_socks])))
+            if self.wg is not None:
+                self._setup_wireguard(self.wg)
+            else:
+                self._setup_engine()
             # Masquerade/forward rules, DirectRouting, blackhole route.
             self.nodenet = NodeNetwork(o, self.subnet, self.network, self.tun.name)
             self.nodenet.start()
             self.nodenet.route_peers(o.peers)
+            assert self.engine is not None
             self.engine.set_peers(o.peers)
         except BaseException:
             self.close()
             raise
         self._log_setup()
+
+    def _setup_wireguard(self, plane: WgPlane) -> None:
+        assert self.sock is not None and self.tun is not None
+        plane.set_mtu(self.mtu)
+        self.engine = plane
+        self.runner = WgRunner(plane, self.tun.fd, self.sock)
+
+    def _setup_engine(self) -> None:
+        """udp and vxlan: the fast path's engine and runner."""
+        o = self.opts
+        assert self.sock is not None and self.tun is not None
+        self.engine = dataplane.Engine(o.backend, self.subnet.network_address, self.subnet,
+                                       self.network, vni=o.vni, vtep_mac=self.vtep_mac,
+                                       port=o.port)
+        self.engine.set_tun_mtu(self.mtu)
+        if o.backend == "vxlan":
+            # Each flow leaves from one of several sockets on ephemeral
+            # ports, so underlay ECMP/RSS spreads flows and keeps order.
+            self.tx_socks = sockets.open_tx_sockets(self.bind_addr)
+            self.engine.set_tx_fds([s.fileno() for s in self.tx_socks])
+        # The TUN's offloads (vnet header, --no-offload) and the
+        # socket's batching (UDP GSO/GRO, --no-udp-offload) are
+        # independent: a plain TUN's packets still leave packed into
+        # UDP_SEGMENT messages and arrive as GRO buffers, split again.
+        vnet = self.tun.vnet_hdr
+        self.udp_gro = o.udp_offload and all([sockets.enable_udp_gro(s)
+                                              for s in (self.sock, *self.queue_socks)])
+        self.engine.set_offload(vnet, udp_gso=o.udp_offload
+                                and sockets.udp_gso_supported(self.sock),
+                                tun_uso=vnet and "uso4" in self.tun.offloads,
+                                udp_gro=self.udp_gro)
+        self.runner = dataplane.Runner(self.engine, self.tun.fd, self.sock.fileno(),
+                                       threads=o.threads, io=o.io_mode,
+                                       busy_poll_us=o.busy_poll_us,
+                                       extra=list(zip(self.tun.queue_fds,
+                                                      [s.fileno() for s in self.queue_socks])))
 
     def _log_setup(self) -> None:
         for line in setup_summary(self.status()):
@@ -299,7 +344,8 @@ class Daemon:
                 "udp_offload": bool(self.opts.udp_offload),
                 "udp_gso": bool(eng is not None and eng.udp_gso),
                 "udp_gro": bool(self.udp_gro),
-                "tun_uso": bool(on and eng is not None and eng.tun_uso)}
+                "tun_uso": bool(on and eng is not None and eng.tun_uso),
+                **({"wireguard": True} if self.wg is not None else {})}
 
     def status(self) -> dict:
         """The daemon's status document (what `status --json` prints and the
@@ -332,6 +378,8 @@ class Daemon:
             "node_network": self.nodenet.status() if self.nodenet is not None else None,
             "tun_repairs": self.tunwatch.repairs if self.tunwatch is not None else 0,
         }
+        if self.wg is not None:
+            doc["wireguard"] = self.wg.status()
         if self.engine is not None:
             peers = self.liveness.peer_entries(self.engine, self.peer_details)
             doc["peers"] = peers

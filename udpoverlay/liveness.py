@@ -47,12 +47,15 @@ class _Track:
 class Liveness:
     """engine(): the Engine or None (not set up yet); send(data, (ip, port))
     sends on the underlay socket (OSError on failure); keepalive: the
-    default period (--keepalive)."""
+    default period (--keepalive); sends=False: only watch (--backend
+    wireguard, whose engine sends its own, encrypted, keepalives)."""
 
     def __init__(self, engine: Callable[[], object], send: Callable[[bytes, tuple], object],
-                 keepalive: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
+                 keepalive: int = 0, clock: Callable[[], float] = time.monotonic,
+                 sends: bool = True) -> None:
         self._engine, self._send, self._clock = engine, send, clock
         self.keepalive = keepalive
+        self.sends = sends
         self._tracks: dict[tuple, _Track] = {}
         self.tx_keepalive = 0
         self.tx_keepalive_errors = 0
@@ -77,7 +80,7 @@ class Liveness:
             if rx != t.rx:
                 t.rx, t.last_rx = rx, now
             period = t.period = peer.keepalive if peer.keepalive is not None else self.keepalive
-            if period and (t.last_tx is None or now - t.last_tx >= period - 0.05):
+            if self.sends and period and (t.last_tx is None or now - t.last_tx >= period - 0.05):
                 self._keepalive(t, key, now)
             tracks[key] = t
         self._tracks = tracks

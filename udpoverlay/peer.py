@@ -40,7 +40,11 @@ class Peer:
     peer's current lease (clock seconds), for status only. `host` is the
     name the address was resolved from (static mode; None for a literal or
     a lease) and `keepalive` the peer's own NAT keepalive period in seconds
-    (None: --keepalive); the data plane reads neither.
+    (None: --keepalive); the data plane reads neither. --backend wireguard:
+    `public_key` is the peer's WireGuard public key (base64, as `wg pubkey`
+    prints it; not secret) and `preshared_key_file` the path of an optional
+    preshared key (the key itself is read by the WireGuard plane, never kept
+    here); `keepalive` is then its persistent keepalive.
     """
 
     public_ip: ipaddress.IPv4Address
@@ -52,6 +56,8 @@ class Peer:
     expires: float | None = None
     host: str | None = None
     keepalive: int | None = None
+    public_key: str | None = None
+    preshared_key_file: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -66,8 +72,12 @@ class Peer:
         return self.subnet.network_address
 
     def key(self) -> tuple:
-        """Identity for diffs: a changed key is a different route."""
-        return (str(self.public_ip), self.port, str(self.subnet), self.vtep_mac)
+        """Identity for diffs: a changed key is a different route (for a
+        WireGuard peer also its keys and its persistent keepalive)."""
+        base = (str(self.public_ip), self.port, str(self.subnet), self.vtep_mac)
+        if self.public_key is None:
+            return base
+        return (*base, self.public_key, self.preshared_key_file, self.keepalive)
 
 
 def derive_vtep_mac(*parts: str) -> bytes:
@@ -92,6 +102,8 @@ class PeerSpec:
     vtep_mac: bytes | None = None
     keepalive: int | None = None
     origin: str = "--peer"
+    public_key: str | None = None            # --backend wireguard (base64)
+    preshared_key_file: str | None = None    # --backend wireguard, optional
 
     @property
     def literal(self) -> ipaddress.IPv4Address | None:
@@ -105,7 +117,8 @@ class PeerSpec:
         """The Peer the data plane gets once `host` stands for `ip`."""
         return Peer(public_ip=ip, port=self.port, subnet=self.subnet, vtep_mac=self.vtep_mac,
                     host=None if self.literal is not None else self.host,
-                    keepalive=self.keepalive)
+                    keepalive=self.keepalive, public_key=self.public_key,
+                    preshared_key_file=self.preshared_key_file)
 
     def label(self) -> str:
         return f"{self.host}:{self.port}={self.subnet}"

@@ -34,10 +34,38 @@ def _peer_lines(p: dict) -> list[str]:
         if p.get("resolve_error"):
             note += f" (last lookup failed: {p['resolve_error']})"
         notes.append(note)
-    if p.get("keepalive"):
+    if p.get("keepalive") and "public_key" not in p:
         notes.append(f"keepalive every {p['keepalive']}s, {p.get('tx_keepalive', 0)} sent")
     if notes:
         lines.append(f"  {'':<18} " + "; ".join(notes))
+    if "public_key" in p:
+        lines += _wg_peer_lines(p)
+    return lines
+
+
+def _wg_peer_lines(p: dict) -> list[str]:
+    """A WireGuard peer as `wg show` tells it (no secret is in the document)."""
+    pad = f"  {'':<18} "
+    hs = p.get("latest_handshake")
+    lines = [pad + f"public key {p['public_key']}" + ("  (preshared key)" if p.get("preshared_key")
+                                                      else ""),
+             pad + f"endpoint {p.get('endpoint') or '(none)'}  latest handshake "
+                   + ("never" if hs is None else f"{_ago(hs)} ago")
+                   + f"  transfer {_fmt_bytes(p.get('transfer_rx', 0))} received, "
+                     f"{_fmt_bytes(p.get('transfer_tx', 0))} sent"]
+    ka, age = p.get("persistent_keepalive"), p.get("session_age")
+    lines.append(pad + (f"persistent keepalive every {ka}s" if ka else "no persistent keepalive")
+                 + ("; no session" if age is None else f"; session age {_ago(age)}")
+                 + (f"; {p['queued']} packets wait for a handshake" if p.get("queued") else ""))
+    return lines
+
+
+def _wg_lines(wg: dict, port) -> list[str]:
+    lines = [f"  wireguard: public key {wg.get('public_key')}, listening on port {port}, "
+             f"{wg.get('peers', 0)} peers, {wg.get('sessions', 0)} with a session "
+             f"(AEAD: {wg.get('aead', '?')})"]
+    for r in wg.get("refused") or []:
+        lines.append(f"  wireguard: left out {r['peer']}: {r['reason']}")
     return lines
 
 
@@ -79,6 +107,8 @@ def format_status(doc: dict) -> str:
         lines.append("  (no peers)")
     if doc.get("static"):
         lines += _static_lines(doc["static"])
+    if doc.get("wireguard"):
+        lines += _wg_lines(doc["wireguard"], doc.get("port"))
     off = doc.get("offload") or {}
     if off:
         lines.insert(2, "  offload: " + offload_text(off))
@@ -121,6 +151,9 @@ def offload_text(off: dict) -> str:
     """The status document's "offload" as one truthful line: the TUN's
     offloads and the underlay socket's UDP GSO/GRO, each on or off on its
     own (--no-offload, --no-udp-offload, or what the kernel refused)."""
+    if off.get("wireguard"):
+        return ("plain TUN and socket (--backend wireguard): one packet per TUN read and write, "
+                "one datagram per send")
     if off.get("enabled"):
         tun = f"tun {','.join(off.get('tun') or []) or 'none (kernel refused TUNSETOFFLOAD)'}"
     elif off.get("vnet_hdr_refused"):
@@ -147,6 +180,11 @@ def setup_summary(doc: dict) -> list[str]:
              f"local subnet {doc['subnet']}"]
     if doc["backend"] == "vxlan":
         lines.append(f"vxlan: vni {doc['vni']}, our VTEP {doc['vtep_mac']} at {tun_addr}")
+    wg = doc.get("wireguard")
+    if wg:
+        lines.append(f"wireguard: our public key {wg['public_key']}, port {doc['port']}")
+        for r in wg.get("refused") or []:
+            lines.append(f"wireguard: left out {r['peer']}: {r['reason']}")
     lines.append("offloads: " + offload_text(doc["offload"]))
     peers = doc.get("peers") or []
     if not peers:
@@ -154,5 +192,6 @@ def setup_summary(doc: dict) -> list[str]:
                      else "no peers configured")
     for p in peers:
         name = f" ({p['host']})" if p.get("host") else ""
-        lines.append(f"peer {p['public_ip']}:{p['port']}{name} -> {p['subnet']}")
+        key = f" key {p['public_key']}" if p.get("public_key") else ""
+        lines.append(f"peer {p['public_ip']}:{p['port']}{name} -> {p['subnet']}{key}")
     return lines

@@ -40,6 +40,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
                 "198.18.0.3=198.19.3.0/24"]),
     "--mtu": ("1400", "1400"),
     "--backend": ("vxlan", "vxlan"),
+    "--private-key-file": ("/etc/udpoverlay/wg.key", "/etc/udpoverlay/wg.key"),
     "--vni": ("7", "7"),
     "--vtep-mac": ("02:00:00:00:00:09", "02:00:00:00:00:09"),
     "--direct-routing": ("true", True),

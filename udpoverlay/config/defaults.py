@@ -10,11 +10,13 @@ __all__ = ["DEFAULT_TUN", "DEFAULT_PORTS", "BACKENDS", "DEFAULT_VNI", "MAX_VNI",
            "DEFAULT_SUBNET_FILE", "DEFAULT_LEASE_TTL", "MIN_LEASE_TTL", "DEFAULT_RENEW_MARGIN_MIN",
            "RENEW_MARGIN_RANGE", "DEFAULT_IPTABLES_RESYNC", "DEFAULT_HEALTHZ_IP", "LOG_FORMATS",
            "IO_MODES", "DEFAULT_IO_MODE", "DEFAULT_RESOLVE_INTERVAL", "MAX_KEEPALIVE",
-           "MAX_BUSY_POLL_US", "MTU_RANGE", "MAX_QUEUES"]
+           "MAX_BUSY_POLL_US", "MTU_RANGE", "MAX_QUEUES", "STATIC_BACKENDS"]
 
 DEFAULT_TUN = "udpov0"                          # the TUN device
-DEFAULT_PORTS = {"udp": 8285, "vxlan": 8472}    # flannel's udp port; the kernel's vxlan port
-BACKENDS = tuple(DEFAULT_PORTS)
+# flannel's udp port; the kernel's vxlan port; WireGuard's (flannel's ListenPort)
+DEFAULT_PORTS = {"udp": 8285, "vxlan": 8472, "wireguard": 51820}
+BACKENDS = ("udp", "vxlan")                     # both modes (etcd's Backend.Type)
+STATIC_BACKENDS = (*BACKENDS, "wireguard")      # static mode only, for now
 DEFAULT_VNI = 1
 MAX_VNI = (1 << 24) - 1
 DEFAULT_PREFIX = "/coreos.com/network"

@@ -10,8 +10,8 @@ How: the environment is turned into `--flag=value` arguments placed before
 the command line's, for flags the command line does not name, so argparse
 checks them exactly as typed flags and the command line wins. Repeatable
 flags take comma-separated lists (`FLANNELD_IFACE=eth0,eth1`); a --peer
-item's `,vtep-mac=MAC` option stays with its peer and a comma inside a
-regex's `{m,n}` stays in the regex. Empty variables are ignored, as
+item's options (`,vtep-mac=MAC`, `,keepalive=N`, `,public-key=KEY`, ...)
+stay with its peer and a comma inside a regex's `{m,n}` stays in the regex. Empty variables are ignored, as
 flanneld does. Errors about a flag that came from the environment name the
 variable, so the one-line message points at what to fix.
 
@@ -87,12 +87,16 @@ def split_list(flag: str, text: str) -> list[str]:
     if flag == "--peer":        # `IP=SUBNET,vtep-mac=MAC`: the option belongs to its peer
         merged: list[str] = []
         for item in items:
-            if merged and item.startswith("vtep-mac="):
+            if merged and item.startswith(_PEER_OPTIONS):
                 merged[-1] += "," + item
             else:
                 merged.append(item)
         items = merged
     return items
+
+
+# a --peer item's options (config/peerspec.py): they stay with the peer before them
+_PEER_OPTIONS = ("vtep-mac=", "keepalive=", "public-key=", "preshared-key-file=")
 
 
 def _long_flags(action: argparse.Action) -> list[str]:

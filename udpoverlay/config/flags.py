@@ -155,7 +155,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--port", "port", "underlay", modes=STATIC, metavar="UDP_PORT",
          check=_opt(lambda v: values.port(v, "--port")),
          help=f"UDP port, the same on every host (default {d.DEFAULT_PORTS['udp']} for udp, "
-              f"{d.DEFAULT_PORTS['vxlan']} for vxlan, as flannel)"),
+              f"{d.DEFAULT_PORTS['vxlan']} for vxlan, {d.DEFAULT_PORTS['wireguard']} for "
+              f"wireguard, as flannel)"),
     # -- overlay -------------------------------------------------------------------
     Flag("--tun", "tun", "overlay", metavar="NAME", check=_tun,
          help=f"TUN device name (default {d.DEFAULT_TUN})"),
@@ -167,15 +168,24 @@ FLAGS: tuple[Flag, ...] = (
          help="the whole overlay network, e.g. 198.19.0.0/16"),
     Flag("--peer", "peers", "overlay", kind="append", modes=STATIC, metavar="SPEC",
          check=_identity,     # parsed against --port and --backend by options.build_config
-         help="a remote host: HOST[:PORT]=SUBNET[,vtep-mac=MAC][,keepalive=SECONDS], HOST a "
-              "DNS name or an IPv4 address (repeat for each peer)"),
+         help="a remote host: HOST[:PORT]=SUBNET[,vtep-mac=MAC][,keepalive=SECONDS]"
+              "[,public-key=BASE64][,preshared-key-file=PATH], HOST a DNS name or an IPv4 "
+              "address (repeat for each peer); public-key (the peer's `wg pubkey`) is "
+              "required with --backend wireguard"),
     Flag("--mtu", "mtu", "overlay", metavar="BYTES", check=lambda v: values.mtu(v),
          help="TUN MTU (default: Backend.MTU in cluster mode, else the underlay interface's "
-              "MTU - 28 for udp, - 50 for vxlan)"),
-    Flag("--backend", "backend", "overlay", modes=STATIC, choices=d.BACKENDS,
-         check=values.backend,
-         help="encapsulation: udp (raw IPv4 in UDP, flannel's udp backend, the default) or "
-              "vxlan (RFC 7348, interoperates with flannel's kernel vxlan hosts)"),
+              "MTU - 28 for udp, - 50 for vxlan, - 80 for wireguard)"),
+    Flag("--backend", "backend", "overlay", modes=STATIC, choices=d.STATIC_BACKENDS,
+         check=lambda v: values.backend(v, d.STATIC_BACKENDS),
+         help="encapsulation: udp (raw IPv4 in UDP, flannel's udp backend, the default), "
+              "vxlan (RFC 7348, interoperates with flannel's kernel vxlan hosts) or wireguard "
+              "(encrypted and authenticated, speaks WireGuard to wg/wireguard-go peers; static "
+              "mode, needs --private-key-file and each peer's public-key)"),
+    Flag("--private-key-file", "private_key_file", "overlay", modes=STATIC, metavar="PATH",
+         check=_or_none,
+         help="wireguard: our private key, `wg genkey` format; created (mode 0600) when "
+              "missing; refused when group or others may read it or root does not own it. "
+              "`udpoverlay pubkey --private-key-file PATH` prints the public key to give peers"),
     Flag("--vni", "vni", "overlay", modes=STATIC, metavar="NUMBER",
          check=lambda v: values.vni(d.DEFAULT_VNI if v is None else v),
          help=f"vxlan: VXLAN network identifier (default {d.DEFAULT_VNI}, as flannel)"),

@@ -98,6 +98,7 @@ class Options:
     peer_specs: tuple[PeerSpec, ...] = field(default_factory=tuple)
     backend: str = "udp"
     port: int = DEFAULT_PORTS["udp"]
+    private_key_file: str | None = None   # --backend wireguard: our key (wg genkey format)
     vni: int = DEFAULT_VNI
     enable_nftables: bool = False
     # cluster mode
@@ -161,6 +162,26 @@ def _checked(o: Options) -> Options:
     return o
 
 
+def _check_wireguard(o: dict[str, Any]) -> None:
+    """--backend wireguard: our key file is required; the data path is its
+    own (one packet per TUN read, on the event loop), so the flags that
+    shape the udp/vxlan fast path do not apply and are refused."""
+    if o["backend"] != "wireguard":
+        if o["private_key_file"]:
+            raise ConfigError("--private-key-file only applies to --backend wireguard")
+        return
+    if not o["private_key_file"]:
+        raise ConfigError("--backend wireguard needs --private-key-file PATH (our private key, "
+                          "`wg genkey` format; created with mode 0600 when missing)")
+    for flag, given in (("--queues", o["queues"] > 1), ("--threads", o["threads"]),
+                        ("--io io_uring", o["io_mode"] == "io_uring"),
+                        ("--busy-poll-us", o["busy_poll_us"] > 0),
+                        ("--vtep-mac", o["vtep_mac"] is not None)):
+        if given:
+            raise ConfigError(f"{flag} does not apply to --backend wireguard (its data path "
+                              f"runs on the event loop, one packet per TUN read)")
+
+
 def _known(given: dict[str, Any]) -> None:
     unknown = set(given) - {f.field for f in FLAGS}
     if unknown:
@@ -190,6 +211,7 @@ def build_config(**given: Any) -> Options:
         raise ConfigError("--network is required")
     if shared["direct_routing"] and backend != "vxlan":
         raise ConfigError("--direct-routing only applies to --backend vxlan")
+    _check_wireguard(shared)
     peers = [(p, spec_of(p, port)) for p in shared["peers"] or ()]
     specs = tuple(s for _, s in peers)
     resolved = tuple(p if isinstance(p, Peer) else s.resolved(s.literal)

@@ -9,6 +9,8 @@ standard library's tomllib, merged with the --peer flags, re-read on SIGHUP.
     subnet = "198.19.2.0/24"
     vtep-mac = "02:00:00:00:00:02" # optional, --backend vxlan only
     keepalive = 25                 # optional: seconds, 0 = off
+    public-key = "BASE64"          # --backend wireguard: required (the peer's `wg pubkey`)
+    preshared-key-file = "PATH"    # --backend wireguard: optional
 
 Every problem is one ConfigError line naming the file, the line of the
 peer's `[[peer]]` header (tomllib gives no line per value) and the peer:
@@ -21,14 +23,20 @@ from __future__ import annotations
 import re
 import tomllib
 
-from udpoverlay.config.peerspec import check_host, check_keepalive, parse_peer_spec
+from udpoverlay.config.peerspec import (
+    check_host,
+    check_keepalive,
+    check_key_path,
+    check_public_key,
+    parse_peer_spec,
+)
 from udpoverlay.config.textfile import read_text
 from udpoverlay.errors import ConfigError
 from udpoverlay.peer import PeerSpec
 
 __all__ = ["load", "parse"]
 
-_KEYS = {"host", "port", "subnet", "vtep-mac", "keepalive"}
+_KEYS = {"host", "port", "subnet", "vtep-mac", "keepalive", "public-key", "preshared-key-file"}
 _HEADER = re.compile(r"^[ \t]*\[\[[ \t]*peer[ \t]*\]\]", re.MULTILINE)
 MAX_BYTES = 1 << 20       # a peers file, not a data set
 
@@ -98,4 +106,9 @@ def _entry(entry: dict, where: str, n: int, default_port: int,
         raise ConfigError(f"{what}: " + str(exc).split(": ", 1)[-1]) from None
     keepalive = (_keepalive(entry["keepalive"], f"{what}: keepalive") if "keepalive" in entry
                  else default_keepalive)
-    return PeerSpec(spec.host, spec.port, spec.subnet, spec.vtep_mac, keepalive, origin=where)
+    public_key = (check_public_key(entry["public-key"], what) if "public-key" in entry
+                  else None)
+    psk_file = (check_key_path(entry["preshared-key-file"], what)
+                if "preshared-key-file" in entry else None)
+    return PeerSpec(spec.host, spec.port, spec.subnet, spec.vtep_mac, keepalive, origin=where,
+                    public_key=public_key, preshared_key_file=psk_file)

@@ -18,6 +18,8 @@ loopback too: a daemon on 127.0.0.1, as in tests, can reach nothing else.)
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 from typing import Iterable
@@ -28,7 +30,8 @@ from udpoverlay.errors import ConfigError
 from udpoverlay.peer import Peer, PeerSpec
 
 __all__ = ["bad_peer_address", "check_literal", "check_host", "check_peer_specs",
-           "check_peer_addresses", "check_keepalive", "parse_peer_spec", "parse_peer", "spec_of"]
+           "check_peer_addresses", "check_keepalive", "check_public_key", "check_key_path",
+           "parse_peer_spec", "parse_peer", "spec_of"]
 
 _CLASS_E = ipaddress.IPv4Network("240.0.0.0/4")     # 255.255.255.255 included
 _LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
@@ -104,6 +107,23 @@ def check_peer_specs(specs, subnet: ipaddress.IPv4Network, network: ipaddress.IP
                               f"and {b.host}={b.subnet} ({b.origin})")
     if backend != "vxlan" and any(p.vtep_mac for p in specs):
         raise ConfigError("vtep-mac in --peer only applies to --backend vxlan")
+    if backend != "wireguard":
+        for p in specs:
+            if p.public_key or p.preshared_key_file:
+                raise ConfigError(f"peer {p.host}={p.subnet} ({p.origin}): public-key and "
+                                  f"preshared-key-file only apply to --backend wireguard")
+        return
+    keys: dict[str, PeerSpec] = {}
+    for p in specs:
+        if not p.public_key:
+            raise ConfigError(f"peer {p.host}={p.subnet} ({p.origin}): --backend wireguard "
+                              f"needs the peer's public key (public-key=BASE64, what `wg "
+                              f"pubkey` or `udpoverlay pubkey` prints on that host)")
+        if p.public_key in keys:
+            q = keys[p.public_key]
+            raise ConfigError(f"peers {q.host}={q.subnet} ({q.origin}) and {p.host}={p.subnet} "
+                              f"({p.origin}) have the same public key")
+        keys[p.public_key] = p
 
 
 def check_peer_addresses(peers, public_ip, backend: str) -> None:
@@ -115,7 +135,7 @@ def check_peer_addresses(peers, public_ip, backend: str) -> None:
         if public_ip is not None and p.public_ip == public_ip:
             raise ConfigError(f"peer {p.host or p.public_ip}={p.subnet}: that is our own "
                               f"--public-ip")
-        key = (p.public_ip, p.port) if backend == "udp" else (p.public_ip,)
+        key = (p.public_ip, p.port) if backend in ("udp", "wireguard") else (p.public_ip,)
         if key in seen:
             raise ConfigError(f"peer {':'.join(map(str, key))} given twice "
                               f"({seen[key].subnet} and {p.subnet})")
@@ -124,6 +144,32 @@ def check_peer_addresses(peers, public_ip, backend: str) -> None:
 
 def check_keepalive(value, what: str) -> int:
     return values.integer(value, what, 0, MAX_KEEPALIVE)
+
+
+def check_public_key(text, what: str) -> str:
+    """A WireGuard public key's shape: standard base64 of 32 bytes, not all
+    zero (the WireGuard plane parses it again and refuses low-order points).
+    The message never repeats the text: a private key pasted here by
+    mistake must not reach a log."""
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"{what}: public-key is empty")
+    try:
+        raw = base64.b64decode(text.strip().encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise ConfigError(f"{what}: public-key is not valid base64 (want 44 characters, "
+                          f"as `wg pubkey` prints)") from None
+    if len(raw) != 32:
+        raise ConfigError(f"{what}: public-key decodes to {len(raw)} bytes, want 32")
+    if raw == bytes(32):
+        raise ConfigError(f"{what}: public-key is the all-zero key")
+    return base64.b64encode(raw).decode("ascii")
+
+
+def check_key_path(text, what: str) -> str:
+    """A key file's path (checked for shape only: read at start)."""
+    if not isinstance(text, str) or not text.strip() or "\0" in text:
+        raise ConfigError(f"{what}: preshared-key-file needs a path")
+    return text.strip()
 
 
 def parse_peer_spec(text: str, default_port: int) -> PeerSpec:
@@ -142,7 +188,7 @@ def parse_peer_spec(text: str, default_port: int) -> PeerSpec:
     host = check_host(host, what)
     parts = right.split(",")
     subnet = values.net(parts[0], what)
-    mac, keepalive = None, None
+    mac, keepalive, public_key, psk_file = None, None, None, None
     for opt in parts[1:]:
         key, _, val = opt.partition("=")
         key = key.strip()
@@ -150,9 +196,16 @@ def parse_peer_spec(text: str, default_port: int) -> PeerSpec:
             mac = values.mac(val, what)
         elif key == "keepalive" and val:
             keepalive = check_keepalive(val, what + " keepalive")
+        elif key == "public-key":
+            public_key = check_public_key(val, f"--peer {host}={subnet}")
+        elif key == "preshared-key-file":
+            psk_file = check_key_path(val, f"--peer {host}={subnet}")
         else:
-            raise ConfigError(f"{what}: unknown option {opt!r} (vtep-mac=MAC, keepalive=SECONDS)")
-    return PeerSpec(host=host, port=port, subnet=subnet, vtep_mac=mac, keepalive=keepalive)
+            # (not the option's text: it could be a misspelt key with a secret)
+            raise ConfigError(f"--peer {host}={subnet}: unknown option {key!r} (vtep-mac=MAC, "
+                              f"keepalive=SECONDS, public-key=BASE64, preshared-key-file=PATH)")
+    return PeerSpec(host=host, port=port, subnet=subnet, vtep_mac=mac, keepalive=keepalive,
+                    public_key=public_key, preshared_key_file=psk_file)
 
 
 def parse_peer(text: str, default_port: int) -> Peer:
@@ -167,5 +220,6 @@ def spec_of(p: Peer | PeerSpec | str, port: int) -> PeerSpec:
     if isinstance(p, PeerSpec):
         return p
     if isinstance(p, Peer):
-        return PeerSpec(str(p.public_ip), p.port, p.subnet, p.vtep_mac, p.keepalive)
+        return PeerSpec(str(p.public_ip), p.port, p.subnet, p.vtep_mac, p.keepalive,
+                        public_key=p.public_key, preshared_key_file=p.preshared_key_file)
     return parse_peer_spec(p, port)

@@ -96,11 +96,11 @@ def mac(value, what: str) -> bytes | None:
         raise ConfigError(f"{what}: {exc}") from None
 
 
-def backend(value) -> str:
+def backend(value, allowed: tuple[str, ...] = BACKENDS) -> str:
     """An encapsulation name (flag or Backend.Type); None or "" = udp."""
     name = (value or "udp").lower()
-    if name not in BACKENDS:
-        raise ConfigError(f"unknown backend {name!r} (choose from: {', '.join(BACKENDS)})")
+    if name not in allowed:
+        raise ConfigError(f"unknown backend {name!r} (choose from: {', '.join(allowed)})")
     return name
 
 

@@ -37,9 +37,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from udpoverlay import __version__
 from udpoverlay.host.tun import TUN_F
 from udpoverlay.lifecycle import Lifecycle
+from udpoverlay.wgplane import COUNTERS as WG_COUNTERS
 
-__all__ = ["OpsCollector", "METRICS", "SCALAR_METRICS", "DROP_REASONS", "NEVER_COUNTED",
-           "PEER_STATES", "render", "render_snapshot", "make_registry", "families"]
+__all__ = ["OpsCollector", "METRICS", "SCALAR_METRICS", "WG_SCALAR_METRICS", "DROP_REASONS",
+           "NEVER_COUNTED", "PEER_STATES", "render", "render_snapshot", "make_registry", "families"]
 
 P = "udpoverlay_"
 # Engine counters other than packets/bytes and drops: counter name -> metric
@@ -61,6 +62,10 @@ SCALAR_METRICS = {
     "rx_arp": ("rx_arp", "vxlan: ARP frames consumed by the engine (not drops)"),
     "rx_keepalive": ("rx_keepalives", "NAT keepalives received from peers (not drops)"),
 }
+# --backend wireguard's own counters (wgplane.COUNTERS): handshakes, cookies,
+# timers, as udpoverlay_wireguard_<name>_total
+WG_SCALAR_METRICS = {k: ("wireguard_" + k[3:], "wireguard: " + doc)
+                     for k, doc in WG_COUNTERS.items() if k.startswith("wg_")}
 # Which drop verdicts each direction's code can count, in both twins
 # (dataplane/_py/outgoing.py + _fastpath/outgoing.pxi for tx, incoming.* for
 # rx, frames.* for both; tests/unit/ops/test_drop_series.py holds them to
@@ -266,7 +271,8 @@ def _engine_metrics(counters: dict, peers: list[dict], states: dict,
     for key, value in sorted(counters.items()):
         if "_drop_" in key or key in ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes"):
             continue
-        name, doc = SCALAR_METRICS.get(key, (key, f"engine counter {key}"))
+        name, doc = (SCALAR_METRICS.get(key) or WG_SCALAR_METRICS.get(key)
+                     or (key, f"engine counter {key}"))
         yield CounterMetricFamily(P + name, doc, value=value)
     by_state = dict.fromkeys(PEER_STATES, 0)
     for p in peers:

@@ -92,7 +92,7 @@ class StaticPeers:
         waiting: dict[PeerSpec, str] = {}
         seen: dict[tuple, PeerSpec] = {}
         made: dict[tuple, Peer] = {}
-        udp = self.opts.backend == "udp"
+        udp = self.opts.backend in ("udp", "wireguard")     # peers told apart by port too
         for spec in self.specs:
             ip = spec.literal or self.names.address(spec.host)
             if ip is None:

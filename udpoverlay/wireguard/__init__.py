@@ -22,6 +22,7 @@ from udpoverlay.wireguard.keys import (
     PrivateKey,
     PublicKey,
     generate,
+    load_preshared_key,
     load_private_key,
     parse_preshared_key,
     parse_private_key,
@@ -33,4 +34,4 @@ from udpoverlay.wireguard.peer import Peer
 __all__ = ["Engine", "Received", "Tick", "Peer", "PeerConfigError", "RECEIVE_VERDICTS",
            "PrivateKey", "PublicKey", "PresharedKey", "BadKeyError", "KeyFileError", "generate",
            "public_of", "parse_public_key", "parse_private_key", "parse_preshared_key",
-           "load_private_key"]
+           "load_private_key", "load_preshared_key"]

@@ -22,7 +22,7 @@ from udpoverlay.errors import ConfigError
 
 __all__ = ["KEY_SIZE", "BadKeyError", "KeyFileError", "PublicKey", "PrivateKey", "PresharedKey",
            "generate", "public_of", "parse_public_key", "parse_private_key", "parse_preshared_key",
-           "load_private_key"]
+           "load_private_key", "load_preshared_key"]
 
 KEY_SIZE = 32
 
@@ -209,6 +209,35 @@ def _create(path: str) -> None:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+
+
+def _read_secret(path: str, owner_uid: int) -> bytes:
+    """A key file's bytes, checked on the open descriptor (what we check is
+    what we read): a regular file, owned by owner_uid, no group/other bits."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise KeyFileError(f"wireguard key file {path}: cannot open: {exc.strerror}") from None
+    try:
+        _check_file(path, os.fstat(fd), owner_uid)
+        data = os.read(fd, _MAX_FILE + 1)
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_FILE:
+        raise KeyFileError(f"wireguard key file {path}: too large to be a key file")
+    return data
+
+
+def load_preshared_key(path: str, owner_uid: int = 0) -> PresharedKey:
+    """Read a preshared key file (`wg genpsk` format) under the private key
+    file's rules; never created (both ends need the same one)."""
+    data = _read_secret(path, owner_uid)
+    try:
+        return parse_preshared_key(data, what=f"wireguard key file {path}")
+    except KeyFileError:
+        raise
+    except BadKeyError as exc:
+        raise KeyFileError(str(exc)) from None
 
 
 def load_private_key(path: str, create: bool = True, owner_uid: int = 0) -> PrivateKey:
