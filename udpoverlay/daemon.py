@@ -47,13 +47,12 @@ import asyncio
 import dataclasses
 import ipaddress
 import logging
-import os
 import signal
 import socket
 import time
-from typing import Any, Callable, Coroutine, Union
+from typing import Any, Callable, Coroutine
 
-from udpoverlay import __version__, dataplane
+from udpoverlay import __version__, dataplane, planes
 from udpoverlay.config.options import Options
 from udpoverlay.control import ControlServer
 from udpoverlay.dataplane import twins, wire
@@ -68,7 +67,7 @@ from udpoverlay.liveness import Liveness
 from udpoverlay.peer import derive_vtep_mac, format_mac
 from udpoverlay.reloads import Reloads
 from udpoverlay.status import setup_summary
-from udpoverlay.wgplane import WgPlane, WgRunner
+from udpoverlay.wgplane import WgPlane
 
 __all__ = ["Daemon", "OVERHEAD"]
 
@@ -81,8 +80,6 @@ OUTER_HDR = 20 + 8
 # 16-byte tag, flannel's MTU - 80 (so an IPv6 underlay fits as well).
 OVERHEAD = {"udp": OUTER_HDR, "vxlan": OUTER_HDR + wire.VXLAN_HDR, "wireguard": 80}
 ANY = "0.0.0.0"
-AnyEngine = Union[dataplane.Engine, WgPlane]
-AnyRunner = Union[dataplane.Runner, WgRunner]
 
 
 class Daemon:
@@ -103,8 +100,8 @@ class Daemon:
         self.tx_socks: list[socket.socket] = []
         self.queue_socks: list[socket.socket] = []     # queues 1.. (--queues)
         self.tun: tunmod.TunDevice | None = None
-        self.engine: AnyEngine | None = None
-        self.runner: AnyRunner | None = None
+        self.engine: planes.AnyEngine | None = None
+        self.runner: planes.AnyRunner | None = None
         self.wg: WgPlane | None = None
         self.control: ControlServer | None = None
         self.nodenet: NodeNetwork | None = None
@@ -122,7 +119,7 @@ class Daemon:
         self.liveness = Liveness(lambda: self.engine, self._send, opts.keepalive,
                                  sends=opts.backend != "wireguard")
         if opts.backend == "wireguard":
-            self.wg = self._wireguard(opts)
+            self.wg = planes.load_wireguard(opts)
         self.address = sockets.AddressWatch(None if opts.bind_any else str(opts.bind_ip),
                                             str(opts.bind_ip))
 
@@ -151,16 +148,6 @@ class Daemon:
     # -- host seams: the unit tests replace these to run without root -----
     def interface_mtu(self, ip: str) -> int:
         return interfaces.interface_mtu(ip)
-
-    def _wireguard(self, opts: Options) -> WgPlane:
-        """Our key (read, or created 0600) and the peers' keys, checked now:
-        ConfigError before anything is created."""
-        assert opts.private_key_file is not None and opts.subnet is not None
-        # owned by root (or by the user the daemon runs as, as the peers file)
-        plane = WgPlane.load(opts.private_key_file, opts.subnet, keepalive=opts.keepalive,
-                             owner_uid=os.geteuid())
-        plane.set_peers(opts.peers, strict=True)
-        return plane
 
     def create_tun(self, name: str, offload: bool) -> tunmod.TunDevice:
         return tunmod.create_tun(name, offload, self.opts.queues)
@@ -216,9 +203,12 @@ class Daemon:
             self.vtep_mac = o.vtep_mac or derive_vtep_mac(pub, str(self.subnet))
             self.configure_tun(self.tun, str(self.subnet), str(self.network), self.mtu)
             if self.wg is not None:
-                self._setup_wireguard(self.wg)
+                made = planes.wireguard_plane(self.wg, self.mtu, self.tun, self.sock)
             else:
-                self._setup_engine()
+                made = planes.fast_path(o, self.subnet, self.network, self.vtep_mac, self.mtu,
+                                        self.tun, self.sock, self.queue_socks, self.bind_addr)
+            self.engine, self.runner = made.engine, made.runner
+            self.tx_socks, self.udp_gro = made.tx_socks, made.udp_gro
             # Masquerade/forward rules, DirectRouting, blackhole route.
             self.nodenet = NodeNetwork(o, self.subnet, self.network, self.tun.name)
             self.nodenet.start()
@@ -229,42 +219,6 @@ class Daemon:
             self.close()
             raise
         self._log_setup()
-
-    def _setup_wireguard(self, plane: WgPlane) -> None:
-        assert self.sock is not None and self.tun is not None
-        plane.set_mtu(self.mtu)
-        self.engine = plane
-        self.runner = WgRunner(plane, self.tun.fd, self.sock)
-
-    def _setup_engine(self) -> None:
-        """udp and vxlan: the fast path's engine and runner."""
-        o = self.opts
-        assert self.sock is not None and self.tun is not None
-        self.engine = dataplane.Engine(o.backend, self.subnet.network_address, self.subnet,
-                                       self.network, vni=o.vni, vtep_mac=self.vtep_mac,
-                                       port=o.port)
-        self.engine.set_tun_mtu(self.mtu)
-        if o.backend == "vxlan":
-            # Each flow leaves from one of several sockets on ephemeral
-            # ports, so underlay ECMP/RSS spreads flows and keeps order.
-            self.tx_socks = sockets.open_tx_sockets(self.bind_addr)
-            self.engine.set_tx_fds([s.fileno() for s in self.tx_socks])
-        # The TUN's offloads (vnet header, --no-offload) and the
-        # socket's batching (UDP GSO/GRO, --no-udp-offload) are
-        # independent: a plain TUN's packets still leave packed into
-        # UDP_SEGMENT messages and arrive as GRO buffers, split again.
-        vnet = self.tun.vnet_hdr
-        self.udp_gro = o.udp_offload and all([sockets.enable_udp_gro(s)
-                                              for s in (self.sock, *self.queue_socks)])
-        self.engine.set_offload(vnet, udp_gso=o.udp_offload
-                                and sockets.udp_gso_supported(self.sock),
-                                tun_uso=vnet and "uso4" in self.tun.offloads,
-                                udp_gro=self.udp_gro)
-        self.runner = dataplane.Runner(self.engine, self.tun.fd, self.sock.fileno(),
-                                       threads=o.threads, io=o.io_mode,
-                                       busy_poll_us=o.busy_poll_us,
-                                       extra=list(zip(self.tun.queue_fds,
-                                                      [s.fileno() for s in self.queue_socks])))
 
     def _log_setup(self) -> None:
         for line in setup_summary(self.status()):
