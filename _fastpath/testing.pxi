@@ -199,7 +199,7 @@ def _wg_aead(key, nonce, aad, data, bint decrypt=False):
     if not decrypt:
         n = len(d)
         out = PyBytes_FromStringAndSize(NULL, n + WG_TAG)
-        r = wg_seal(k.enc, <const uint8_t *><const char *>iv, <const uint8_t *><const char *>a,
+        r = wg_seal(k.enc, &k.enc_tag, <const uint8_t *><const char *>iv, <const uint8_t *><const char *>a,
                     len(a), <const uint8_t *><const char *>d,
                     <uint8_t *>PyBytes_AS_STRING(out), n, <uint8_t *>PyBytes_AS_STRING(out) + n)
         if r:
@@ -209,7 +209,7 @@ def _wg_aead(key, nonce, aad, data, bint decrypt=False):
     if n < 0:
         return None
     out = PyBytes_FromStringAndSize(NULL, n)
-    r = wg_open(k.dec, <const uint8_t *><const char *>iv, <const uint8_t *><const char *>a,
+    r = wg_open(k.dec, &k.dec_tag, <const uint8_t *><const char *>iv, <const uint8_t *><const char *>a,
                 len(a), <const uint8_t *><const char *>d, <uint8_t *>PyBytes_AS_STRING(out), n,
                 <const uint8_t *><const char *>d + n)
     if r < 0:

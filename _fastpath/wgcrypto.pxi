@@ -67,9 +67,13 @@ cdef extern from "<openssl/err.h>" nogil:
     void ERR_clear_error()
 
 cdef extern from "wgevp.h" nogil:
-    # the tag: OpenSSL 3's parameter call, the ctrl on 1.1 (why: wgevp.h)
-    int uo_wg_get_tag(EVP_CIPHER_CTX *ctx, unsigned char *tag, int len)
-    int uo_wg_set_tag(EVP_CIPHER_CTX *ctx, const unsigned char *tag, int len)
+    # the tag: OpenSSL 3's parameter call through a parameter kept per
+    # direction, the ctrl on 1.1 (why: wgevp.h)
+    ctypedef struct uo_wg_tagp:
+        pass
+    void uo_wg_tagp_init(uo_wg_tagp *t)
+    int uo_wg_get_tag(EVP_CIPHER_CTX *ctx, uo_wg_tagp *t, unsigned char *tag)
+    int uo_wg_set_tag(EVP_CIPHER_CTX *ctx, uo_wg_tagp *t, const unsigned char *tag)
 
 # The values are udpoverlay/dataplane/wgwire.py's (testing.WG is checked
 # against it).
@@ -135,8 +139,8 @@ cdef inline bint wg_malformed(const uint8_t *d, Py_ssize_t size) noexcept nogil:
             or d[0] != 4 or d[1] != 0 or d[2] != 0 or d[3] != 0)
 
 
-cdef int wg_seal(EVP_CIPHER_CTX *ctx, const uint8_t *iv, const uint8_t *aad, int aadlen,
-                 const uint8_t *src, uint8_t *dst, int n, uint8_t *tag) noexcept nogil:
+cdef int wg_seal(EVP_CIPHER_CTX *ctx, uo_wg_tagp *tp, const uint8_t *iv, const uint8_t *aad,
+                 int aadlen, const uint8_t *src, uint8_t *dst, int n, uint8_t *tag) noexcept nogil:
     """dst = ChaCha20Poly1305 of src (n bytes; dst == src is fine), the
     16-byte tag to tag. 0, or -1 when libcrypto failed."""
     cdef int outl = 0, fin = 0
@@ -149,20 +153,21 @@ cdef int wg_seal(EVP_CIPHER_CTX *ctx, const uint8_t *iv, const uint8_t *aad, int
         return -1
     if EVP_EncryptFinal_ex(ctx, dst + outl, &fin) != 1:
         return -1
-    if uo_wg_get_tag(ctx, tag, WG_TAG) != 1:
+    if uo_wg_get_tag(ctx, tp, tag) != 1:
         return -1
     return 0
 
 
-cdef int wg_open(EVP_CIPHER_CTX *ctx, const uint8_t *iv, const uint8_t *aad, int aadlen,
-                 const uint8_t *src, uint8_t *dst, int n, const uint8_t *tag) noexcept nogil:
+cdef int wg_open(EVP_CIPHER_CTX *ctx, uo_wg_tagp *tp, const uint8_t *iv, const uint8_t *aad,
+                 int aadlen, const uint8_t *src, uint8_t *dst, int n,
+                 const uint8_t *tag) noexcept nogil:
     """dst = the plaintext of src (n bytes; dst == src is fine) checked
     against tag. 0 when it authenticates, 1 when not (dst then holds
     unauthenticated bytes: the caller wipes them), -1 when libcrypto failed."""
     cdef int outl = 0, fin = 0
     if EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, iv) != 1:
         return -1
-    if uo_wg_set_tag(ctx, tag, WG_TAG) != 1:
+    if uo_wg_set_tag(ctx, tp, tag) != 1:
         return -1
     if aadlen > 0 and EVP_DecryptUpdate(ctx, NULL, &outl, aad, aadlen) != 1:
         return -1
@@ -199,7 +204,7 @@ cdef inline void wg_header(uint8_t *d, uint32_t receiver, uint64_t counter) noex
     wg_put64(d + 8, counter)
 
 
-cdef int wg_seal_jobs(EVP_CIPHER_CTX *ctx, wg_job_t *jobs, Py_ssize_t n, uint32_t receiver,
+cdef int wg_seal_jobs(EVP_CIPHER_CTX *ctx, uo_wg_tagp *tp, wg_job_t *jobs, Py_ssize_t n, uint32_t receiver,
                       uint64_t counter) noexcept nogil:
     """Each job: header, packet and zero padding into dst, sealed in place."""
     cdef uint8_t iv[WG_NONCE]
@@ -213,13 +218,14 @@ cdef int wg_seal_jobs(EVP_CIPHER_CTX *ctx, wg_job_t *jobs, Py_ssize_t n, uint32_
             memcpy(d + WG_HEADER, jobs[i].src, jobs[i].size)
         memset(d + WG_HEADER + jobs[i].size, 0, jobs[i].padded - jobs[i].size)
         memcpy(iv + 4, d + 8, 8)
-        if wg_seal(ctx, iv, NULL, 0, d + WG_HEADER, d + WG_HEADER, jobs[i].padded,
+        if wg_seal(ctx, tp, iv, NULL, 0, d + WG_HEADER, d + WG_HEADER, jobs[i].padded,
                    d + WG_HEADER + jobs[i].padded):
             return -1
     return 0
 
 
-cdef int wg_open_jobs(EVP_CIPHER_CTX *ctx, wg_job_t *jobs, Py_ssize_t n) noexcept nogil:
+cdef int wg_open_jobs(EVP_CIPHER_CTX *ctx, uo_wg_tagp *tp, wg_job_t *jobs,
+                      Py_ssize_t n) noexcept nogil:
     """Each job not malformed: the datagram src opened into dst (its own
     counter as the nonce); a bad tag zeroes dst."""
     cdef uint8_t iv[WG_NONCE]
@@ -233,7 +239,8 @@ cdef int wg_open_jobs(EVP_CIPHER_CTX *ctx, wg_job_t *jobs, Py_ssize_t n) noexcep
         s = jobs[i].src
         m = jobs[i].size - WG_OVERHEAD
         memcpy(iv + 4, s + 8, 8)
-        r = wg_open(ctx, iv, NULL, 0, s + WG_HEADER, jobs[i].dst, m, s + jobs[i].size - WG_TAG)
+        r = wg_open(ctx, tp, iv, NULL, 0, s + WG_HEADER, jobs[i].dst, m,
+                    s + jobs[i].size - WG_TAG)
         if r < 0:
             return -1
         if r:
@@ -248,11 +255,15 @@ cdef class WgKey:
 
     cdef EVP_CIPHER_CTX *enc
     cdef EVP_CIPHER_CTX *dec
+    cdef uo_wg_tagp enc_tag         # each direction's tag parameter (wgevp.h)
+    cdef uo_wg_tagp dec_tag
     cdef int busy_seal
     cdef int busy_open
 
     def __cinit__(self, key):
         cdef bytes k = _wg_check_key(key)
+        uo_wg_tagp_init(&self.enc_tag)
+        uo_wg_tagp_init(&self.dec_tag)
         self.enc = EVP_CIPHER_CTX_new()
         self.dec = EVP_CIPHER_CTX_new()
         if self.enc == NULL or self.dec == NULL:
@@ -340,7 +351,7 @@ cdef class WgKey:
                 jobs[i].padded = plen
             self._enter(True)
             with nogil:
-                err = wg_seal_jobs(self.enc, jobs, n, rcv, ctr)
+                err = wg_seal_jobs(self.enc, &self.enc_tag, jobs, n, rcv, ctr)
             self.busy_seal = 0
         finally:
             free(jobs)
@@ -386,7 +397,7 @@ cdef class WgKey:
                     jobs[i].dst = <uint8_t *>PyBytes_AS_STRING(d)
             self._enter(False)
             with nogil:
-                err = wg_open_jobs(self.dec, jobs, n)
+                err = wg_open_jobs(self.dec, &self.dec_tag, jobs, n)
             self.busy_open = 0
             if err:
                 ERR_clear_error()
@@ -436,8 +447,8 @@ cdef class WgKey:
                 wg_header(d, rcv, ctr + <uint64_t>i)
                 memset(d + WG_HEADER + size, 0, plen - size)
                 memcpy(iv + 4, d + 8, 8)
-                if wg_seal(self.enc, iv, NULL, 0, d + WG_HEADER, d + WG_HEADER, plen,
-                           d + WG_HEADER + plen):
+                if wg_seal(self.enc, &self.enc_tag, iv, NULL, 0, d + WG_HEADER, d + WG_HEADER,
+                           plen, d + WG_HEADER + plen):
                     err = 1
                     break
                 lens[i] = WG_OVERHEAD + plen
@@ -485,8 +496,8 @@ cdef class WgKey:
                     lens[i] = 0
                     continue
                 memcpy(iv + 4, d + 8, 8)
-                r = wg_open(self.dec, iv, NULL, 0, d + WG_HEADER, d + WG_HEADER,
-                            size - WG_OVERHEAD, d + size - WG_TAG)
+                r = wg_open(self.dec, &self.dec_tag, iv, NULL, 0, d + WG_HEADER,
+                            d + WG_HEADER, size - WG_OVERHEAD, d + size - WG_TAG)
                 if r < 0:
                     err = 1
                     break

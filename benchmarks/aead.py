@@ -66,14 +66,16 @@ int main(int argc, char **argv) {
     EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_IVLEN, 12, NULL);
     EVP_EncryptInit_ex(ctx, NULL, NULL, key, NULL);
     unsigned long long packets = 0, counter = 0;
+    OSSL_PARAM p[2] = {OSSL_PARAM_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, NULL, 16),
+                       OSSL_PARAM_END};
     double t0 = cpu(), t = t0;
     while (t - t0 < secs) {
         for (int i = 0; i < batch; i++, counter++) {
             unsigned char *d = buf + (size_t)i * stride + 16;
             int outl = 0, fin = 0;
             memcpy(iv + 4, &counter, 8);
-            OSSL_PARAM p[2] = {
-                OSSL_PARAM_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, d + n, 16), OSSL_PARAM_END};
+            p[0].data = d + n;
+            p[0].return_size = OSSL_PARAM_UNMODIFIED;
             if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, iv) != 1
                 || EVP_EncryptUpdate(ctx, d, &outl, d, n) != 1
                 || EVP_EncryptFinal_ex(ctx, d + outl, &fin) != 1
