@@ -353,3 +353,45 @@ def test_two_directions_on_two_threads_and_keys_in_parallel():
     for t in threads:
         t.join()
     assert not failures
+
+
+def test_interop_with_two_engines_after_a_real_handshake(monkeypatch):
+    """Two protocol engines handshake in memory (tests.support.wireguard);
+    the transport keys they derive (captured as the engine makes its
+    keypairs) work in both WgKey twins both ways: the engine's datagrams
+    open, and datagrams sealed by WgKey under the next counters are accepted
+    by the other engine, replay window and all."""
+    from tests.support.wireguard import A_ADDR, icmp_echo, make_pair
+    from udpoverlay.wireguard import session
+
+    made = []
+    real_init = session.Keypair.__init__
+
+    def capture(self, keys, now):
+        made.append(keys)
+        real_init(self, keys, now)
+
+    monkeypatch.setattr(session.Keypair, "__init__", capture)
+    p = make_pair()
+    first = icmp_echo("198.19.1.1", "198.19.2.1", 7, 0, b"hello")
+    assert p.packets(p.deliver(p.a.send(p.a_peer_b, first, p.clock.now), "b"), "b") == [first]
+    a_keys = next(k for k in made if k.is_initiator)
+    kp = p.a_peer_b.keypairs.current
+    assert kp is not None and kp.remote_index == a_keys.remote_index
+
+    packets = [icmp_echo("198.19.1.1", "198.19.2.1", 7, seq, data(seq * 50, seq))
+               for seq in range(1, 6)]
+    engine_out = [d for pkt in packets for d, _ in p.a.send(p.a_peer_b, pkt, p.clock.now)]
+    for twin in both():
+        opened = twin.WgKey(a_keys.send_key).open_batch(engine_out)
+        assert opened == [(WG_OK, transport.padded(pkt)) for pkt in packets]
+    assert p.packets(p.deliver([(d, A_ADDR) for d in engine_out], "b"), "b") == packets
+
+    for twin in both():
+        start = kp.send_counter
+        ours = twin.WgKey(a_keys.send_key).seal_batch(a_keys.remote_index, start, packets)
+        kp.send_counter += len(ours)
+        got = [p.b.receive(d, A_ADDR, p.clock.now) for d in ours]
+        assert [(r.verdict, r.packet) for r in got] == [("data", pkt) for pkt in packets]
+        replayed = p.b.receive(ours[0], A_ADDR, p.clock.now)
+        assert replayed.verdict != "data"
