@@ -367,9 +367,9 @@ def test_interop_with_two_engines_after_a_real_handshake(monkeypatch):
     made = []
     real_init = session.Keypair.__init__
 
-    def capture(self, keys, now):
+    def capture(self, keys, now, *cipher):
         made.append(keys)
-        real_init(self, keys, now)
+        real_init(self, keys, now, *cipher)
 
     monkeypatch.setattr(session.Keypair, "__init__", capture)
     p = make_pair()

@@ -41,6 +41,8 @@ from typing import Callable, Iterable
 
 from udpoverlay.errors import ConfigError
 from udpoverlay.peer import Peer
+from udpoverlay.wgplane.cipher import IMPLEMENTATION as CIPHER_IMPLEMENTATION
+from udpoverlay.wgplane.cipher import DataPlaneCipher
 from udpoverlay.wgplane.routes import Routes
 from udpoverlay.wireguard import engine as wgengine
 from udpoverlay.wireguard.keys import (
@@ -123,7 +125,7 @@ class WgPlane:
     """The engine, the peers and the counters (see the module notes)."""
 
     backend = "wireguard"
-    implementation = "python"       # the AEAD: wireguard/transport.py
+    implementation = CIPHER_IMPLEMENTATION   # the AEAD's twin (wgplane/cipher.py)
     queues = 1
     vnet_hdr = udp_gso = tun_uso = udp_gro = False
 
@@ -131,7 +133,7 @@ class WgPlane:
                  keepalive: int = 0, mtu: int = 0, clock: Callable[[], float] = time.monotonic,
                  load_psk: Callable[[str], PresharedKey] | None = None,
                  owner_uid: int = 0, engine: wgengine.Engine | None = None) -> None:
-        self.engine = engine or wgengine.Engine(private_key, mtu=mtu)
+        self.engine = engine or wgengine.Engine(private_key, mtu=mtu, cipher=DataPlaneCipher)
         self.public_key = self.engine.public_key
         self.keepalive = keepalive          # the default persistent keepalive (--keepalive)
         self.clock = clock
