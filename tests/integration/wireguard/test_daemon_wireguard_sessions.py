@@ -88,7 +88,8 @@ def test_a_long_transfer_spans_two_rekeys_at_the_real_timer(wgbed):
     assert got["max_gap"] < STALL, got["gaps"]
     # two new sessions, each when the one before was REKEY_AFTER_TIME old
     assert len(resets) >= 2, ages
-    assert all(REKEY_AFTER_TIME - 5 <= old <= REKEY_AFTER_TIME + 10 for _, old, _ in resets), resets
+    # (the age is looked at every 4 s or so: the last look before a rekey is up to ~6 s early)
+    assert all(REKEY_AFTER_TIME - 10 <= old <= REKEY_AFTER_TIME + 10 for _, old, _ in resets), resets
     c = ov.status(ov.hosts[1])["counters"]
     assert c["wg_tx_initiation"] >= 3 and c["wg_rx_response"] >= 3, c
     for drop in ("bad_auth", "replay", "expired_session", "unknown_index", "stale_response"):
