@@ -8,11 +8,16 @@ of one run crosses the same namespaces, veths and bridge:
 - host-routing: a plain route to the other pod subnet via its underlay IP;
 - kernel-vxlan: flannel.1 configured the way flannel's vxlan backend does;
 - udpoverlay-*: the udpoverlay daemon on each host (udp or vxlan backend,
-  with or without offloads; vxlan with DirectRouting).
+  with or without offloads; vxlan with DirectRouting; wireguard in static
+  mode);
+- wireguard-go: Debian's wireguard-go on each host, configured with `wg set`
+  (what udpoverlay-wireguard is compared with);
+- fastd-null: fastd's null method (what --no-offload is compared with).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +28,7 @@ from pathlib import Path
 from benchmarks.measure import Endpoints, tail_lines
 from lab import kernel_vxlan
 from lab.netns import Host, Lab
+from udpoverlay.wireguard import generate
 
 NETWORK = "198.19.0.0/16"
 READY_TIMEOUT = 10.0
@@ -227,6 +233,135 @@ class UdpoverlayDirect(Udpoverlay):
         return [*super().command(node, remote, logdir), "--direct-routing"]
 
 
+WG_PORT = 51820
+
+
+def write_secret(path: Path, text: str) -> str:
+    """text in a new file of mode 0600 (what wg and udpoverlay accept for a
+    key); an existing file is replaced."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    return str(path)
+
+
+def wg_keys(logdir: Path, prefix: str) -> dict[str, tuple[str, str]]:
+    """A new WireGuard key per node: {name: (private key file, public key
+    base64)}, the files (mode 0600) in logdir."""
+    keys = {}
+    for node in NODES:
+        key = generate()
+        path = write_secret(logdir / f"{prefix}-{node.name}.key", key.secret_base64())
+        keys[node.name] = (path, key.public.to_base64())
+    return keys
+
+
+class UdpoverlayWireguard(Udpoverlay):
+    """`udpoverlay run --backend wireguard` (static mode) on each host, each
+    the other's one peer (its public key in --peer). Its data path has one
+    read mode: --io is not passed."""
+
+    NAME = "udpoverlay-wireguard"
+
+    def __init__(self) -> None:
+        super().__init__("wireguard", offload=True)
+        self.name = self.NAME
+        self.keys: dict[str, tuple[str, str]] = {}
+
+    def setup(self, topo: Topology, logdir: Path) -> None:
+        self.keys = wg_keys(logdir, self.name)
+        super().setup(topo, logdir)
+
+    def command(self, node: Node, remote: Node, logdir: Path | None = None) -> list[str]:
+        return [sys.executable, "-m", "udpoverlay", "run", "--backend", "wireguard",
+                "--tun", self.IFACE, "--private-key-file", self.keys[node.name][0],
+                "--public-ip", node.underlay_ip, "--subnet", node.subnet,
+                "--network", NETWORK, "--port", str(WG_PORT),
+                "--peer", f"{remote.underlay_ip}={remote.subnet},"
+                          f"public-key={self.keys[remote.name][1]}"]
+
+
+WG_UAPI_DIR = Path("/var/run/wireguard")
+
+
+def wg_go_device(tag: str, node: Node) -> str:
+    """wireguard-go's device name on node: unique per Lab and node, because
+    its control socket (/var/run/wireguard/DEV.sock) is a file, shared by
+    every namespace."""
+    return f"wg{tag}{node.name}"[:15]
+
+
+def wg_go_config(node: Node, remote: Node, dev: str, key_file: str,
+                 remote_public: str) -> list[list[str]]:
+    """The commands (run in node's namespace, wireguard-go running) that
+    make dev the tunnel to remote, as for a flannel wireguard node: our key
+    and port, the peer with AllowedIPs = its subnet and its endpoint, the
+    subnet's address /32 on the device, and a route to the remote subnet."""
+    return [["wg", "set", dev, "private-key", key_file, "listen-port", str(WG_PORT),
+             "peer", remote_public, "allowed-ips", remote.subnet,
+             "endpoint", f"{remote.underlay_ip}:{WG_PORT}"],
+            ["ip", "addr", "add", node.subnet.split("/")[0] + "/32", "dev", dev],
+            ["ip", "link", "set", dev, "up"],
+            ["ip", "route", "replace", remote.subnet, "dev", dev]]
+
+
+class WireguardGo(TunnelDaemons):
+    """Debian's wireguard-go (user space, TUN) on each host, configured with
+    `wg set` (wireguard-tools): the user-space WireGuard that
+    udpoverlay-wireguard is compared with, in the same run. Its MTU is its
+    default, 1420 (underlay 1500 - 80, as ours)."""
+
+    name = "wireguard-go"
+    IFACE = "?"   # per node: wg_go_device()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.devs: dict[str, str] = {}
+
+    def command(self, node: Node, remote: Node, logdir: Path | None = None) -> list[str]:
+        return ["wireguard-go", "-f", self.devs[node.name]]
+
+    def setup(self, topo: Topology, logdir: Path) -> None:
+        for tool in ("wireguard-go", "wg"):
+            if shutil.which(tool) is None:
+                raise ScenarioError(f"{tool} is not installed (apt-get install "
+                                    "--no-install-recommends wireguard-go wireguard-tools)")
+        keys = wg_keys(logdir, self.name)
+        self.devs = {node.name: wg_go_device(topo.lab.tag, node) for node in NODES}
+        env = {**os.environ, "WG_PROCESS_FOREGROUND": "1"}
+        for node, host, remote in topo.pairs():
+            log = logdir / f"{self.name}-{node.name}-daemon.log"
+            with open(log, "w") as out:
+                proc = topo.lab.popen(host.netns, self.command(node, remote), stdout=out,
+                                      stderr=subprocess.STDOUT, env=env)
+            self.procs.append((node.name, proc, log))
+        for node, host, remote in topo.pairs():
+            sock = WG_UAPI_DIR / f"{self.devs[node.name]}.sock"
+            deadline = time.monotonic() + READY_TIMEOUT
+            for _ in range(int(READY_TIMEOUT / 0.05) + 1):
+                self.check_alive()
+                if sock.exists() or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+            if not sock.exists():
+                raise ScenarioError(f"wireguard-go on {node.name}: no {sock} "
+                                    f"within {READY_TIMEOUT:.0f} s")
+            for cmd in wg_go_config(node, remote, self.devs[node.name], keys[node.name][0],
+                                    keys[remote.name][1]):
+                topo.lab.run(host.netns, cmd, timeout=15)
+
+    def teardown(self, topo: Topology) -> None:
+        for _, proc, _ in self.procs:
+            topo.lab.stop(proc)        # SIGTERM: it removes its device and socket
+        self.procs.clear()
+        for node, host, _ in topo.pairs():
+            dev = self.devs.get(node.name)
+            if dev:                    # left behind only if it had to be killed
+                topo.lab.run(host.netns, ["ip", "link", "del", dev], check=False)
+                (WG_UAPI_DIR / f"{dev}.sock").unlink(missing_ok=True)
+
+
 FASTD_PORT = 10000
 FASTD_MTU = 1471          # underlay 1500 - IP 20 - UDP 8 - fastd packet type 1
 
@@ -300,6 +435,10 @@ def make_scenario(name: str, io: str | None = None) -> Scenario:
         return FastdNull()
     if name == UdpoverlayDirect.NAME:
         return UdpoverlayDirect(io)
+    if name == UdpoverlayWireguard.NAME:
+        return UdpoverlayWireguard()
+    if name == WireguardGo.name:
+        return WireguardGo()
     for backend in ("udp", "vxlan"):
         for offload in (True, False):
             for threads in (False, True):
@@ -319,7 +458,7 @@ SCENARIOS = ("host-routing", "kernel-vxlan", "udpoverlay-udp",
              "udpoverlay-vxlan-nooffload", "udpoverlay-udp-threads",
              "udpoverlay-vxlan-threads", "udpoverlay-udp-queues2", "udpoverlay-vxlan-queues2",
              "udpoverlay-vxlan-direct", "udpoverlay-udp-plain", "udpoverlay-udp-busypoll50",
-             "fastd-null")
+             "fastd-null", "udpoverlay-wireguard", "wireguard-go")
 
 
 def clear_overlay_routes(topo: Topology) -> None:

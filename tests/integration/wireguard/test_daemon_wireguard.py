@@ -19,12 +19,10 @@ PID, namespaces) is removed by the `lab` fixture, also on failure.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -35,71 +33,10 @@ import pytest
 from lab.netns import wait_for
 from tests.support.overlay import NETWORK, Overlay, pod_of, subnet_of, underlay_of
 from tests.support.requirements import require, require_root_tools
+from tests.support.wgpeer import PORT, WgGo, our_key, pcap_udp, secret_file, start_ours
 from udpoverlay.wireguard import PresharedKey, generate
 
-PORT = 51820
-UAPI_DIR = "/var/run/wireguard"
 MIB = 1024 * 1024
-
-
-def _secret_file(path: Path, text: str) -> str:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    return str(path)
-
-
-class WgGo:
-    """wireguard-go on host 2, configured with `wg set`."""
-
-    def __init__(self, ov: Overlay) -> None:
-        self.ov, self.lab = ov, ov.lab
-        self.host = ov.hosts[2]
-        self.dev = ("wg" + self.lab.tag)[:15]
-        self.key = generate()
-        self.key_file = _secret_file(ov.tmp / "wggo.key", self.key.secret_base64())
-        self.log = open(ov.tmp / "wireguard-go.log", "w")
-        self.proc = self.lab.popen(self.host.netns, ["wireguard-go", "-f", self.dev],
-                                   stdout=self.log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "WG_PROCESS_FOREGROUND": "1",
-                                        "LOG_LEVEL": "debug"})
-        wait_for(lambda: self.proc.poll() is not None or os.path.exists(self.uapi), 10, 0.05,
-                 "wireguard-go's device")
-        assert self.proc.poll() is None, self.logs()
-        self.run("wg", "set", self.dev, "private-key", self.key_file, "listen-port", str(PORT))
-        self.run("ip", "addr", "add", "198.19.2.0/32", "dev", self.dev)
-        self.run("ip", "link", "set", self.dev, "up")
-        self.run("ip", "route", "add", subnet_of(1), "dev", self.dev)
-
-    @property
-    def uapi(self) -> str:
-        return f"{UAPI_DIR}/{self.dev}.sock"
-
-    def run(self, *cmd: str) -> str:
-        return self.lab.run(self.host.netns, list(cmd), timeout=15).stdout
-
-    def add_peer(self, public_b64: str, psk_file: str | None = None) -> None:
-        cmd = ["wg", "set", self.dev, "peer", public_b64, "allowed-ips", subnet_of(1),
-               "endpoint", f"{underlay_of(1)}:{PORT}"]
-        if psk_file is not None:
-            cmd += ["preshared-key", psk_file]
-        self.run(*cmd)
-
-    def latest_handshake(self) -> int:
-        out = self.run("wg", "show", self.dev, "latest-handshakes")
-        return max((int(line.split("\t")[1]) for line in out.splitlines() if "\t" in line),
-                   default=0)
-
-    def logs(self) -> str:
-        self.log.flush()
-        return (self.ov.tmp / "wireguard-go.log").read_text(errors="replace")[-3000:]
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.lab.stop(self.proc, timeout=5)
-        self.log.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.uapi)      # left behind only if it had to be killed
 
 
 @pytest.fixture
@@ -116,26 +53,6 @@ def wgbed(overlay2, request):
         if rep is not None and rep.failed:
             print(node.logs())
         node.close()
-
-
-def _our_key(ov: Overlay) -> tuple[str, str]:
-    """Our key file (created by hand here; the daemon's own creation is a
-    unit test) and its public key, through `udpoverlay pubkey`."""
-    path = ov.tmp / "ours.key"
-    if not path.exists():
-        _secret_file(path, generate().secret_base64())
-    r = ov.run(ov.hosts[1], [sys.executable, "-m", "udpoverlay", "pubkey",
-                             "--private-key-file", str(path)], check=True)
-    return str(path), r.stdout.strip()
-
-
-def _start(ov: Overlay, wg: WgGo, key_file: str, spec: str = "", extra=()):
-    args = [sys.executable, "-m", "udpoverlay", "run", "--backend", "wireguard", "-v", "2",
-            "--private-key-file", key_file, "--public-ip", underlay_of(1),
-            "--subnet", subnet_of(1), "--network", NETWORK,
-            "--peer", f"{underlay_of(2)}={subnet_of(2)},public-key={wg.key.public.to_base64()}"
-                      + spec, *extra]
-    return ov.launch(1, args)
 
 
 def _ping(ov: Overlay, src: int, dst: int, count: int = 3, pattern: str | None = None):
@@ -165,13 +82,13 @@ def _check_no_secret(ov: Overlay, key_file: str) -> None:
 @pytest.mark.parametrize("with_psk", [False, True], ids=["no-psk", "psk"])
 def test_each_side_initiates_ping_and_20_mib_both_ways(wgbed, with_psk):
     ov, wg = wgbed
-    key_file, our_public = _our_key(ov)
+    key_file, our_public = our_key(ov)
     spec = psk_file = ""
     if with_psk:
-        psk_file = _secret_file(ov.tmp / "shared.psk",
+        psk_file = secret_file(ov.tmp / "shared.psk",
                                 base64.b64encode(PresharedKey(os.urandom(32)).raw).decode())
         spec = f",preshared-key-file={psk_file}"
-    d = _start(ov, wg, key_file, spec)
+    d = start_ours(ov, wg, key_file, spec)
     wg.add_peer(our_public, psk_file or None)
     # 1. wireguard-go initiates (we have no keepalive: we stay silent)
     _ping(ov, 2, 1)
@@ -193,7 +110,7 @@ def test_each_side_initiates_ping_and_20_mib_both_ways(wgbed, with_psk):
     # 2. our daemon restarts (same key) and initiates: wireguard-go's old
     # session is useless to it, our ping's first packet starts the handshake
     assert ov.stop(d) == 0
-    _start(ov, wg, key_file, spec)
+    start_ours(ov, wg, key_file, spec)
     _ping(ov, 1, 2)
     c = _wg_counters(ov)
     assert c["wg_tx_initiation"] >= 1 and c["wg_rx_response"] >= 1, c
@@ -201,32 +118,9 @@ def test_each_side_initiates_ping_and_20_mib_both_ways(wgbed, with_psk):
     ov.transfer(2, 1, 20 * MIB, 9104)
 
 
-def _pcap_udp(path: Path):
-    """(time, src, dst, udp payload) of each IPv4/UDP frame in a pcap file
-    (Ethernet link type, as tcpdump writes it for a veth)."""
-    data = path.read_bytes()
-    magic = struct.unpack("<I", data[:4])[0]
-    endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
-    nano = magic in (0xA1B23C4D, 0x4D3CB2A1)
-    off, out = 24, []
-    while off + 16 <= len(data):
-        sec, frac, incl, _orig = struct.unpack(endian + "IIII", data[off:off + 16])
-        frame = data[off + 16:off + 16 + incl]
-        off += 16 + incl
-        if len(frame) < 42 or frame[12:14] != b"\x08\x00":
-            continue
-        ip = frame[14:]
-        ihl = (ip[0] & 0x0F) * 4
-        if ip[9] != 17:
-            continue
-        src, dst = ".".join(map(str, ip[12:16])), ".".join(map(str, ip[16:20]))
-        out.append((sec + frac / (1e9 if nano else 1e6), src, dst, ip[ihl + 8:]))
-    return out
-
-
 def test_underlay_shows_only_wireguard_and_keepalives_come_on_time(wgbed):
     ov, wg = wgbed
-    key_file, our_public = _our_key(ov)
+    key_file, our_public = our_key(ov)
     cap = ov.tmp / "underlay.pcap"
     dump = ov.lab.popen(ov.hosts[2].netns, ["tcpdump", "-i", "eth0", "-n", "-U", "-s", "0",
                                             "-w", str(cap), "udp"],
@@ -234,7 +128,7 @@ def test_underlay_shows_only_wireguard_and_keepalives_come_on_time(wgbed):
     wait_for(lambda: cap.exists() and cap.stat().st_size >= 24, 10, 0.05, "tcpdump")
     time.sleep(0.3)
     # keepalive=1: the engine starts a handshake at once and keeps the session warm
-    _start(ov, wg, key_file, ",keepalive=1")
+    start_ours(ov, wg, key_file, ",keepalive=1")
     # wireguard-go does not know us yet: no session, our pings wait in the
     # engine's queue (the initiations go unanswered) ...
     ov.run(ov.hosts[1], ["ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", "-p", "5ec7e75ec7e7",
@@ -247,7 +141,7 @@ def test_underlay_shows_only_wireguard_and_keepalives_come_on_time(wgbed):
     _ping(ov, 2, 1, count=3, pattern="5ec7e75ec7e7")
     time.sleep(4.5)                                         # idle: keepalives only
     ov.lab.stop(dump, timeout=5)
-    frames = _pcap_udp(cap)
+    frames = [(t, src, dst, p) for t, src, dst, _sp, _dp, p in pcap_udp(cap)]
     ours = [f for f in frames if f[1] == underlay_of(1)]
     kinds = [p[0] for _t, _s, _d, p in frames]
     first_response = kinds.index(2)
@@ -306,7 +200,7 @@ def test_key_problems_exit_2_in_one_line_with_nothing_created(wgbed):
 
 def test_a_corrected_public_key_in_the_peers_file_applies_on_sighup(wgbed):
     ov, wg = wgbed
-    key_file, our_public = _our_key(ov)
+    key_file, our_public = our_key(ov)
     wg.add_peer(our_public)
     peers = ov.tmp / "peers.toml"
 

@@ -12,19 +12,18 @@ namespaces) by the `lab` fixture, also on failure.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import select
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.requirements import require, require_root_tools
+from tests.support.wgpeer import udp_socket_in
 from tests.support.wireguard import icmp_echo, parse_icmp_echo
 from udpoverlay.wireguard import Engine, PresharedKey, generate
 from udpoverlay.wireguard.constants import REKEY_AFTER_TIME
@@ -47,35 +46,6 @@ def _wait(predicate, timeout: float, what: str, interval: float = 0.05):
             break
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-
-
-def udp_socket_in(netns: str, addr: tuple[str, int]) -> socket.socket:
-    """A UDP socket bound inside netns (made on a thread that entered it;
-    the socket stays in that namespace after the thread is gone)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    box: dict = {}
-
-    def target() -> None:
-        try:
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns({netns})")
-            finally:
-                os.close(fd)
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind(addr)
-            s.setblocking(False)
-            box["sock"] = s
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            box["error"] = exc
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(10)
-    if "error" in box:
-        raise box["error"]
-    return box["sock"]
 
 
 class Driver:
