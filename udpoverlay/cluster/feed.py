@@ -137,6 +137,8 @@ class PeerFeed:
         changes = [(kind, subnet) for subnet in self._dirty
                    if (kind := self._resolve(subnet, context)) is not None]
         self._dirty.clear()
+        changes += self.view.settle(context)
+        self._reject_held()
         if not changes and self.applied is not None:
             return
         peers = list(self.view.peers.values())
@@ -161,7 +163,23 @@ class PeerFeed:
                 self.rejects.reject(Rejection(
                     loser.key, "overlap", f"{subnet} is already leased by the older key "
                     f"{win.key}", subnet), loser.lease.raw.encode())
-        return self.view.update(subnet, None if win is None else win.lease, context)
+        return self.view.update(subnet, None if win is None else win.lease, context,
+                                0 if win is None else win.create_revision)
+
+    def _reject_held(self) -> None:
+        """wireguard: the leases settle() refused for their key are rejected
+        (`duplicate_key`, logged and counted once); the ones let in again
+        are cleared."""
+        refused = {}
+        for subnet, (_, reason, detail) in self.view.held.items():
+            win = self.table.winner(subnet)
+            if reason == "duplicate_key" and win is not None:
+                refused[win.key] = win
+                self.rejects.reject(Rejection(win.key, reason, detail, subnet),
+                                    win.lease.raw.encode())
+        for key, rejection in list(self.rejects.current.items()):
+            if rejection.reason == "duplicate_key" and key not in refused:
+                self.rejects.clear(key)
 
     def cancel(self) -> asyncio.Task | None:
         """Cancel a pending publish; the task (to be awaited) or None."""
