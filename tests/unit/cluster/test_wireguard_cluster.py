@@ -20,8 +20,12 @@ import pytest
 from tests.support.asyncutil import Recorder, run, wait_until
 from tests.support.memstore import MemoryStore
 from udpoverlay.cluster.allocate import own_lease_value
-from udpoverlay.cluster.codec import encode_lease_value, subnet_key, vxlan_backend_data, \
-    wireguard_backend_data
+from udpoverlay.cluster.codec import (
+    encode_lease_value,
+    subnet_key,
+    vxlan_backend_data,
+    wireguard_backend_data,
+)
 from udpoverlay.cluster.membership import ClusterMembership
 from udpoverlay.cluster.mode import WG_KEY_FILE, wg_key_file, with_network_config
 from udpoverlay.cluster.network import parse_network_config
