@@ -13,10 +13,13 @@ way flannel's pkg/backend/wireguard configures flannel-wg from the leases.
            Endpoint = PublicIP:ListenPort, the PSK, the keepalive)
 
 Checked: our lease's exact bytes, the key file's mode, MTU in subnet.env,
-all six ping directions; then h3 rewrites its lease with a new key and
-later leaves (lease deleted): h1 and h2 follow within about a second of
-each etcd write, and a ping h1 -> h2 running through both never loses a
-packet. Namespaces, devices and processes (by PID) are removed by the
+/readyz, all six ping directions; then h3 rewrites its lease with a new
+key, a hostile writer adds a lease reusing h1's key and one with a
+malformed key (refused, counted on /metrics), and h3 leaves (lease
+deleted): h1 and h2 follow within about a second of each etcd write, and
+a ping h1 -> h2 running through all of it never loses a packet. Last, h2
+restarts with the same key file (same public key), then with a new key:
+h1 follows and h1 <-> h2 pings again. Namespaces, devices and processes (by PID) are removed by the
 `cluster` fixture and this module's fixture, also on failure.
 """
 
@@ -34,6 +37,7 @@ import time
 import pytest
 
 from lab.netns import wait_for
+from tests.integration.ops.httpget import HEALTHZ_PORT, get, sample, scrape
 from tests.support.cluster import PREFIX, underlay
 from tests.support.requirements import require
 from udpoverlay.wireguard import generate
@@ -165,7 +169,8 @@ def _start(cl, i: int):
     env = {**cl.ov.env(), "WIREGUARD_KEY_FILE": str(cl.tmp / f"keys-h{i}" / "wgkey")}
     args = [sys.executable, "-m", "udpoverlay", "run", "--public-ip", underlay(i),
             "--etcd-endpoints", cl.etcd.endpoint, "--subnet-file", str(cl.subnet_file(i)),
-            "--lease-ttl", "600", "-v", "2"]
+            "--lease-ttl", "600", "-v", "2", "--healthz-ip", underlay(i),
+            "--healthz-port", str(HEALTHZ_PORT)]
     return cl.ov.launch(i, args, env=env, timeout=20)
 
 
@@ -198,6 +203,7 @@ def test_mixed_wireguard_cluster(wgcluster):
         assert key_file.read_text().strip() not in (d1.stderr() + d2.stderr())
         assert (st["backend"], st["port"], st["mtu"]) == ("wireguard", PORT, 1500 - 80)
         assert "FLANNEL_MTU=1420" in cl.subnet_file(i).read_text()
+        assert get(cl.ov, cl.ov.hosts[i], "/readyz", underlay(i))[0] == 200
         cl.add_pod(i)
     cl.lab.add_pod_address(cl.ov.hosts[3], "198.19.3.1/24")
     cl.pods[3] = "198.19.3.1"
@@ -226,6 +232,19 @@ def test_mixed_wireguard_cluster(wgcluster):
     for i in (1, 2):                       # a new session with the new key
         cl.wait_ping(i, 3, 10)
         cl.wait_ping(3, i, 10)
+    # hostile writers: h1's key on another lease, a malformed key: neither is a peer
+    h1_key = cl.ov.status(cl.ov.hosts[1])["wireguard"]["public_key"]
+    cl.etcd.etcdctl("put", f"{PREFIX}/subnets/198.19.9.0-24", lease_value(underlay(9), h1_key))
+    cl.etcd.etcdctl("put", f"{PREFIX}/subnets/198.19.10.0-24",
+                    lease_value(underlay(10), "bm90IGEga2V5"))
+    for i in (1, 2):
+        def counted(i=i) -> bool:
+            m = scrape(cl.ov, cl.ov.hosts[i], underlay(i))
+            return (sample(m, "udpoverlay_lease_keys_rejected_total", reason="duplicate_key"),
+                    sample(m, "udpoverlay_lease_keys_rejected_total",
+                           reason="bad_public_key")) == (1, 1)
+        wait_for(counted, 10, 0.2, f"h{i} counts the hostile leases")
+        assert not {"198.19.9.0/24", "198.19.10.0/24"} & set(_peer_keys(cl, i))
     t0 = time.monotonic()
     cl.etcd.etcdctl("del", f"{PREFIX}/subnets/198.19.3.0-24")      # h3 leaves
     took = _follow(cl, None, t0)
@@ -237,3 +256,23 @@ def test_mixed_wireguard_cluster(wgcluster):
     for d in (d1, d2):
         assert d.proc.poll() is None
         assert PSK not in d.stderr()
+    cl.etcd.etcdctl("del", f"{PREFIX}/subnets/198.19.9.0-24")
+    cl.etcd.etcdctl("del", f"{PREFIX}/subnets/198.19.10.0-24")
+
+    # h2 restarts with its key file: the same public key, the same lease
+    h2_key = cl.ov.status(cl.ov.hosts[2])["wireguard"]["public_key"]
+    h2_subnet = str(cl.subnet(2))
+    assert cl.ov.stop(d2) == 0
+    d2 = _start(cl, 2)
+    assert cl.ov.status(cl.ov.hosts[2])["wireguard"]["public_key"] == h2_key
+    assert str(cl.subnet(2)) == h2_subnet
+    cl.wait_ping(1, 2, 15)
+    # ... and with a new key (its key file gone, as on a tmpfs after a reboot)
+    assert cl.ov.stop(d2) == 0
+    os.unlink(cl.tmp / "keys-h2" / "wgkey")
+    d2 = _start(cl, 2)
+    new_key = cl.ov.status(cl.ov.hosts[2])["wireguard"]["public_key"]
+    assert new_key != h2_key and str(cl.subnet(2)) == h2_subnet
+    wait_for(lambda: _peer_keys(cl, 1).get(h2_subnet) == new_key, 5, 0.05, "h1 follows h2's key")
+    cl.wait_ping(1, 2, 15)
+    cl.wait_ping(2, 1, 15)

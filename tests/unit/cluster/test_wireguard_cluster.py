@@ -106,6 +106,15 @@ def test_malformed_psk_is_one_error_without_the_key(bad):
     assert bad not in str(e.value) and bad[:12] not in str(e.value)
 
 
+def test_a_psk_or_keepalive_change_needs_a_restart_and_never_prints_the_key():
+    from udpoverlay.cluster.guard import config_changes
+    changes = config_changes(cfg(), cfg(PSK=PSK, PersistentKeepaliveInterval=5))
+    assert changes == ["Backend.PSK None -> PresharedKey(<hidden>)",
+                       "Backend.PersistentKeepaliveInterval 0 -> 5"]
+    assert config_changes(cfg(PSK=PSK), cfg(PSK=PSK)) == []
+    assert config_changes(cfg(ListenPort=1), cfg())[0].startswith("Backend.Port 1 -> 51820")
+
+
 def test_other_backends_unchanged():
     c = parse_network_config('{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan","VNI":3}}')
     assert (c.backend_type, c.backend_port, c.vni, c.wg_psk) == ("vxlan", 8472, 3, None)
@@ -156,6 +165,8 @@ def test_key_file_created_0600_kept_across_restarts_refused_when_readable(tmp_pa
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     text = path.read_text()
     assert len(text.strip()) == 44 and text.endswith("\n")    # `wg genkey` format
+    assert load_wireguard(opts).public_key == first.public_key
+    os.chmod(path, 0o400)                   # flanneld's mode
     assert load_wireguard(opts).public_key == first.public_key
     os.chmod(path, 0o644)
     with pytest.raises(ConfigError, match="gives group or others access") as e:
