@@ -14,7 +14,9 @@ alone and keeps the Peer objects of the others, so the cost of a change is
 O(changed) plus one list() of the peers for apply_peers. schedule()
 coalesces a burst (events arriving within `coalesce` seconds) into one
 publish. The log gets a summary per publish (counts and a few subnets),
-never the whole set.
+never the whole set. wireguard adds one pass over the peers per publish
+(policy.PeerView.settle: a key is one peer, so leases are judged together;
+the ones refused for their key are rejected here as `duplicate_key`).
 """
 
 from __future__ import annotations

@@ -351,3 +351,44 @@ def test_hostile_wireguard_leases_rejected_and_counted_once(caplog):
         assert caplog.text.count(f"ignoring lease key {PREFIX}/subnets/{name}:") == 1, subnet
     for k in bad_keys.values():
         assert f"{k}" not in caplog.text
+
+
+# -- settle(): the same decision on every node, whatever the event order --------------
+
+def test_settle_is_independent_of_event_order():
+    from udpoverlay.cluster.codec import Lease
+    from udpoverlay.cluster.policy import PeerView
+    config = cfg()
+    own_key = pub()
+    keys = [pub() for _ in range(4)] + [own_key]
+    rng = random.Random(7)
+    for _ in range(40):
+        leases = []
+        for n in rng.sample(range(2, 40), 8):
+            subnet = N(f"198.19.{n}.0/24")
+            raw = wg_value(rng.randrange(2, 6), rng.choice(keys))
+            leases.append((Lease(subnet, ipaddress.IPv4Address(json.loads(raw)["PublicIP"]),
+                                 "wireguard", json.loads(raw)["BackendData"], raw=raw),
+                           rng.randrange(1, 1000)))
+        context = (config, "wireguard", ipaddress.IPv4Address(ip(1)), N("198.19.1.0/24"),
+                   own_key)
+        results = []
+        for _ in range(3):
+            view = PeerView(lambda: 0.0)
+            order = leases[:]
+            rng.shuffle(order)
+            for lease, rev in order:      # one publish per event, as a slow watch would
+                view.update(lease.subnet, lease, context, rev)
+                view.settle(context)
+            results.append(({s: p.public_key for s, p in view.peers.items()},
+                            {s: h[1] for s, h in view.held.items()}))
+        assert results[0] == results[1] == results[2]
+        peers, held = results[0]
+        assert own_key not in peers.values()
+        assert len(set(peers.values())) == len(peers)            # one subnet per key
+        by_ip: dict = {}
+        for s, k in peers.items():                               # one key per PublicIP
+            by_ip.setdefault(next(le.public_ip for le, _ in leases if le.subnet == s),
+                             set()).add(k)
+        assert all(len(k) == 1 for k in by_ip.values())
+        assert set(peers) | set(held) == {le.subnet for le, _ in leases}
