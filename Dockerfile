@@ -29,7 +29,7 @@ FROM ${PYTHON_IMAGE} AS build
 # package versions would break the build at the next security update.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev liburing-dev \
+ && apt-get install -y --no-install-recommends gcc libc6-dev liburing-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.py MANIFEST.in README.md LICENSE ./

@@ -7,6 +7,10 @@ the host needs liburing at run time. Without it the extension still builds;
 its io_uring calls then report "built without liburing" and the data plane
 uses read()/write() (`--io auto` -> epoll). UDPOVERLAY_NO_LIBURING=1 builds
 without it on purpose (to test that fallback).
+
+libcrypto (OpenSSL >= 1.1; Debian: libssl-dev to build, libssl3 at run time):
+the WireGuard transport AEAD (_fastpath/wgcrypto.pxi) calls its EVP
+interface, linked dynamically (the system's OpenSSL, patched with it).
 """
 
 import os
@@ -36,7 +40,8 @@ setup(
     ext_modules=cythonize(
         [Extension("udpoverlay.dataplane._c", ["_fastpath/core.pyx"],
                    include_dirs=["_fastpath"], extra_objects=objects,
-                   define_macros=macros, extra_compile_args=["-O2"])],
+                   define_macros=macros, libraries=["crypto"],
+                   extra_compile_args=["-O2"])],
         compiler_directives={"language_level": "3"},
     ),
 )

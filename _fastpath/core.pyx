@@ -11,6 +11,7 @@ udpoverlay/dataplane/_py file for file:
     offload.pxi   TSO/USO split, UDP GSO packing, GRO coalescing
     outgoing.pxi  TUN -> wire (tx_t)
     incoming.pxi  wire -> TUN (rx_t)
+    wgcrypto.pxi  WireGuard transport AEAD over batches (WgKey, libcrypto EVP)
     testing.pxi   test-only entry points, nothing else calls them
 
 Same int-based API, verdicts, counters and bytes as the reference; the
@@ -77,6 +78,7 @@ include "frames.pxi"
 include "offload.pxi"
 include "outgoing.pxi"
 include "incoming.pxi"
+include "wgcrypto.pxi"
 
 IMPLEMENTATION = "cython"
 from udpoverlay.dataplane.wire import IO_MODES, PEER_SPEC_FORMAT   # shared with the reference

@@ -186,6 +186,46 @@ _WIRE = dict(
     MAX_ITEMS=MAX_ITEMS, SCAN_DEPTH=SCAN_DEPTH, TCP_ACK=TCP_ACK, TCP_PSH=TCP_PSH,
     TCP_FIN=TCP_FIN, TCP_CWR=TCP_CWR)
 
+def _wg_aead(key, nonce, aad, data, bint decrypt=False):
+    """One ChaCha20-Poly1305 operation through a WgKey's own EVP contexts
+    and wg_seal/wg_open, with a full 12-byte nonce and associated data (the
+    shape of published vectors, e.g. RFC 8439 2.8.2; WireGuard's transport
+    has neither): ciphertext || tag, or (decrypt) the plaintext or None."""
+    cdef WgKey k = WgKey(bytes(key))
+    cdef bytes iv = bytes(nonce), a = bytes(aad), d = bytes(data), out
+    cdef int n, r
+    if len(iv) != WG_NONCE:
+        raise ValueError("the nonce is 12 bytes")
+    if not decrypt:
+        n = len(d)
+        out = PyBytes_FromStringAndSize(NULL, n + WG_TAG)
+        r = wg_seal(k.enc, &k.enc_tag, <const uint8_t *><const char *>iv, <const uint8_t *><const char *>a,
+                    len(a), <const uint8_t *><const char *>d,
+                    <uint8_t *>PyBytes_AS_STRING(out), n, <uint8_t *>PyBytes_AS_STRING(out) + n)
+        if r:
+            raise RuntimeError("libcrypto failed to seal")
+        return out
+    n = len(d) - WG_TAG
+    if n < 0:
+        return None
+    out = PyBytes_FromStringAndSize(NULL, n)
+    r = wg_open(k.dec, &k.dec_tag, <const uint8_t *><const char *>iv, <const uint8_t *><const char *>a,
+                len(a), <const uint8_t *><const char *>d, <uint8_t *>PyBytes_AS_STRING(out), n,
+                <const uint8_t *><const char *>d + n)
+    if r < 0:
+        raise RuntimeError("libcrypto failed to open")
+    return out if r == 0 else None
+
+
+# wgcrypto.pxi's enums as compiled, for the test that they equal
+# udpoverlay/dataplane/wgwire.py (the two Python-int limits are its checks').
+_WG = dict(
+    WG_HEADER=WG_HEADER, WG_TAG=WG_TAG, WG_OVERHEAD=WG_OVERHEAD, WG_PAD=WG_PAD,
+    WG_MAX_PACKET=WG_MAX_PACKET, WG_MAX_DATAGRAM=WG_MAX_DATAGRAM, WG_OK=WG_OK,
+    WG_MALFORMED=WG_MALFORMED, WG_BAD_TAG=WG_BAD_TAG, WG_N_VERDICTS=WG_N_VERDICTS,
+    WG_MAX_COUNTER=0xFFFFFFFFFFFFFFFF, WG_MAX_RECEIVER=0xFFFFFFFF)
+
 testing = _types.SimpleNamespace(
     outbound=_outbound, inbound=_inbound, outbound_batch=_outbound_batch,
-    inbound_batch=_inbound_batch, flow_hash=_flow_hash, checksum=_checksum, WIRE=_WIRE)
+    inbound_batch=_inbound_batch, flow_hash=_flow_hash, checksum=_checksum, WIRE=_WIRE,
+    wg_aead=_wg_aead, WG=_WG)

@@ -41,6 +41,8 @@ from typing import Callable, Iterable
 
 from udpoverlay.errors import ConfigError
 from udpoverlay.peer import Peer
+from udpoverlay.wgplane.cipher import IMPLEMENTATION as CIPHER_IMPLEMENTATION
+from udpoverlay.wgplane.cipher import DataPlaneCipher
 from udpoverlay.wgplane.routes import Routes
 from udpoverlay.wireguard import engine as wgengine
 from udpoverlay.wireguard.keys import (
@@ -56,6 +58,11 @@ from udpoverlay.wireguard.keys import (
 __all__ = ["WgPlane", "COUNTERS", "Datagram"]
 
 log = logging.getLogger(__name__)
+
+# More handshake messages than this in one second: under load (a node's own
+# peers rekey every 2 minutes each; wireguard-go judges by its queue instead).
+UNDER_LOAD_HANDSHAKES = 64
+UNDER_LOAD_HOLD = 1.0       # s under load after the last second over the rate
 
 Datagram = wgengine.Datagram
 
@@ -123,7 +130,7 @@ class WgPlane:
     """The engine, the peers and the counters (see the module notes)."""
 
     backend = "wireguard"
-    implementation = "python"       # the AEAD: wireguard/transport.py
+    implementation = CIPHER_IMPLEMENTATION   # the AEAD's twin (wgplane/cipher.py)
     queues = 1
     vnet_hdr = udp_gso = tun_uso = udp_gro = False
 
@@ -131,7 +138,7 @@ class WgPlane:
                  keepalive: int = 0, mtu: int = 0, clock: Callable[[], float] = time.monotonic,
                  load_psk: Callable[[str], PresharedKey] | None = None,
                  owner_uid: int = 0, engine: wgengine.Engine | None = None) -> None:
-        self.engine = engine or wgengine.Engine(private_key, mtu=mtu)
+        self.engine = engine or wgengine.Engine(private_key, mtu=mtu, cipher=DataPlaneCipher)
         self.public_key = self.engine.public_key
         self.keepalive = keepalive          # the default persistent keepalive (--keepalive)
         self.clock = clock
@@ -144,6 +151,8 @@ class WgPlane:
         # cluster mode: the network config's PSK, for every peer without a
         # preshared-key-file of its own (never printed)
         self.psk: PresharedKey | None = None
+        self._hs_window, self._hs_count, self._under_load_until = 0.0, 0, 0.0
+        self.under_load_periods = 0     # times we went under load (status)
         self._routes: Routes[PeerRoute] = Routes()
         self._table: list[PeerRoute] = []
         self._by_key: dict[str, PeerRoute] = {}
@@ -282,6 +291,8 @@ class WgPlane:
     def incoming(self, data: bytes, addr: tuple, now: float) -> tuple[bytes | None, list[Datagram]]:
         """A datagram from the underlay -> (an IP packet for the TUN or None,
         the datagrams to send: handshake answers, queued packets)."""
+        if data[:1] in (b"\x01", b"\x02"):
+            self._count_handshake(now)
         r = self.engine.receive(data, addr, now)
         if r.packet is not None:
             route = self._by_wg.get(r.peer)     # type: ignore[arg-type]
@@ -300,6 +311,23 @@ class WgPlane:
             if route is not None:
                 route.rx_keepalive += 1
         return None, r.datagrams
+
+    def _count_handshake(self, now: float) -> None:
+        """Under load (more handshake messages in a second than a node needs,
+        e.g. a flood from spoofed sources), for the next second a handshake
+        message without a valid MAC2 gets a 64-byte cookie reply instead of
+        our work: the peer must prove its address first (WireGuard's cookie
+        mechanism), and existing sessions keep their CPU."""
+        if now - self._hs_window >= 1.0:
+            self._hs_window, self._hs_count = now, 0
+        self._hs_count += 1
+        if self._hs_count > UNDER_LOAD_HANDSHAKES:
+            if not self.engine.under_load:
+                self.under_load_periods += 1
+                log.warning("WireGuard handshakes at over %d/s: under load, cookie replies "
+                            "first", UNDER_LOAD_HANDSHAKES)
+            self._under_load_until = now + UNDER_LOAD_HOLD
+        self.engine.under_load = now < self._under_load_until
 
     def write_failed(self, packet: bytes) -> None:
         """The runner could not write what incoming() returned to the TUN."""
@@ -362,7 +390,11 @@ class WgPlane:
         return {"public_key": self.public_key.to_base64(),
                 "peers": len(self._table),
                 "sessions": sum(1 for r in self._table if r.wg.keypairs.current is not None),
-                "aead": "python (cryptography's ChaCha20Poly1305)",
+                "aead": ("compiled (libcrypto EVP ChaCha20-Poly1305)"
+                         if self.implementation == "cython"
+                         else "python (cryptography's ChaCha20Poly1305)"),
+                "under_load": self.engine.under_load,
+                "under_load_periods": self.under_load_periods,
                 "refused": [{"peer": k, "reason": v} for k, v in self.refused.items()]}
 
     # -- the dataplane.Engine shape the daemon expects --------------------------

@@ -28,6 +28,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from udpoverlay.errors import UdpOverlayError
 from udpoverlay.wireguard import messages as m
@@ -125,7 +126,8 @@ class Tick:
 class Engine:
     def __init__(self, private_key: PrivateKey, *, wallclock: Callable[[], float] = time.time,
                  random: Callable[[int], bytes] = os.urandom, mtu: int = 0,
-                 queue_limit: int = QUEUE_LIMIT) -> None:
+                 queue_limit: int = QUEUE_LIMIT,
+                 cipher: Callable[[bytes], Any] = transport.PycaCipher) -> None:
         self.identity = Identity(private_key)
         self.public_key = private_key.public
         self.checker = CookieChecker(self.identity.public, random)
@@ -133,6 +135,7 @@ class Engine:
         self.random = random
         self.mtu = mtu
         self.queue_limit = queue_limit
+        self.cipher = cipher     # one transport key -> seal/open (transport.PycaCipher)
         self.under_load = False  # the caller's judgement (e.g. a backlog); then MAC2 is required
         self.peers: dict[PublicKey, Peer] = {}
         self._by_raw: dict[bytes, Peer] = {}
@@ -227,8 +230,7 @@ class Engine:
     def _encrypt(self, peer: Peer, kp: Keypair, packet: bytes, now: float) -> Datagram:
         counter = kp.send_counter
         kp.send_counter += 1
-        datagram = transport.seal_with(kp.send, kp.remote_index, counter,
-                                       transport.padded(packet, self.mtu))
+        datagram = kp.send.seal(kp.remote_index, counter, transport.padded(packet, self.mtu))
         peer.tx_bytes += len(datagram)
         peer.sent_authenticated(now)
         if packet:
@@ -400,7 +402,7 @@ class Engine:
         except HandshakeError as exc:
             self._index.pop(index, None)
             return Received(exc.reason, peer)
-        self._forget(peer.keypairs.install_responder(Keypair(keys, now)))
+        self._forget(peer.keypairs.install_responder(Keypair(keys, now, self.cipher)))
         peer.zero_at = now + ZERO_KEYS_AFTER
         peer.sent_authenticated(now)
         self.counters["tx_response"] += 1
@@ -426,7 +428,7 @@ class Engine:
         except HandshakeError as exc:
             return Received(exc.reason, peer)
         peer.handshake = None  # its index lives on as the keypair's
-        kp = Keypair(keys, now)
+        kp = Keypair(keys, now, self.cipher)
         self._forget(peer.keypairs.install_initiator(kp))
         self._handshake_done(peer, now)
         peer.endpoint = addr
@@ -461,7 +463,7 @@ class Engine:
             return Received("expired_session", peer)
         if counter >= REJECT_AFTER_MESSAGES:
             return Received("replay", peer)
-        plaintext = transport.open_with(kp.recv, counter, data)
+        plaintext = kp.recv.open(counter, data)
         if plaintext is None:
             return Received("bad_auth", peer)
         if not kp.replay.accept(counter, REJECT_AFTER_MESSAGES):

@@ -10,11 +10,10 @@ Slots, so that a rekey loses nothing:
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-
 from udpoverlay.wireguard.constants import REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME
 from udpoverlay.wireguard.noise import TransportKeys
 from udpoverlay.wireguard.replay import ReplayWindow
+from udpoverlay.wireguard.transport import PycaCipher
 
 __all__ = ["Keypair", "Keypairs"]
 
@@ -23,10 +22,10 @@ class Keypair:
     __slots__ = ("send", "recv", "local_index", "remote_index", "created", "is_initiator",
                  "send_counter", "replay")
 
-    def __init__(self, keys: TransportKeys, now: float) -> None:
-        # The AEAD objects hold the keys; no raw key is kept beside them.
-        self.send = ChaCha20Poly1305(keys.send_key)
-        self.recv = ChaCha20Poly1305(keys.recv_key)
+    def __init__(self, keys: TransportKeys, now: float, cipher=PycaCipher) -> None:
+        # The cipher objects hold the keys; no raw key is kept beside them.
+        self.send = cipher(keys.send_key)
+        self.recv = cipher(keys.recv_key)
         self.local_index = keys.local_index
         self.remote_index = keys.remote_index
         self.created = now

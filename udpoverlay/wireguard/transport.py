@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from udpoverlay.wireguard import messages as m
 from udpoverlay.wireguard.primitives import nonce
 
-__all__ = ["PADDING_MULTIPLE", "padded", "seal", "open_", "seal_with", "open_with",
+__all__ = ["PADDING_MULTIPLE", "PycaCipher", "padded", "seal", "open_", "seal_with", "open_with",
            "parse_header", "inner_length"]
 
 PADDING_MULTIPLE = 16
@@ -45,6 +45,27 @@ def open_with(aead: ChaCha20Poly1305, counter: int, datagram: bytes) -> bytes | 
         return aead.decrypt(nonce(counter), datagram[m.TRANSPORT_HEADER_SIZE:], None)
     except InvalidTag:
         return None
+
+
+class PycaCipher:
+    """One transport key's seal and open, on pyca `cryptography`: the
+    engine's default. A caller may give the engine another factory with the
+    same two methods and the same bytes (the data plane's compiled AEAD,
+    dataplane/wgaead.py); the differential tests hold them identical."""
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = ChaCha20Poly1305(key)
+
+    def seal(self, receiver: int, counter: int, plaintext: bytes) -> bytes:
+        return seal_with(self._aead, receiver, counter, plaintext)
+
+    def open(self, counter: int, datagram: bytes) -> bytes | None:
+        return open_with(self._aead, counter, datagram)
+
+    def __repr__(self) -> str:
+        return "PycaCipher(<key hidden>)"
 
 
 def seal(key: bytes, receiver: int, counter: int, plaintext: bytes) -> bytes:

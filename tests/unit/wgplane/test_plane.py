@@ -195,3 +195,33 @@ def test_routes_against_a_naive_scan():
         hits = [n for n in nets if int(n.network_address) == addr & int(n.netmask)]
         want = max(hits, key=lambda n: n.prefixlen) if hits else None
         assert table.lookup(addr) == want
+
+
+def test_a_handshake_flood_puts_the_plane_under_load_cookie_first():
+    """More than UNDER_LOAD_HANDSHAKES handshake messages in a second (a
+    flood of initiations from spoofed sources): the plane is under load for
+    a second, a genuine peer's initiation then earns a 64-byte cookie reply,
+    never more bytes than it sent, and its retry with the cookie's MAC2
+    completes the handshake; a quiet second later the load is over."""
+    from udpoverlay.wgplane.plane import UNDER_LOAD_HANDSHAKES
+    clock, ka, kb, a, b = pair()
+    junk = bytes([1, 0, 0, 0]) + os.urandom(144)
+    for n in range(UNDER_LOAD_HANDSHAKES + 10):
+        packet, out = b.incoming(junk, (f"198.18.7.{n % 250}", 40000 + n), clock.now)
+        assert packet is None and out == []          # strangers: no answer at all
+    assert b.status()["under_load"] is True and b.status()["under_load_periods"] == 1
+    ping = icmp_echo("198.19.1.5", "198.19.2.7", 1, 1, b"x")
+    [(init, to)] = a.outgoing(ping, clock.now)
+    packet, answer = b.incoming(init, A_ADDR, clock.now)
+    assert packet is None and len(answer) == 1
+    cookie = answer[0][0]
+    assert cookie[0] == 3 and len(cookie) == 64 <= len(init)
+    assert a.incoming(cookie, B_ADDR, clock.now) == (None, [])
+    clock.now += 5.5                                 # REKEY_TIMEOUT: a retry, now with MAC2
+    retry = a.tick(clock.now)
+    assert retry and retry[0][0][0] == 1
+    got = carry(retry, a, b, clock)
+    assert got["b"] == [ping]
+    clock.now += 2
+    b.incoming(junk, ("198.18.7.1", 40000), clock.now)
+    assert b.status()["under_load"] is False

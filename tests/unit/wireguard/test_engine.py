@@ -191,7 +191,7 @@ def test_old_session_is_not_used_after_reject_after_time():
     p2 = established()
     kp = p2.a_peer_b.keypairs.current
     from udpoverlay.wireguard import transport
-    datagram = transport.seal_with(kp.send, kp.remote_index, 99, transport.padded(a_to_b(1)))
+    datagram = kp.send.seal(kp.remote_index, 99, transport.padded(a_to_b(1)))
     p2.clock.advance(REJECT_AFTER_TIME)
     assert p2.b.receive(datagram, A_ADDR, p2.clock.now).verdict == "expired_session"
 

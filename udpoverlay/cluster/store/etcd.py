@@ -45,14 +45,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import urllib.parse
-from dataclasses import dataclass
 from typing import AsyncGenerator, Awaitable, Callable, Sequence, TypeVar
 
 import grpc
 from aetcd import exceptions as aetcd_errors
 
 from udpoverlay.cluster.store.base import DELETE, PUT, KeyValue, Listing, StoreEvent, Written
+from udpoverlay.cluster.store.endpoints import Endpoint, credentials, parse_endpoint
 from udpoverlay.cluster.store.etcdclient import SHUT_TIMEOUT, EtcdClient
 from udpoverlay.cluster.store.etcderrors import map_error, one_line
 from udpoverlay.cluster.store.failover import EndpointPool
@@ -79,49 +78,6 @@ WATCH_CANCEL_TIMEOUT = 1.0     # s for telling a member we stop watching
 RESUME_RESET = 1.0             # s a watch must live before its failures count anew
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    scheme: str
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
-
-
-def parse_endpoint(text: str) -> Endpoint:
-    """'http://h:2379', 'https://h:2379' or 'h:2379' (http); ConfigError if bad."""
-    raw = text.strip()
-    url = urllib.parse.urlsplit(raw if "://" in raw else f"http://{raw}")
-    try:
-        port = url.port or 2379
-    except ValueError:
-        port = None
-    if url.scheme not in ("http", "https") or not url.hostname or port is None \
-            or url.path not in ("", "/"):
-        raise ConfigError(f"bad etcd endpoint {text!r} (want http(s)://host:port)")
-    return Endpoint(url.scheme, url.hostname, port)
-
-
-def _read(path: str | None, what: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read etcd {what} {path}: {e.strerror}") from None
-
-
-def _credentials(ca_file: str | None, cert_file: str | None,
-                 key_file: str | None) -> grpc.ChannelCredentials:
-    if (cert_file is None) != (key_file is None):
-        raise ConfigError("etcd TLS needs both a certificate file and a key file")
-    return grpc.ssl_channel_credentials(root_certificates=_read(ca_file, "CA file"),
-                                        private_key=_read(key_file, "key file"),
-                                        certificate_chain=_read(cert_file, "certificate file"))
-
-
 class EtcdStore:
     """LeaseStore over one or more etcd endpoints (members of one cluster)."""
 
@@ -143,7 +99,7 @@ class EtcdStore:
                         "TLS", ", ".join(plain))
         self._credentials: grpc.ChannelCredentials | None = None
         if tls_files or any(e.scheme == "https" for e in self.endpoints):
-            self._credentials = _credentials(ca_file, cert_file, key_file)
+            self._credentials = credentials(ca_file, cert_file, key_file)
         self._auth = {"username": username, "password": password}
         self.timeout = timeout
         self.pool: EndpointPool[Endpoint] = EndpointPool(self.endpoints, clock)

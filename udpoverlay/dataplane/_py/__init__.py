@@ -5,5 +5,6 @@ mirror the compiled twin's file for file. This face only names it."""
 from __future__ import annotations
 
 from udpoverlay.dataplane._py.core import IMPLEMENTATION, Core, testing
+from udpoverlay.dataplane._py.wgcrypto import WgKey
 
-__all__ = ["IMPLEMENTATION", "Core", "testing"]
+__all__ = ["IMPLEMENTATION", "Core", "WgKey", "testing"]

@@ -8,16 +8,21 @@ tests, with the same signatures and results as the compiled twin's
 
 from __future__ import annotations
 
-from udpoverlay.dataplane import wire
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from udpoverlay.dataplane import wgwire, wire
 from udpoverlay.dataplane._py.checksum import checksum
 from udpoverlay.dataplane._py.frames import flow_hash
 from udpoverlay.dataplane._py.offload import Packer
 
 __all__ = ["outbound", "inbound", "outbound_batch", "inbound_batch", "flow_hash",
-           "checksum", "WIRE"]
+           "checksum", "WIRE", "wg_aead", "WG"]
 
 # wire.py's constants, for the test that the compiled twin's equal them.
 WIRE = {k: v for k, v in vars(wire).items() if k.isupper() and isinstance(v, int)}
+# wgwire.py's constants, for the same test of the compiled twin's WG enums.
+WG = {k: v for k, v in vars(wgwire).items() if k.isupper() and isinstance(v, int)}
 
 
 def outbound(core, packet: bytes):
@@ -77,3 +82,18 @@ def inbound_batch(core, datagrams):
                               lambda r, src=src: replies.append((r, src)), core._co.add)
         writes += [w for w, _nseg in core._co.take()]
     return writes, replies
+
+
+def wg_aead(key: bytes, nonce: bytes, aad: bytes, data: bytes, decrypt: bool = False):
+    """One ChaCha20-Poly1305 operation with a full 12-byte nonce and
+    associated data (published vectors' shape): ciphertext || tag, or
+    (decrypt) the plaintext or None."""
+    aead = ChaCha20Poly1305(wgwire.check_key(bytes(key)))
+    if len(nonce) != 12:
+        raise ValueError("the nonce is 12 bytes")
+    if not decrypt:
+        return aead.encrypt(bytes(nonce), bytes(data), bytes(aad))
+    try:
+        return aead.decrypt(bytes(nonce), bytes(data), bytes(aad))
+    except InvalidTag:
+        return None

@@ -1,0 +1,34 @@
+"""benchmarks/aead.py's parser and a very short run of its cases (nothing
+timed is asserted: only that every case runs and opens what it sealed)."""
+
+from __future__ import annotations
+
+from benchmarks import aead
+
+# Real output of `openssl speed -evp chacha20-poly1305 -bytes 1424 -seconds 3`
+# (OpenSSL 3.0.19), stdout.
+SPEED_OUT = """\
+Doing ChaCha20-Poly1305 for 3s on 1424 size blocks: 4793521 ChaCha20-Poly1305's in 3.00s
+version: 3.0.19
+built on: Tue Jan 27 12:00:00 2026 UTC
+options: bn(64,64)
+compiler: gcc -fPIC -pthread -m64 -Wa,--noexecstack -Wall -fzero-call-used-regs=used-gpr
+CPUINFO: OPENSSL_ia32cap=0xfffa32034f8bffff:0x1a415f46f1bf2ffb
+The 'numbers' are in 1000s of bytes per second processed.
+type           1424 bytes
+ChaCha20-Poly1305  2271719.76k
+"""
+
+
+def test_parse_speed():
+    assert aead.parse_speed(SPEED_OUT) == 2271719.76 * 1000
+    assert aead.parse_speed("openssl: command not found\n") is None
+
+
+def test_every_case_runs(impl):
+    seal, open_ = aead.slots_case(impl.WgKey, 1400, 4, 0)
+    seal(0)
+    open_(0)                    # asserts all four authenticate
+    seal, open_ = aead.lists_case(impl.WgKey, 100, 3, 1420)
+    assert len(seal(1)) == 3
+    assert [v for v, _ in open_(0)] == [0, 0, 0]
