@@ -201,7 +201,9 @@ class PeerFeed:
             "peers": [{"subnet": str(p.subnet), "public_ip": str(p.public_ip), "port": p.port,
                        "vtep_mac": format_mac(p.vtep_mac),
                        "age": None if p.since is None else round(now - p.since, 1),
-                       "expires_in": remaining(p.expires)} for p in peers],
+                       "expires_in": remaining(p.expires),
+                       **({"public_key": p.public_key} if p.public_key else {})}
+                      for p in peers],
             "skipped": [{"subnet": str(sub), "reason": r}
                         for sub, r in sorted(self.view.skipped.items())],
             "rejected": counts,

@@ -272,6 +272,8 @@ def test_leases_become_peers_and_follow_changes(caplog):
             assert skipped == {"198.19.4.0/24": "backend udp (this node runs wireguard)",
                                "198.19.5.0/24": "backend vxlan (this node runs wireguard)"}
             assert PSK not in json.dumps(a.status())
+            assert {p["subnet"]: p["public_key"] for p in a.status()["peers"]} == \
+                {"198.19.2.0/24": kb2}
     with caplog.at_level(logging.INFO, "udpoverlay.cluster"):
         run(main())
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
