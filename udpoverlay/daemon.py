@@ -203,7 +203,8 @@ class Daemon:
             self.vtep_mac = o.vtep_mac or derive_vtep_mac(pub, str(self.subnet))
             self.configure_tun(self.tun, str(self.subnet), str(self.network), self.mtu)
             if self.wg is not None:
-                made = planes.wireguard_plane(self.wg, self.mtu, self.tun, self.sock)
+                made = planes.wireguard_plane(self.wg, self.mtu, self.tun, self.sock,
+                                              self.subnet)
             else:
                 made = planes.fast_path(o, self.subnet, self.network, self.vtep_mac, self.mtu,
                                         self.tun, self.sock, self.queue_socks, self.bind_addr)

@@ -33,8 +33,9 @@ class Plane:
 
 def load_wireguard(opts: Options) -> WgPlane:
     """Our key (read, or created 0600) and the peers' keys, checked now:
-    ConfigError before anything is created."""
-    assert opts.private_key_file is not None and opts.subnet is not None
+    ConfigError before anything is created. Cluster mode: no subnet yet
+    (wireguard_plane() sets it) and no peers."""
+    assert opts.private_key_file is not None
     # owned by root (or by the user the daemon runs as, as the peers file)
     plane = WgPlane.load(opts.private_key_file, opts.subnet, keepalive=opts.keepalive,
                          owner_uid=os.geteuid())
@@ -42,7 +43,9 @@ def load_wireguard(opts: Options) -> WgPlane:
     return plane
 
 
-def wireguard_plane(plane: WgPlane, mtu: int, tun: TunDevice, sock: socket.socket) -> Plane:
+def wireguard_plane(plane: WgPlane, mtu: int, tun: TunDevice, sock: socket.socket,
+                    subnet: ipaddress.IPv4Network) -> Plane:
+    plane.set_subnet(subnet)
     plane.set_mtu(mtu)
     return Plane(plane, WgRunner(plane, tun.fd, sock))
 

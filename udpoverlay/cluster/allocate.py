@@ -14,10 +14,11 @@ import ipaddress
 import random
 from typing import Iterable
 
-from udpoverlay.cluster.codec import encode_lease_value, vxlan_backend_data
+from udpoverlay.cluster.codec import encode_lease_value, vxlan_backend_data, wireguard_backend_data
 from udpoverlay.cluster.network import NetworkConfig
 from udpoverlay.errors import ConfigError, LeaseStoreError
 from udpoverlay.peer import format_mac, parse_mac
+from udpoverlay.wireguard.keys import BadKeyError, parse_public_key
 
 __all__ = ["MAX_CANDIDATES", "pick_free", "own_lease_value"]
 
@@ -54,6 +55,15 @@ def own_lease_value(config: NetworkConfig, public_ip: ipaddress.IPv4Address, bac
         if backend_data:
             raise ConfigError("udp leases carry no BackendData")
         return encode_lease_value(public_ip)
+    if backend == "wireguard":
+        key = (backend_data or {}).get("PublicKey")
+        if set(backend_data or {}) != {"PublicKey"} or not isinstance(key, str):
+            raise ConfigError("wireguard backend_data is exactly our PublicKey")
+        try:
+            key = parse_public_key(key, "wireguard backend_data PublicKey").to_base64()
+        except BadKeyError as e:
+            raise ConfigError(str(e)) from None
+        return encode_lease_value(public_ip, "wireguard", wireguard_backend_data(key))
     data = dict(backend_data or {})
     mac = data.pop("VtepMAC", None)
     try:

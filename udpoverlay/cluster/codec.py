@@ -16,7 +16,9 @@ json.Marshal of its LeaseAttrs (pkg/lease/lease.go):
 so a udp node (which sets only PublicIP) writes
 `{"PublicIP":"10.0.0.1","PublicIPv6":null}` and a vxlan node writes
 `{"PublicIP":"10.0.0.1","PublicIPv6":null,"BackendType":"vxlan",
-"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}` (compact).
+"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}` (compact); a
+wireguard node (pkg/backend/wireguard's wireguardLeaseAttrs) writes
+`...,"BackendType":"wireguard","BackendData":{"PublicKey":"<base64>"}}`.
 The key is `<prefix>/subnets/10.244.1.0-24` (dual-stack flannel appends
 `&<v6>-<len>`; we read the IPv4 part of such keys).
 """
@@ -36,6 +38,7 @@ __all__ = [
     "Lease",
     "normalize_prefix", "config_key", "subnets_prefix", "subnet_key",
     "parse_subnet_key", "encode_lease_value", "decode_lease_value", "vxlan_backend_data",
+    "wireguard_backend_data",
 ]
 
 _KEY_RE = re.compile(r"(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([0-9a-fA-F:]+)-(\d+))?")
@@ -67,6 +70,12 @@ class Lease:
         if not isinstance(text, str):
             raise ValueError(f"VtepMAC is not a string: {text!r}")
         return parse_mac(text)
+
+    def wg_public_key(self) -> str | None:
+        """BackendData.PublicKey as stored (None if absent or not a string);
+        validate.py checks that it is a usable key."""
+        value = _field(self.backend_data, "PublicKey") if self.backend_data else None
+        return value if isinstance(value, str) else None
 
     def vni(self) -> int | None:
         value = _field(self.backend_data, "VNI") if self.backend_data else None
@@ -112,6 +121,11 @@ def parse_subnet_key(key: str) -> ipaddress.IPv4Network | None:
 def vxlan_backend_data(vni: int, vtep_mac: str) -> dict:
     """flannel's vxlanLeaseAttrs in Go field order: VNI, then VtepMAC."""
     return {"VNI": vni, "VtepMAC": vtep_mac.lower()}
+
+
+def wireguard_backend_data(public_key: str) -> dict:
+    """flannel's wireguardLeaseAttrs: {"PublicKey": base64}."""
+    return {"PublicKey": public_key}
 
 
 def encode_lease_value(public_ip: ipaddress.IPv4Address | str, backend_type: str = "",

@@ -14,7 +14,9 @@ alone and keeps the Peer objects of the others, so the cost of a change is
 O(changed) plus one list() of the peers for apply_peers. schedule()
 coalesces a burst (events arriving within `coalesce` seconds) into one
 publish. The log gets a summary per publish (counts and a few subnets),
-never the whole set.
+never the whole set. wireguard adds one pass over the peers per publish
+(policy.PeerView.settle: a key is one peer, so leases are judged together;
+the ones refused for their key are rejected here as `duplicate_key`).
 """
 
 from __future__ import annotations
@@ -137,6 +139,8 @@ class PeerFeed:
         changes = [(kind, subnet) for subnet in self._dirty
                    if (kind := self._resolve(subnet, context)) is not None]
         self._dirty.clear()
+        changes += self.view.settle(context)
+        self._reject_held()
         if not changes and self.applied is not None:
             return
         peers = list(self.view.peers.values())
@@ -161,7 +165,23 @@ class PeerFeed:
                 self.rejects.reject(Rejection(
                     loser.key, "overlap", f"{subnet} is already leased by the older key "
                     f"{win.key}", subnet), loser.lease.raw.encode())
-        return self.view.update(subnet, None if win is None else win.lease, context)
+        return self.view.update(subnet, None if win is None else win.lease, context,
+                                0 if win is None else win.create_revision)
+
+    def _reject_held(self) -> None:
+        """wireguard: the leases settle() refused for their key are rejected
+        (`duplicate_key`, logged and counted once); the ones let in again
+        are cleared."""
+        refused = {}
+        for subnet, (_, reason, detail) in self.view.held.items():
+            win = self.table.winner(subnet)
+            if reason == "duplicate_key" and win is not None:
+                refused[win.key] = win
+                self.rejects.reject(Rejection(win.key, reason, detail, subnet),
+                                    win.lease.raw.encode())
+        for key, rejection in list(self.rejects.current.items()):
+            if rejection.reason == "duplicate_key" and key not in refused:
+                self.rejects.clear(key)
 
     def cancel(self) -> asyncio.Task | None:
         """Cancel a pending publish; the task (to be awaited) or None."""
@@ -181,7 +201,9 @@ class PeerFeed:
             "peers": [{"subnet": str(p.subnet), "public_ip": str(p.public_ip), "port": p.port,
                        "vtep_mac": format_mac(p.vtep_mac),
                        "age": None if p.since is None else round(now - p.since, 1),
-                       "expires_in": remaining(p.expires)} for p in peers],
+                       "expires_in": remaining(p.expires),
+                       **({"public_key": p.public_key} if p.public_key else {})}
+                      for p in peers],
             "skipped": [{"subnet": str(sub), "reason": r}
                         for sub, r in sorted(self.view.skipped.items())],
             "rejected": counts,

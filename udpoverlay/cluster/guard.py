@@ -23,9 +23,9 @@ its key, and a changed Network went unnoticed):
   lease and WARN once: fighting back would make two instances rewrite the
   key forever. A key with our value and no lease at all is re-attached.
 - `<prefix>/config` is watched; a change of Network, SubnetLen, SubnetMin,
-  SubnetMax, backend type, port or VNI raises NetworkConfigChanged, so the
-  daemon exits non-zero and its supervisor restarts it under the new
-  config (re-leasing in place would leave subnet.env, the TUN address and
+  SubnetMax, backend type, port, VNI (wireguard: PSK, keepalive) raises
+  NetworkConfigChanged, so the daemon exits non-zero and its supervisor
+  restarts it under the new config (re-leasing in place would leave subnet.env, the TUN address and
   every pod on the old network). A deleted or unparsable config is a
   WARNING (once per value): the running config stays.
 """
@@ -58,7 +58,10 @@ log = logging.getLogger(__name__)
 CONFIG_FIELDS = (("Network", "network"), ("SubnetLen", "subnet_len"),
                  ("SubnetMin", "subnet_min"), ("SubnetMax", "subnet_max"),
                  ("Backend.Type", "backend_type"), ("Backend.Port", "backend_port"),
-                 ("Backend.VNI", "vni"))
+                 ("Backend.VNI", "vni"),
+                 # wireguard (Backend.ListenPort is backend_port); the PSK prints as <hidden>
+                 ("Backend.PSK", "wg_psk"),
+                 ("Backend.PersistentKeepaliveInterval", "wg_keepalive"))
 
 
 def config_changes(old: NetworkConfig, new: NetworkConfig) -> list[str]:

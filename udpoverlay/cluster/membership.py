@@ -358,8 +358,10 @@ class ClusterMembership:
     def _publish_context(self) -> Context:
         assert self.config is not None
         lease = self.state.lease
+        own_key = (self.backend_data or {}).get("PublicKey") \
+            if self._backend() == "wireguard" else None
         return (self.config, self._backend(), self.public_ip,
-                lease.subnet if lease else None)
+                lease.subnet if lease else None, own_key)
 
     def status(self) -> dict:
         """JSON-serialisable snapshot for `udpoverlay status`."""

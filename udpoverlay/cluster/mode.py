@@ -27,6 +27,14 @@ SIGTERM during start-up unwinds cleanly; SIGHUP is ignored until serving.
 For vxlan the lease must carry our VTEP MAC before the subnet is known, so
 the default MAC is derived from the public IP and the etcd prefix (stable
 across restarts, like the lease itself).
+
+For wireguard (flannel's pkg/backend/wireguard) the lease must carry our
+public key: the private key is read from $WIREGUARD_KEY_FILE or
+/run/flannel/wgkey (created, `wg genkey` format, when missing: 0600 where
+flanneld uses 0400; refused when group or others may read it) when the
+Daemon is made, before anything is written to etcd; the config's PSK and
+keepalive go to every peer. /readyz turns ready only once the lease with
+that key is written and the plane runs.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 
 from udpoverlay.cluster.membership import ClusterMembership
 from udpoverlay.cluster.network import NetworkConfig
@@ -48,11 +57,17 @@ from udpoverlay.lifecycle import Lifecycle
 from udpoverlay.ops.service import Ops
 from udpoverlay.peer import derive_vtep_mac, format_mac
 
-__all__ = ["run", "with_network_config", "peer_events"]
+__all__ = ["run", "with_network_config", "peer_events", "wg_key_file", "WG_KEY_FILE"]
 
 log = logging.getLogger(__name__)
 
 EVENT_LINES = 50     # per peer-list change: one line each, then a count
+WG_KEY_FILE = "/run/flannel/wgkey"      # flanneld's; $WIREGUARD_KEY_FILE overrides
+
+
+def wg_key_file(environ=os.environ) -> str:
+    """Where our WireGuard private key lives (flanneld's rule)."""
+    return environ.get("WIREGUARD_KEY_FILE") or WG_KEY_FILE
 
 
 def with_network_config(opts: Options, config: NetworkConfig) -> Options:
@@ -62,6 +77,16 @@ def with_network_config(opts: Options, config: NetworkConfig) -> Options:
     if opts.direct_routing and config.backend_type != "vxlan":
         raise ConfigError(f"--direct-routing only applies to the vxlan backend (the network "
                           f"config says {config.backend_type})")
+    if config.backend_type == "wireguard":
+        for flag, given in (("--queues", opts.queues > 1), ("--threads", opts.threads),
+                            ("--io io_uring", opts.io_mode == "io_uring"),
+                            ("--busy-poll-us", opts.busy_poll_us > 0),
+                            ("--vtep-mac", opts.vtep_mac is not None)):
+            if given:
+                raise ConfigError(f"{flag} does not apply to the wireguard backend (its data "
+                                  f"path runs on the event loop, one packet per TUN read)")
+        opts = dataclasses.replace(opts, private_key_file=opts.private_key_file
+                                   or wg_key_file())
     return dataclasses.replace(
         opts, network=config.network, backend=config.backend_type,
         port=config.backend_port, vni=config.vni,
@@ -121,7 +146,13 @@ async def _main(opts: Options) -> int:
         # second instance on this host never touches the first one's.
         lifecycle.waiting("the host checks")
         await asyncio.to_thread(check_firewall_prerequisites, opts)
-        daemon = Daemon(opts, lifecycle)
+        if config.backend_type == "wireguard":
+            assert opts.private_key_file is not None
+            await asyncio.to_thread(_key_directory, opts.private_key_file)
+        daemon = Daemon(opts, lifecycle)       # wireguard: our key read (or created) here
+        if daemon.wg is not None:
+            daemon.wg.psk = config.wg_psk
+            membership.backend_data = {"PublicKey": daemon.wg.public_key.to_base64()}
         ops.attach(daemon)
         daemon.status_sections["cluster"] = membership.status   # after "ops", as before
         await asyncio.to_thread(daemon.open_host)
@@ -171,6 +202,14 @@ async def _main(opts: Options) -> int:
         if daemon is not None:
             daemon.close()
         await ops.close()
+
+
+def _key_directory(path: str) -> None:
+    """The key file's directory (/run/flannel on a fresh tmpfs), as flanneld
+    makes it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        os.makedirs(directory, 0o755, exist_ok=True)
 
 
 def run(opts: Options) -> int:

@@ -16,8 +16,17 @@ are flannel's ParseConfig + CheckNetworkConfig (pkg/subnet/config.go):
   the TUN MTU unless --mtu is given; Backend.DirectRouting (vxlan) and the
   top-level EnableNFTables are booleans, false when unset.
 
-Beyond flannel: IPv6-only configs and backends other than udp/vxlan are
-rejected with a clear ConfigError (udpoverlay is IPv4, udp/vxlan only), and
+- wireguard (flannel's pkg/backend/wireguard): Backend.ListenPort (51820)
+  is our port and every peer's (the lease has none), ListenPortV6 (51821)
+  is read and checked only, PSK (none) a base64 `wg genpsk` key mixed into
+  every handshake, PersistentKeepaliveInterval (0, seconds), Mode
+  (separate). separate and ipv4 run the IPv4 overlay; auto is ipv4 while
+  the overlay is IPv4-only; ipv6 and EnableIPv6 are refused (no IPv6
+  overlay here). A malformed PSK is one error that never repeats it; the
+  key itself lives in a PresharedKey, which prints nothing secret.
+
+Beyond flannel: IPv6-only configs and backends other than udp/vxlan/
+wireguard are rejected with a clear ConfigError (udpoverlay is IPv4), and
 SubnetMin > SubnetMax is rejected up front instead of failing at allocation.
 Every error is one line.
 """
@@ -25,15 +34,21 @@ Every error is one line.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from udpoverlay.cluster import gojson
 from udpoverlay.config import values
-from udpoverlay.config.defaults import BACKENDS, DEFAULT_PORTS, DEFAULT_VNI
+from udpoverlay.config.defaults import BACKENDS, DEFAULT_PORTS, DEFAULT_VNI, MAX_KEEPALIVE
 from udpoverlay.errors import ConfigError
+from udpoverlay.wireguard.keys import BadKeyError, PresharedKey, parse_preshared_key
 
-__all__ = ["NetworkConfig", "parse_network_config"]
+__all__ = ["NetworkConfig", "parse_network_config", "CLUSTER_BACKENDS", "WG_MODES",
+           "WG_LISTEN_PORT_V6"]
+
+CLUSTER_BACKENDS = (*BACKENDS, "wireguard")
+WG_MODES = ("separate", "auto", "ipv4", "ipv6")
+WG_LISTEN_PORT_V6 = 51821
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,11 @@ class NetworkConfig:
     mtu: int | None = None          # Backend.MTU; None = from the underlay interface
     direct_routing: bool = False    # Backend.DirectRouting (vxlan)
     enable_nftables: bool = False   # EnableNFTables: flanneld's nftables rules
+    # wireguard: Backend.ListenPort is backend_port; these are the rest
+    wg_listen_port_v6: int = WG_LISTEN_PORT_V6
+    wg_keepalive: int = 0           # Backend.PersistentKeepaliveInterval, seconds
+    wg_mode: str = "separate"
+    wg_psk: PresharedKey | None = field(default=None, repr=False, hash=False)
 
     @classmethod
     def parse(cls, text: str | bytes) -> "NetworkConfig":
@@ -142,27 +162,77 @@ def _bound(network: ipaddress.IPv4Network, subnet_len: int, name: str,
     return given
 
 
-def _backend(obj: gojson.GoObject) -> tuple[str, int, int, int | None, bool]:
+@dataclass(frozen=True)
+class _Backend:
+    kind: str = "udp"
+    port: int = DEFAULT_PORTS["udp"]
+    vni: int = DEFAULT_VNI
+    mtu: int | None = None
+    direct: bool = False
+    port_v6: int = WG_LISTEN_PORT_V6
+    keepalive: int = 0
+    mode: str = "separate"
+    psk: PresharedKey | None = field(default=None, repr=False)
+
+
+def _port(backend: gojson.GoObject, name: str, default: int) -> int:
+    port = _uint(backend, name, "Backend.") or default
+    if port > 65535:
+        raise ConfigError(f"Backend.{name} must be 1..65535, got {port}")
+    return port
+
+
+def _wireguard(backend: gojson.GoObject, enable_ipv6: bool) -> dict:
+    """flannel's wireguard fields; ConfigError for what udpoverlay cannot do."""
+    mode = _get(backend, "Mode", lambda v: isinstance(v, str), "a string", "Backend.") or "separate"
+    if mode not in WG_MODES:
+        raise ConfigError(f"Backend.Mode must be one of {', '.join(WG_MODES)}, got {mode!r}")
+    if mode == "ipv6":
+        raise ConfigError("Backend.Mode \"ipv6\" needs an IPv6 overlay, which udpoverlay does "
+                          "not have (use \"separate\", \"ipv4\" or \"auto\")")
+    if enable_ipv6:
+        raise ConfigError("EnableIPv6 with the wireguard backend needs an IPv6 overlay, which "
+                          "udpoverlay does not have (set EnableIPv6 to false)")
+    keepalive = _uint(backend, "PersistentKeepaliveInterval", "Backend.") or 0
+    if keepalive > MAX_KEEPALIVE:
+        raise ConfigError(f"Backend.PersistentKeepaliveInterval must be 0..{MAX_KEEPALIVE} "
+                          f"seconds, got {keepalive}")
+    text = backend.field("PSK")
+    psk = None
+    if text is not None and text != "":
+        if not isinstance(text, str):
+            raise ConfigError("Backend.PSK must be a base64 key string (`wg genpsk`)")
+        try:
+            psk = parse_preshared_key(text, "Backend.PSK")
+        except BadKeyError as exc:       # the message never repeats the key
+            raise ConfigError(f"{exc} (expected `wg genpsk` output)") from None
+    return {"port": _port(backend, "ListenPort", DEFAULT_PORTS["wireguard"]),
+            "port_v6": _port(backend, "ListenPortV6", WG_LISTEN_PORT_V6),
+            "keepalive": keepalive, "mode": mode, "psk": psk}
+
+
+def _backend(obj: gojson.GoObject, enable_ipv6: bool) -> _Backend:
     backend = obj.field("Backend")
     if backend is None:
-        return "udp", DEFAULT_PORTS["udp"], DEFAULT_VNI, None, False
+        return _Backend()
     if not isinstance(backend, gojson.GoObject):
         raise ConfigError(f"Backend must be a JSON object, got {backend!r}")
     kind = backend.field("Type")
     if not kind:
         raise ConfigError("Backend.Type is missing (e.g. \"udp\" or \"vxlan\")")
-    if kind not in BACKENDS:
+    if kind not in CLUSTER_BACKENDS:
         raise ConfigError(f"Backend.Type {kind!r} is not supported by udpoverlay "
-                          f"(supported: {', '.join(BACKENDS)})")
-    port = _uint(backend, "Port", "Backend.") or DEFAULT_PORTS[kind]
-    if port > 65535:
-        raise ConfigError(f"Backend.Port must be 1..65535, got {port}")
+                          f"(supported: {', '.join(CLUSTER_BACKENDS)})")
+    mtu = _uint(backend, "MTU", "Backend.") or None      # 0 means unset, as in Go
+    if kind == "wireguard":
+        return _Backend(kind, mtu=values.mtu(mtu, "Backend.MTU"),
+                        **_wireguard(backend, enable_ipv6))
+    port = _port(backend, "Port", DEFAULT_PORTS[kind])
     vni = _uint(backend, "VNI", "Backend.")
     vni = DEFAULT_VNI if vni is None else values.vni(vni, "Backend.VNI")
-    mtu = _uint(backend, "MTU", "Backend.") or None      # 0 means unset, as in Go
     direct = _get(backend, "DirectRouting", lambda v: isinstance(v, bool), "true or false",
                   "Backend.")
-    return kind, port, vni, values.mtu(mtu, "Backend.MTU"), bool(direct)
+    return _Backend(kind, port, vni, values.mtu(mtu, "Backend.MTU"), bool(direct))
 
 
 def parse_network_config(text: str | bytes) -> NetworkConfig:
@@ -192,9 +262,11 @@ def parse_network_config(text: str | bytes) -> NetworkConfig:
                         ipaddress.IPv4Address(int(network.broadcast_address) + 1 - size))
     if subnet_min > subnet_max:
         raise ConfigError(f"SubnetMin {subnet_min} is above SubnetMax {subnet_max}")
-    kind, port, vni, mtu, direct = _backend(obj)
+    b = _backend(obj, enable_ipv6)
     return NetworkConfig(network=network, subnet_len=subnet_len, subnet_min=subnet_min,
-                         subnet_max=subnet_max, backend_type=kind, backend_port=port, vni=vni,
-                         enable_ipv6=enable_ipv6, ipv6_network=ipv6_network, mtu=mtu,
-                         direct_routing=direct,
-                         enable_nftables=_bool(obj, "EnableNFTables", False))
+                         subnet_max=subnet_max, backend_type=b.kind, backend_port=b.port,
+                         vni=b.vni, enable_ipv6=enable_ipv6, ipv6_network=ipv6_network,
+                         mtu=b.mtu, direct_routing=b.direct,
+                         enable_nftables=_bool(obj, "EnableNFTables", False),
+                         wg_listen_port_v6=b.port_v6, wg_keepalive=b.keepalive,
+                         wg_mode=b.mode, wg_psk=b.psk)

@@ -19,6 +19,11 @@ status counts:
 - `bad_value`: the value must decode as flannel's LeaseAttrs;
 - `bad_public_ip`: PublicIP must be unicast: not 0.0.0.0, loopback,
   multicast, class E / 255.255.255.255, nor our underlay's broadcast;
+- `bad_public_key`: a wireguard lease's BackendData.PublicKey must be a
+  usable WireGuard public key (44 base64 characters, 32 bytes, not zero);
+  the detail never repeats the value;
+- `duplicate_key` (decided by the feed, across leases): a wireguard lease
+  whose PublicKey is ours or another subnet's older lease's;
 - `overlap`: two keys for one subnet (`-24` and `-024`, or a dual-stack
   suffix): the older creation revision wins, the other is rejected.
 
@@ -39,13 +44,15 @@ from udpoverlay.cluster.network import NetworkConfig
 from udpoverlay.cluster.store.base import KeyValue
 from udpoverlay.config.peerspec import bad_peer_address
 from udpoverlay.errors import LeaseDecodeError
+from udpoverlay.wireguard.keys import BadKeyError, parse_public_key
 
-__all__ = ["Entry", "Rejection", "LeaseValidator", "RejectLog", "REASONS", "bad_public_ip"]
+__all__ = ["Entry", "Rejection", "LeaseValidator", "RejectLog", "REASONS", "bad_public_ip",
+           "wg_key_problem"]
 
 log = logging.getLogger(__name__)
 
 REASONS = ("nested_key", "not_a_subnet", "subnet_len", "outside_network", "outside_range",
-           "bad_value", "bad_public_ip", "overlap")
+           "bad_value", "bad_public_ip", "bad_public_key", "duplicate_key", "overlap")
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,23 @@ class LeaseValidator:
         why = bad_public_ip(lease.public_ip, self.underlay)
         if why is not None:
             return Rejection(kv.key, "bad_public_ip", f"PublicIP {lease.public_ip} {why}", subnet)
+        if lease.backend_type.lower() == "wireguard":
+            why = wg_key_problem(lease)
+            if why is not None:
+                return Rejection(kv.key, "bad_public_key", why, subnet)
         return Entry(kv.key, lease, kv.create_revision)
+
+
+def wg_key_problem(lease: Lease) -> str | None:
+    """Why a wireguard lease's PublicKey is unusable (None: it is usable)."""
+    key = lease.wg_public_key()
+    if key is None:
+        return "wireguard lease without a BackendData.PublicKey string"
+    try:
+        parse_public_key(key, "BackendData.PublicKey")
+    except BadKeyError as e:      # the message never repeats the value
+        return str(e)
+    return None
 
 
 class RejectLog:

@@ -15,8 +15,8 @@ __all__ = ["DEFAULT_TUN", "DEFAULT_PORTS", "BACKENDS", "DEFAULT_VNI", "MAX_VNI",
 DEFAULT_TUN = "udpov0"                          # the TUN device
 # flannel's udp port; the kernel's vxlan port; WireGuard's (flannel's ListenPort)
 DEFAULT_PORTS = {"udp": 8285, "vxlan": 8472, "wireguard": 51820}
-BACKENDS = ("udp", "vxlan")                     # both modes (etcd's Backend.Type)
-STATIC_BACKENDS = (*BACKENDS, "wireguard")      # static mode only, for now
+BACKENDS = ("udp", "vxlan")                     # the fast path's (both modes)
+STATIC_BACKENDS = (*BACKENDS, "wireguard")      # --backend; cluster: network.CLUSTER_BACKENDS
 DEFAULT_VNI = 1
 MAX_VNI = (1 << 24) - 1
 DEFAULT_PREFIX = "/coreos.com/network"

@@ -37,6 +37,7 @@ from udpoverlay.config.defaults import (
     DEFAULT_SUBNET_FILE,
     DEFAULT_TUN,
     DEFAULT_VNI,
+    STATIC_BACKENDS,
 )
 from udpoverlay.config.flags import FLAGS, STATIC
 from udpoverlay.config.peerspec import check_literal, check_peer_addresses, check_peer_specs, spec_of
@@ -132,7 +133,8 @@ class Options:
         return _checked(dataclasses.replace(
             self, public_ip=values.ip(public_ip, "--public-ip"),
             subnet=values.net(subnet, "subnet"),
-            network=values.net(network, "network"), backend=values.backend(backend),
+            network=values.net(network, "network"),
+            backend=values.backend(backend, STATIC_BACKENDS),
             port=values.port(port, "port"), vni=values.vni(vni, "VNI"), vtep_mac=vtep_mac))
 
 

@@ -134,7 +134,7 @@ class WgPlane:
     queues = 1
     vnet_hdr = udp_gso = tun_uso = udp_gro = False
 
-    def __init__(self, private_key: PrivateKey, subnet: ipaddress.IPv4Network, *,
+    def __init__(self, private_key: PrivateKey, subnet: ipaddress.IPv4Network | None, *,
                  keepalive: int = 0, mtu: int = 0, clock: Callable[[], float] = time.monotonic,
                  load_psk: Callable[[str], PresharedKey] | None = None,
                  owner_uid: int = 0, engine: wgengine.Engine | None = None) -> None:
@@ -143,7 +143,14 @@ class WgPlane:
         self.keepalive = keepalive          # the default persistent keepalive (--keepalive)
         self.clock = clock
         self._load_psk = load_psk or (lambda path: load_preshared_key(path, owner_uid))
-        self._local = (int(subnet.network_address), int(subnet.netmask))
+        # our subnet (cluster mode: set_subnet() once the lease is ours; until
+        # then nothing is written to the TUN: 0.0.0.0/32 matches no packet)
+        self._local = (0xFFFFFFFF, 0xFFFFFFFF)
+        if subnet is not None:
+            self.set_subnet(subnet)
+        # cluster mode: the network config's PSK, for every peer without a
+        # preshared-key-file of its own (never printed)
+        self.psk: PresharedKey | None = None
         self._hs_window, self._hs_count, self._under_load_until = 0.0, 0, 0.0
         self.under_load_periods = 0     # times we went under load (status)
         self._routes: Routes[PeerRoute] = Routes()
@@ -156,8 +163,12 @@ class WgPlane:
         self.tx_too_short = self.tx_not_ipv4 = self.tx_no_route = self.tx_error = 0
         self.rx_not_local = self.rx_error = 0
 
+    def set_subnet(self, subnet: ipaddress.IPv4Network) -> None:
+        """Our own subnet: where authenticated packets may be headed."""
+        self._local = (int(subnet.network_address), int(subnet.netmask))
+
     @classmethod
-    def load(cls, key_file: str, subnet: ipaddress.IPv4Network, keepalive: int = 0,
+    def load(cls, key_file: str, subnet: ipaddress.IPv4Network | None, keepalive: int = 0,
              owner_uid: int = 0, **kw) -> "WgPlane":
         """Our private key from key_file (created 0600 when missing; refused,
         one ConfigError line without key material, when unsafe)."""
@@ -185,7 +196,7 @@ class WgPlane:
             except ConfigError as exc:
                 raise ConfigError(f"{label}: preshared-key-file: {exc}") from None
         else:
-            psk = None
+            psk = self.psk
         keepalive = p.keepalive if p.keepalive is not None else self.keepalive
         return _Plan(p, public, psk, int(keepalive))
 

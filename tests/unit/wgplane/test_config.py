@@ -88,7 +88,7 @@ def test_peer_options_from_the_environment_stay_with_their_peer():
     assert o.private_key_file == "/etc/wg.key"
 
 
-def test_cluster_mode_has_no_wireguard_yet():
+def test_cluster_mode_takes_the_backend_from_etcd_not_the_flag():
     with pytest.raises(ConfigError, match="come from etcd"):
         from udpoverlay.config.options import build_cluster_options
         build_cluster_options(endpoints="http://198.18.0.254:2379", backend="wireguard")
