@@ -13,7 +13,9 @@ way flannel's pkg/backend/wireguard configures flannel-wg from the leases.
            Endpoint = PublicIP:ListenPort, the PSK, the keepalive)
 
 Checked: our lease's exact bytes, the key file's mode, MTU in subnet.env,
-/readyz, all six ping directions; then h3 rewrites its lease with a new
+/readyz, all six ping directions, 20 MiB with its sha256 intact between
+every pair of kinds (ours -> ours, ours -> wireguard-go, wireguard-go ->
+ours); then h3 rewrites its lease with a new
 key, a hostile writer adds a lease reusing h1's key and one with a
 malformed key (refused, counted on /metrics), and h3 leaves (lease
 deleted): h1 and h2 follow within about a second of each etcd write, and
@@ -41,6 +43,7 @@ import pytest
 from lab.netns import wait_for
 from tests.integration.ops.httpget import HEALTHZ_PORT, get, sample, scrape
 from tests.support.cluster import PREFIX, underlay
+from tests.support.overlay import TCPXFER
 from tests.support.requirements import require
 from udpoverlay.wireguard import generate
 
@@ -189,6 +192,28 @@ def _follow(cl, want_h3: str | None, since: float) -> float:
     return time.monotonic() - since
 
 
+def _transfer(cl, src: int, dst: int, nbytes: int, port: int) -> None:
+    """TCP pod src -> pod dst (lab.tcpxfer): every byte arrives, sha256 intact."""
+    out = cl.tmp / f"xfer-{src}-{dst}.out"
+    with open(out, "wb") as f:
+        server = cl.lab.popen(cl.ov.hosts[dst].netns,
+                              [*TCPXFER, "server", cl.pods[dst], str(port), "--timeout", "60"],
+                              stdout=f, stderr=subprocess.STDOUT, env=cl.ov.env())
+    try:
+        wait_for(lambda: b"listening" in out.read_bytes() or server.poll() is not None,
+                 10, 0.05, "tcpxfer server")
+        c = cl.ov.run(cl.ov.hosts[src], [*TCPXFER, "client", cl.pods[dst], str(port),
+                                         str(nbytes), "--src", cl.pods[src], "--timeout", "60"],
+                      timeout=90)
+        assert c.returncode == 0, c.stdout + c.stderr
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            cl.lab.stop(server, signal.SIGTERM, 5)
+    sent, got = c.stdout.split(), out.read_text().split()
+    assert sent[0] == str(nbytes) and got[-2:] == sent[-2:], (sent, got)
+
+
 def test_mixed_wireguard_cluster(wgcluster):
     cl, h3 = wgcluster
     h3.write_lease()                     # h3 first: 198.19.3.0/24 is taken
@@ -212,6 +237,9 @@ def test_mixed_wireguard_cluster(wgcluster):
     wait_for(lambda: all(H3_SUBNET in _peer_keys(cl, i) for i in (1, 2)), 10, 0.1, "h3 known")
     for i, j in ((1, 2), (2, 1), (1, 3), (3, 1), (2, 3), (3, 2)):
         cl.wait_ping(i, j, 15)
+    # 20 MiB between every pair of kinds: ours -> ours, ours -> wireguard-go, and back
+    for n, (i, j) in enumerate(((1, 2), (1, 3), (3, 2))):
+        _transfer(cl, i, j, 20 << 20, 5301 + n)
     peers = [line.split("\t") for line in h3.run("wg", "show", h3.dev, "dump").splitlines()[1:]]
     assert sorted((p[2], p[3], p[7]) for p in peers) == sorted(   # endpoint, AllowedIPs, keepalive
         (f"{underlay(i)}:{PORT}", str(cl.subnet(i)), str(KEEPALIVE)) for i in (1, 2))
