@@ -70,7 +70,10 @@ def test_a_second_instance_cannot_join_the_port(overlay2):
     ov = overlay2
     ov.start(1, extra=["--queues", "2"])
     ov.start(2)
-    intruder = ov.start(1, extra=["--queues", "2", "--tun", "udpov9"], wait=False)
+    # another network (one that overlaps ours is refused before the port is tried)
+    intruder = ov.launch(1, [sys.executable, "-m", "udpoverlay", "run", "--public-ip",
+                             "198.18.0.1", "--subnet", "198.18.200.0/24", "--network",
+                             "198.18.128.0/17", "--queues", "2", "--tun", "udpov9"], wait=False)
     assert intruder.proc.wait(timeout=30) == 1, intruder.stderr()   # as with one queue
     assert "cannot bind UDP 198.18.0.1:8285" in intruder.stderr()
     assert not ov.link_exists(ov.hosts[1], "udpov9")

@@ -166,27 +166,33 @@ def test_bad_literals_and_masquerade_over_the_underlay_exit_2(overlay2, tmp_path
     default_route(ov, 1)
     peers = tmp_path / "peers.toml"
     peers.write_text(f'[[peer]]\nhost = "224.0.0.1"\nsubnet = "{subnet_of(5)}"\n')
-    runs = {addr: start_static(ov, 1, [f"{addr}:{TRAP_PORT}={subnet_of(3)}"], wait=False)
-            for addr in BAD.values()}
-    runs["file"] = start_static(ov, 1, [], ["--peers-file", str(peers)], wait=False)
+    # started together: each its own TUN name, so their control sockets never meet
+    runs = {addr: start_static(ov, 1, [f"{addr}:{TRAP_PORT}={subnet_of(3)}"],
+                               ["--tun", f"uobad{n}"], wait=False)
+            for n, addr in enumerate(BAD.values())}
+    runs["file"] = start_static(ov, 1, [], ["--peers-file", str(peers), "--tun", "uobadf"],
+                                wait=False)
     runs["masq"] = ov.launch(1, [sys.executable, "-m", "udpoverlay", "run", "--subnet",
-                                 "198.18.1.0/24", "--network", "198.18.0.0/16", "--ip-masq"],
-                             wait=False)
+                                 "198.18.1.0/24", "--network", "198.18.0.0/16", "--ip-masq",
+                                 "--tun", "uobadm"], wait=False)
     for what, d in runs.items():
         try:
             rc = d.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"{what}: the daemon started:\n{d.stderr()}") from None
-        lines = d.stderr().strip().splitlines()
-        assert rc == 2 and len(lines) == 1 and lines[0].startswith("udpoverlay: error: "), \
-            (what, lines)
+        # start-up's INFO lines may come first; the error is one line, the last
+        lines = [ln for ln in d.stderr().strip().splitlines()
+                 if ln.startswith("udpoverlay: error: ")]
+        assert rc == 2 and len(lines) == 1 and d.stderr().strip().endswith(lines[0]), \
+            (what, d.stderr())
         if what == "masq":
             assert f"contains our underlay address {underlay_of(1)}: with --ip-masq" in lines[0]
         else:
             addr = "224.0.0.1" if what == "file" else what
             assert f"{addr} is " in lines[0] and "not a peer's address" in lines[0], lines
     assert f"({peers}:1)" in runs["file"].stderr()
-    assert not ov.link_exists(ov.hosts[1])
+    for name in ("udpov0", "uobadf", "uobadm", *(f"uobad{n}" for n in range(len(BAD)))):
+        assert not ov.link_exists(ov.hosts[1], name)
 
 
 def _peers_text(i: int, addr: str) -> str:
@@ -208,7 +214,8 @@ def test_peers_files_others_can_write_are_refused(overlay2, tmp_path):
                       (link, f"owned by uid {NOBODY}, not root")):
         d = ov.start(1, peers=[], extra=["--peers-file", str(path)], wait=False)
         assert d.proc.wait(timeout=20) == 2
-        (line,) = d.stderr().strip().splitlines()
+        (line,) = [ln for ln in d.stderr().strip().splitlines()
+                   if ln.startswith("udpoverlay: error: ")]
         assert line.startswith(f"udpoverlay: error: --peers-file {path}: refused: ") \
             and why in line, line
 
