@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,27 +31,10 @@ import pytest
 
 from lab.netns import wait_for
 from tests.support.overlay import NETWORK, Overlay, pod_of, subnet_of, underlay_of
-from tests.support.requirements import require, require_root_tools
-from tests.support.wgpeer import PORT, WgGo, our_key, pcap_udp, secret_file, start_ours
+from tests.support.wgpeer import PORT, our_key, pcap_udp, secret_file, start_ours
 from udpoverlay.wireguard import PresharedKey, generate
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-def wgbed(overlay2, request):
-    require_root_tools()
-    for tool in ("wireguard-go", "wg", "tcpdump"):
-        require(shutil.which(tool) is not None,
-                f"needs {tool} (Debian packages wireguard-go, wireguard-tools, tcpdump)")
-    node = WgGo(overlay2)
-    try:
-        yield overlay2, node
-    finally:
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            print(node.logs())
-        node.close()
 
 
 def _ping(ov: Overlay, src: int, dst: int, count: int = 3, pattern: str | None = None):

@@ -22,36 +22,16 @@ from __future__ import annotations
 
 import os
 import select
-import shutil
 import time
-
-import pytest
 
 from lab.netns import wait_for
 from tests.support.overlay import Overlay, pod_of, underlay_of
-from tests.support.requirements import require, require_root_tools
-from tests.support.wgpeer import PORT, Capture, WgGo, our_key, start_ours, udp_socket_in
+from tests.support.wgpeer import PORT, Capture, our_key, start_ours, udp_socket_in
 from tests.support.wireguard import icmp_echo
 from udpoverlay.wireguard import Engine, generate
 from udpoverlay.wireguard.keys import parse_public_key
 
 ATTACKER_PORT = 40404
-
-
-@pytest.fixture
-def wgbed(overlay2, request):
-    require_root_tools()
-    for tool in ("wireguard-go", "wg", "tcpdump"):
-        require(shutil.which(tool) is not None,
-                f"needs {tool} (Debian packages wireguard-go, wireguard-tools, tcpdump)")
-    node = WgGo(overlay2)
-    try:
-        yield overlay2, node
-    finally:
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            print(node.logs())
-        node.close()
 
 
 def _counters(ov: Overlay) -> dict:

@@ -13,13 +13,11 @@ real timers and real processes (topology: tests/support/wgpeer.py):
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
 
 from tests.support.overlay import Overlay, underlay_of
-from tests.support.requirements import require, require_root_tools
 from tests.support.wgpeer import PORT, PacedTransfer, Pinger, WgGo, our_key, start_ours
 from udpoverlay.wireguard.constants import REKEY_AFTER_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX
 
@@ -30,22 +28,6 @@ STALL = 2.0
 # A restarted side: traffic back within REKEY_TIMEOUT and one retry's
 # jitter (a first initiation lost), plus a second of scheduling slack.
 BACK_WITHIN = REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX + 1.0
-
-
-@pytest.fixture
-def wgbed(overlay2, request):
-    require_root_tools()
-    for tool in ("wireguard-go", "wg"):
-        require(shutil.which(tool) is not None,
-                f"needs {tool} (Debian packages wireguard-go, wireguard-tools)")
-    node = WgGo(overlay2)
-    try:
-        yield overlay2, node
-    finally:
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            print(node.logs())
-        node.close()
 
 
 def _peer(ov: Overlay) -> dict:
