@@ -265,9 +265,10 @@ def test_mixed_wireguard_cluster(wgcluster):
         cl.wait_ping(i, 3, 10)
         cl.wait_ping(3, i, 10)
     # hostile writers: h1's key on another lease, a malformed key: neither is a peer
+    # (subnets past the first 100, where the nodes' random choice never falls)
     h1_key = cl.ov.status(cl.ov.hosts[1])["wireguard"]["public_key"]
-    cl.etcd.etcdctl("put", f"{PREFIX}/subnets/198.19.9.0-24", lease_value(underlay(9), h1_key))
-    cl.etcd.etcdctl("put", f"{PREFIX}/subnets/198.19.10.0-24",
+    cl.etcd.etcdctl("put", f"{PREFIX}/subnets/198.19.200.0-24", lease_value(underlay(9), h1_key))
+    cl.etcd.etcdctl("put", f"{PREFIX}/subnets/198.19.201.0-24",
                     lease_value(underlay(10), "bm90IGEga2V5"))
     for i in (1, 2):
         def counted(i=i) -> bool:
@@ -276,13 +277,20 @@ def test_mixed_wireguard_cluster(wgcluster):
                     sample(m, "udpoverlay_lease_keys_rejected_total",
                            reason="bad_public_key")) == (1, 1)
         wait_for(counted, 10, 0.2, f"h{i} counts the hostile leases")
-        assert not {"198.19.9.0/24", "198.19.10.0/24"} & set(_peer_keys(cl, i))
+        assert not {"198.19.200.0/24", "198.19.201.0/24"} & set(_peer_keys(cl, i))
     t0 = time.monotonic()
     cl.etcd.etcdctl("del", f"{PREFIX}/subnets/198.19.3.0-24")      # h3 leaves
     took = _follow(cl, None, t0)
     print(f"lease removal followed after {took:.2f}s")
     assert took < FOLLOW, f"lease removal followed after {took:.2f}s"
     assert cl.ping(1, 3, count=1).returncode != 0
+    t0 = time.monotonic()
+    h3.write_lease()                                                # h3 joins again
+    took = _follow(cl, h3.key.public.to_base64(), t0)
+    print(f"a joining lease followed after {took:.2f}s")
+    assert took < FOLLOW, f"a joining lease followed after {took:.2f}s"
+    cl.etcd.etcdctl("del", f"{PREFIX}/subnets/198.19.3.0-24")      # and leaves for good
+    _follow(cl, None, time.monotonic())
     time.sleep(0.5)
     steady_s = time.monotonic() - steady_t0
     os.kill(steady.pid, signal.SIGINT)     # ping itself (ip netns exec execs it)
@@ -296,8 +304,8 @@ def test_mixed_wireguard_cluster(wgcluster):
     for d in (d1, d2):
         assert d.proc.poll() is None
         assert PSK not in d.stderr()
-    cl.etcd.etcdctl("del", f"{PREFIX}/subnets/198.19.9.0-24")
-    cl.etcd.etcdctl("del", f"{PREFIX}/subnets/198.19.10.0-24")
+    cl.etcd.etcdctl("del", f"{PREFIX}/subnets/198.19.200.0-24")
+    cl.etcd.etcdctl("del", f"{PREFIX}/subnets/198.19.201.0-24")
 
     # h2 restarts with its key file: the same public key, the same lease
     h2_key = cl.ov.status(cl.ov.hosts[2])["wireguard"]["public_key"]
