@@ -6,5 +6,6 @@ from __future__ import annotations
 
 from udpoverlay.dataplane._py.core import IMPLEMENTATION, Core, testing
 from udpoverlay.dataplane._py.wgcrypto import WgKey
+from udpoverlay.dataplane._py.wgio import WgIo
 
-__all__ = ["IMPLEMENTATION", "Core", "WgKey", "testing"]
+__all__ = ["IMPLEMENTATION", "Core", "WgKey", "WgIo", "testing"]
