@@ -30,9 +30,10 @@ functions run as tasks while serving), `reloaders` (SIGHUP),
 
 --backend wireguard (wgplane/): the private key is read (or created) in
 the constructor and the peers' keys checked there, before anything is
-made (a bad key file is a ConfigError: exit 2); the TUN is plain (no vnet
-header); a WgPlane takes the dataplane Engine's place (it has its shape
-where status, liveness and /metrics read it) and a WgRunner the Runner's.
+made (a bad key file is a ConfigError: exit 2); the TUN has the same
+offloads as in udp mode (its batch path splits, seals and coalesces); a
+WgPlane takes the dataplane Engine's place (it has its shape where status,
+liveness and /metrics read it) and a WgRunner the Runner's.
 Liveness sends no keepalives of its own then: the engine's persistent
 keepalives are WireGuard's.
 
@@ -176,8 +177,7 @@ class Daemon:
                     self.bind_addr, o.port, o.queues, o.backend)
             else:
                 self.sock = sockets.open_socket(self.bind_addr, o.port)
-            # wireguard: plain reads and writes, one packet each (no vnet header)
-            self.tun = self.create_tun(o.tun, o.offload and self.wg is None)
+            self.tun = self.create_tun(o.tun, o.offload)
             # MTU from the interface we bind (not from --public-ip, which
             # may be a 1:1 NAT address no interface holds); known before
             # cluster mode writes to etcd.
@@ -203,7 +203,7 @@ class Daemon:
             self.vtep_mac = o.vtep_mac or derive_vtep_mac(pub, str(self.subnet))
             self.configure_tun(self.tun, str(self.subnet), str(self.network), self.mtu)
             if self.wg is not None:
-                made = planes.wireguard_plane(self.wg, self.mtu, self.tun, self.sock,
+                made = planes.wireguard_plane(o, self.wg, self.mtu, self.tun, self.sock,
                                               self.subnet)
             else:
                 made = planes.fast_path(o, self.subnet, self.network, self.vtep_mac, self.mtu,

@@ -13,6 +13,7 @@ from typing import Union
 
 from udpoverlay import dataplane
 from udpoverlay.config.options import Options
+from udpoverlay.dataplane.wgio import WgIo
 from udpoverlay.host import sockets
 from udpoverlay.host.tun import TunDevice
 from udpoverlay.wgplane import WgPlane, WgRunner
@@ -43,11 +44,16 @@ def load_wireguard(opts: Options) -> WgPlane:
     return plane
 
 
-def wireguard_plane(plane: WgPlane, mtu: int, tun: TunDevice, sock: socket.socket,
+def wireguard_plane(o: Options, plane: WgPlane, mtu: int, tun: TunDevice, sock: socket.socket,
                     subnet: ipaddress.IPv4Network) -> Plane:
+    """wireguard: the plane on the batch path (WgIo) with the offloads the
+    kernel accepts, as udp mode's (--no-offload, --no-udp-offload)."""
     plane.set_subnet(subnet)
     plane.set_mtu(mtu)
-    return Plane(plane, WgRunner(plane, tun.fd, sock))
+    udp_gro = o.udp_offload and sockets.enable_udp_gro(sock)
+    plane.io = WgIo(tun.vnet_hdr, o.udp_offload and sockets.udp_gso_supported(sock), udp_gro,
+                    tun.vnet_hdr and "uso4" in tun.offloads, mtu)
+    return Plane(plane, WgRunner(plane, tun.fd, sock, io=plane.io), udp_gro=udp_gro)
 
 
 def fast_path(o: Options, subnet: ipaddress.IPv4Network, network: ipaddress.IPv4Network,

@@ -6,6 +6,8 @@ wireguard.transport)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from udpoverlay.dataplane.twins import IMPLEMENTATION
 from udpoverlay.dataplane.wgaead import WG_OK, WgKey
 
@@ -17,6 +19,11 @@ class DataPlaneCipher:
 
     def __init__(self, key: bytes) -> None:
         self._key = WgKey(key)
+
+    @property
+    def wgkey(self) -> Any:
+        """The key itself, for the batch path's in-place seal and open."""
+        return self._key
 
     def seal(self, receiver: int, counter: int, plaintext: bytes) -> bytes:
         return self._key.seal_batch(receiver, counter, [plaintext])[0]

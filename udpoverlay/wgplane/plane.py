@@ -37,8 +37,9 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
+from udpoverlay.dataplane.wgio import WGIO_COUNTERS
 from udpoverlay.errors import ConfigError
 from udpoverlay.peer import Peer
 from udpoverlay.wgplane.cipher import IMPLEMENTATION as CIPHER_IMPLEMENTATION
@@ -74,6 +75,14 @@ _ACCEPTED = {"keepalive": "rx_keepalive",
 _TX_DROPS = {"queue_full": "tx_drop_queue_full", "queue_dropped": "tx_drop_handshake_timeout",
              "no_endpoint": "tx_drop_no_endpoint"}
 
+# The batch path's own counts (dataplane.wgio) -> the daemon's names (summed).
+_IO_COUNTERS = {"tx_too_short": "tx_drop_too_short", "tx_not_ipv4": "tx_drop_not_ipv4",
+                "tx_bad_gso": "tx_drop_bad_gso", "tx_too_big": "tx_drop_too_big",
+                "tx_read_error": "tx_drop_tx_error", "tx_send_error": "tx_drop_tx_error",
+                "tx_super_packets": "tx_super_packets", "tx_gso_messages": "tx_gso_messages",
+                "rx_recv_error": "rx_recv_error", "rx_write_error": "rx_drop_tx_error",
+                "rx_merged": "rx_coalesced", "rx_csum_bad": "rx_csum_bad"}
+
 # Every counter counters() gives, with its one-line meaning (README, /metrics).
 COUNTERS: dict[str, str] = {
     "tx_packets": "IP packets read from the TUN and handed to a peer's session",
@@ -88,8 +97,15 @@ COUNTERS: dict[str, str] = {
     "tx_drop_handshake_timeout": "waiting packets dropped when a handshake gave up",
     "tx_drop_no_endpoint": "packets or handshakes for a peer without an endpoint",
     "tx_drop_tx_error": "TUN reads or underlay sends that failed",
+    "tx_drop_bad_gso": "TUN super-packets whose vnet header does not fit them",
+    "tx_drop_too_big": "TUN packets longer than the TUN's MTU",
+    "tx_super_packets": "TUN super-packets (TSO/USO) split into wire segments",
+    "tx_gso_messages": "UDP_SEGMENT sends (each 2 to 64 datagrams)",
     "rx_drop_not_local": "authenticated packets for an address outside our subnet",
     "rx_drop_tx_error": "TUN writes that failed",
+    "rx_recv_error": "underlay receives that failed (an ICMP error queued on the socket)",
+    "rx_coalesced": "received packets merged into a larger TUN write (GRO)",
+    "rx_csum_bad": "received packets not merged: their TCP/UDP checksum is wrong",
     "wg_rx_initiation": "handshake initiations received and answered",
     "wg_rx_response": "handshake responses received (our initiation completed)",
     "wg_rx_cookie_reply": "cookie replies received (a peer under load)",
@@ -132,7 +148,9 @@ class WgPlane:
     backend = "wireguard"
     implementation = CIPHER_IMPLEMENTATION   # the AEAD's twin (wgplane/cipher.py)
     queues = 1
-    vnet_hdr = udp_gso = tun_uso = udp_gro = False
+    # the batch path's WgIo (set by planes.wireguard_plane): its offloads
+    # and counters show in status and /metrics
+    io: Any = None
 
     def __init__(self, private_key: PrivateKey, subnet: ipaddress.IPv4Network | None, *,
                  keepalive: int = 0, mtu: int = 0, clock: Callable[[], float] = time.monotonic,
@@ -268,6 +286,36 @@ class WgPlane:
         """The peers in the table, in table order."""
         return tuple(r.peer for r in self._table)
 
+    # -- offloads in use (the batch path's; none one packet at a time) -----------
+    @property
+    def vnet_hdr(self) -> bool:
+        return bool(self.io is not None and self.io.vnet_hdr)
+
+    @property
+    def udp_gso(self) -> bool:
+        return bool(self.io is not None and self.io.udp_gso)
+
+    @property
+    def udp_gro(self) -> bool:
+        return bool(self.io is not None and self.io.udp_gro)
+
+    @property
+    def tun_uso(self) -> bool:
+        return bool(self.io is not None and self.io.tun_uso)
+
+    # -- lookups for the batch path (batched.py) ---------------------------------
+    def route_to(self, dst: int) -> PeerRoute | None:
+        """The peer whose subnet holds inner destination dst (an int)."""
+        return self._routes.lookup(dst)
+
+    def route_of(self, wg: wgengine.Peer) -> PeerRoute | None:
+        return self._by_wg.get(wg)
+
+    @property
+    def local(self) -> tuple[int, int]:
+        """Our subnet as (network, mask) ints: where received packets may go."""
+        return self._local
+
     # -- one packet each way ------------------------------------------------
     def outgoing(self, packet: bytes, now: float) -> list[Datagram]:
         """An IP packet read from the TUN -> the datagrams to send (none
@@ -355,6 +403,13 @@ class WgPlane:
                 c[_ACCEPTED.get(verdict, f"rx_drop_{verdict}")] = e[verdict]
         for event in wgengine.EVENT_COUNTERS:
             c[_TX_DROPS.get(event, f"wg_{event}")] = e[event]
+        for name in _IO_COUNTERS.values():
+            c.setdefault(name, 0)
+        if self.io is not None:
+            io = dict(zip(WGIO_COUNTERS, self.io.counters()))
+            for name, value in io.items():
+                c[_IO_COUNTERS[name]] += value
+            c["rx_packets"] -= io["rx_write_error"]     # handed to the TUN, not written
         return c
 
     def peer_status(self) -> list[dict]:
@@ -413,3 +468,5 @@ class WgPlane:
             self.engine.remove_peer(route.wg.public_key)
         self._table, self._by_key, self._by_wg = [], {}, {}
         self._routes = Routes()
+        if self.io is not None:
+            self.io.close()

@@ -1,11 +1,12 @@
 """WgRunner: drives a WgPlane on the event loop.
 
-- TUN readable: read packets (plain reads, no vnet header: the TUN is
-  opened without offloads for this backend), at most BATCH per wakeup so
-  the other direction and the timers get their turn; each goes through
-  plane.outgoing() and its datagrams are sent at once.
-- socket readable: the same with recvfrom() and plane.incoming(); accepted
-  packets are written to the TUN.
+- With a WgIo (the daemon's case): each readable callback runs the batch
+  path (batched.py) for at most MAX_ROUNDS rounds, so the other direction
+  and the timers get their turn: TUN super-packets split, sealed and sent
+  as UDP GSO messages; GRO receives opened and coalesced into TUN writes.
+- Without one (tests of the plane itself): one packet at a time, at most
+  BATCH per wakeup: plane.outgoing() / plane.incoming(), plain TUN reads
+  and writes.
 - the engine's timer: one loop timer at the engine's next deadline, moved
   earlier when a packet armed an earlier one, re-armed after every tick.
 
@@ -24,13 +25,15 @@ import socket
 import time
 from typing import Callable
 
+from udpoverlay.wgplane.batched import Batches
 from udpoverlay.wgplane.plane import WgPlane
 
-__all__ = ["WgRunner", "BATCH", "MIN_TIMER"]
+__all__ = ["WgRunner", "BATCH", "MAX_ROUNDS", "MIN_TIMER"]
 
 log = logging.getLogger(__name__)
 
-BATCH = 64             # packets per wakeup and direction
+BATCH = 64             # packets per wakeup and direction (one at a time)
+MAX_ROUNDS = 4         # batch rounds per wakeup and direction (with a WgIo)
 MIN_TIMER = 0.005      # seconds: a deadline already past is retried no sooner than this
 MAX_DATAGRAM = 65535
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
@@ -40,12 +43,12 @@ class WgRunner:
     """start(loop) registers the readers and the timer; stop() undoes it
     (idempotent). `mode` is what status shows as the data plane."""
 
-    mode = "loop+read (wireguard)"
-
     def __init__(self, plane: WgPlane, tun_fd: int, sock: socket.socket,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, io=None) -> None:
         self.plane, self.tun_fd, self.sock = plane, tun_fd, sock
         self.clock = clock
+        self.batches = Batches(plane, io) if io is not None else None
+        self.mode = "loop+batch (wireguard)" if io is not None else "loop+read (wireguard)"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -81,6 +84,13 @@ class WgRunner:
                     log.debug("wireguard: send to %s failed: %s", addr, exc)
 
     def _from_tun(self) -> None:
+        if self.batches is not None:
+            for _ in range(MAX_ROUNDS):
+                self._send(self.batches.from_tun(self.tun_fd, self.sock.fileno(), self.clock()))
+                if not self.batches.io.more:
+                    break
+            self._arm()
+            return
         plane, fd = self.plane, self.tun_fd
         for _ in range(BATCH):
             try:
@@ -97,6 +107,13 @@ class WgRunner:
         self._arm()
 
     def _from_wire(self) -> None:
+        if self.batches is not None:
+            for _ in range(MAX_ROUNDS):
+                self._send(self.batches.from_wire(self.sock.fileno(), self.tun_fd, self.clock()))
+                if not self.batches.io.more:
+                    break
+            self._arm()
+            return
         plane, sock, fd = self.plane, self.sock, self.tun_fd
         for _ in range(BATCH):
             try:

@@ -81,6 +81,12 @@ class Peer:
     def set_allowed_ips(self, nets: Iterable) -> None:
         self.allowed_ips, self._v4, self._v6 = _networks(nets)
 
+    @property
+    def allowed_v4(self) -> list[tuple[int, int]]:
+        """The IPv4 allowed networks as (network, mask) ints (the data
+        plane's batch path checks inner sources against them)."""
+        return self._v4
+
     def allows_source(self, packet: bytes) -> bool:
         """Cryptokey routing, inbound: the inner source lies in our allowed
         networks (packet already known to be a whole IPv4/IPv6 packet)."""
