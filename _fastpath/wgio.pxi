@@ -283,18 +283,20 @@ cdef class WgIo:
 
     # -- TX ------------------------------------------------------------------------
     def read_tun(self, int tun_fd):
-        self._alloc()
-        self._enter(False)
-        with nogil:
-            self._read_tun(tun_fd)
-        self.busy_tx = 0
         cdef Py_ssize_t k
         cdef wggroup_t *g
-        out = []
-        for k in range(self.n_tx_groups):
-            g = &self.tx_groups[k]
-            out.append((g.key, g.first, g.count, g.value))
-        return out
+        self._alloc()
+        self._enter(False)
+        try:
+            with nogil:
+                self._read_tun(tun_fd)
+            out = []
+            for k in range(self.n_tx_groups):
+                g = &self.tx_groups[k]
+                out.append((g.key, g.first, g.count, g.value))
+            return out
+        finally:
+            self.busy_tx = 0
 
     cdef void _read_tun(self, int fd) noexcept nogil:
         cdef int reads = 0, nseg, i, stride = 0, last = 0
@@ -463,23 +465,25 @@ cdef class WgIo:
         cdef Py_ssize_t k
         self._alloc()
         self._enter(True)
-        with nogil:
-            err = self._recv(sock_fd)
-        self.busy_rx = 0
-        if err:
-            raise MemoryError()
-        out = []
-        src = None
-        for k in range(self.n_rx_groups):
-            g = &self.rx_groups[k]
-            r = &self.recs[g.first]
-            if src is None or r.ip != ip or r.port != port:
-                ip, port = r.ip, r.port
-                snprintf(host, 16, "%u.%u.%u.%u", ip >> 24, (ip >> 16) & 255, (ip >> 8) & 255,
-                         ip & 255)
-                src = (host.decode("ascii"), port)
-            out.append((g.key, g.first, g.count, src, g.value))
-        return out
+        try:
+            with nogil:
+                err = self._recv(sock_fd)
+            if err:
+                raise MemoryError()
+            out = []
+            src = None
+            for k in range(self.n_rx_groups):
+                g = &self.rx_groups[k]
+                r = &self.recs[g.first]
+                if src is None or r.ip != ip or r.port != port:
+                    ip, port = r.ip, r.port
+                    snprintf(host, 16, "%u.%u.%u.%u", ip >> 24, (ip >> 16) & 255,
+                             (ip >> 8) & 255, ip & 255)
+                    src = (host.decode("ascii"), port)
+                out.append((g.key, g.first, g.count, src, g.value))
+            return out
+        finally:
+            self.busy_rx = 0
 
     cdef int _recv(self, int fd) noexcept nogil:
         """recvmmsg until EAGAIN or BATCH messages, cut GRO buffers into

@@ -417,6 +417,57 @@ def test_tx_gso_refused_falls_back_to_plain_sends(bed):
     assert res[0][3] is False and c["tx_gso_messages"] == 0 and c["tx_send_error"] == 0
 
 
+def full_buffer_run(twin) -> tuple:
+    """In a namespace of its own whose lo drains at 8 kbit/s (a token
+    bucket) behind a small send buffer: 60 segments sealed and sent."""
+    netns = "uowgio-" + secrets.token_hex(3)
+    subprocess.run(["ip", "netns", "add", netns], check=True, timeout=30)
+    try:
+        ip(netns, "link", "set", "lo", "up")
+        ip(netns, "addr", "add", f"{ME}/32", "dev", "lo")
+        subprocess.run(["ip", "netns", "exec", netns, "tc", "qdisc", "add", "dev", "lo", "root",
+                        "tbf", "rate", "8kbit", "burst", "1600", "limit", "1000000"],
+                       check=True, timeout=30)
+
+        def sockets() -> tuple[socket.socket, socket.socket]:
+            rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            rx.bind((ME, 0))
+            tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+            tx.bind((ME, 0))
+            tx.setblocking(False)
+            return rx, tx
+        rx, tx = in_netns(netns, sockets)
+        try:
+            with pair_tun() as (app, dev):
+                for i in range(60):
+                    app.send(bytes(g.udp("198.19.1.5", "198.19.2.5", 1, 2, BODY[i:i + 1000])))
+                io = twin.WgIo(False, False, False, False, 1500)
+                n = sum(gr[2] for gr in io.read_tun(dev.fileno()))
+                started = time.monotonic()
+                sent = io.seal_send(0, n, twin.WgKey(KEY_A), RECV_A, 0, 0, tx.fileno(),
+                                    rx.getsockname())
+                return n, sent, io.counters(), time.monotonic() - started
+        finally:
+            rx.close()
+            tx.close()
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=False, timeout=30)
+
+
+def test_tx_full_socket_buffer_same_waits_and_drops(bed):
+    """After the first datagrams every send finds the buffer full: both
+    twins wait MAX_WAITS times WAIT_MS in a seal_send, then count the rest
+    as tx_send_error, alike."""
+    py, cy = (full_buffer_run(t) for t in both())
+    assert py[:3] == cy[:3]
+    c = dict(zip(ref.WGIO_COUNTERS, py[2]))
+    assert py[0] == 60 and 30 < c["tx_send_error"] < 60, c
+    waits = wire.MAX_WAITS * wire.WAIT_MS / 1000
+    for run in (py, cy):
+        assert waits * 0.9 <= run[3] < waits + 1.0, (py, cy)
+
+
 def test_seal_send_argument_errors_identical(bed):
     """A caller's mistakes raise the same exceptions, before anything is
     sealed (the segments stay unspent)."""
@@ -455,6 +506,29 @@ def test_seal_send_argument_errors_identical(bed):
             io.seal_send(0, 1, closed, 1, 0, 0, fd, (PEER_A, 1))
         out.append((errors, [io.packet(i) for i in range(n)], io.counters()))
     same(out[0], out[1])
+
+
+def test_set_mtu_keeps_the_segments_read(bed):
+    """A larger MTU between read_tun and seal_send (the compiled twin's
+    slots grow): the same packets and datagrams; closed and used again."""
+    py, cy = both()
+    out = []
+    for t in (py, cy):
+        io = t.WgIo(True, False, False, False, 1400)
+        inject(bed, kernel_traffic("wv0"))()
+        groups = io.read_tun(bed.fd("wv0"))
+        n = sum(gr[2] for gr in groups)
+        before = [io.packet(i) for i in range(n)]
+        io.set_mtu(9000)
+        res = (groups, before == [io.packet(i) for i in range(n)], io.mtu,
+               io.seal_send(0, n, t.WgKey(KEY_A), RECV_A, 0, 0, bed.me.fileno(),
+                            (PEER_A, bed.addr[PEER_A][1])),
+               captured(bed.a, bed.me))
+        io.close()
+        inject(bed, kernel_traffic("wv0")[:4])()
+        out.append((res, io.read_tun(bed.fd("wv0")), io.counters()))
+    same(out[0], out[1])
+    assert out[0][0][1] and out[0][0][4]
 
 
 def test_compiled_twin_takes_only_a_compiled_key(bed):

@@ -68,13 +68,12 @@ Rules both twins keep:
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import struct
 
 from udpoverlay.dataplane._py.offload import Coalescer, Packer, parse_vnet, split
-from udpoverlay.dataplane._py.outgoing import retry_send
+from udpoverlay.dataplane._py.outgoing import send_packed, socket_for
 from udpoverlay.dataplane.wgwire import (
     WG_BAD_TAG,
     WG_HEADER,
@@ -99,7 +98,6 @@ from udpoverlay.dataplane.wire import (
     SLOT,
     SOL_UDP,
     UDP_GRO,
-    UDP_SEGMENT,
     VNET_HDR_LEN,
 )
 
@@ -151,11 +149,7 @@ class WgIo:
         return tuple(self._c)
 
     def _sock(self, fd: int) -> socket.socket:
-        s = self._socks.get(fd)
-        if s is None:
-            s = self._socks[fd] = socket.socket(fileno=os.dup(fd))
-            s.setblocking(False)
-        return s
+        return socket_for(self._socks, fd)
 
     def close(self) -> None:
         for s in self._socks.values():
@@ -257,40 +251,16 @@ class WgIo:
         return sum(len(d) for d in datagrams)
 
     def _send(self, sock, addr: tuple, datagrams: list[bytes]) -> None:
-        """udp mode's send rule (outgoing.py's _send_group and _send_plain)."""
+        """Packed as udp mode packs (Packer), sent by its send rule."""
         packer = Packer(self.udp_gso)
         for d in datagrams:
             packer.add(0, addr, d)
-        waits = [0]
-        for _s, _dst, gso, payload, nseg in packer.take():
-            anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", gso))] if nseg > 1 else []
-            while True:
-                try:
-                    sock.sendmsg([payload], anc, 0, addr)
-                    if nseg > 1:
-                        self._c[7] += 1
-                except OSError as exc:
-                    if retry_send(sock, exc, waits):
-                        continue
-                    if nseg > 1 and exc.errno in (errno.EIO, errno.EINVAL):
-                        self.udp_gso = False        # refused here: plain sends from now on
-                        self._send_plain(sock, addr, payload, gso)
-                    else:
-                        self._c[5] += nseg
-                break
-
-    def _send_plain(self, sock, addr: tuple, payload: bytes, gso: int) -> None:
-        """A refused GSO message's datagrams one by one (waits: per message)."""
-        waits = [0]
-        for k in range(0, len(payload), gso):
-            while True:
-                try:
-                    sock.sendto(payload[k:k + gso], addr)
-                except OSError as exc:
-                    if retry_send(sock, exc, waits):
-                        continue
-                    self._c[5] += 1
-                break
+        sent, lost, refused = send_packed(sock, [(addr, gso, payload, nseg)
+                                                 for _s, _a, gso, payload, nseg in packer.take()])
+        self._c[7] += sent
+        self._c[5] += lost
+        if refused:
+            self.udp_gso = False        # plain sends from now on
 
     # -- RX ------------------------------------------------------------------------
     def recv(self, sock_fd: int) -> list[tuple]:
