@@ -275,7 +275,7 @@ cdef class WgIo:
                 self.co.csum_bad)
 
     def close(self):
-        """Free the arenas (about 6 MB at MTU 1500) and forget the segments
+        """Free the arenas (about 7 MB at MTU 1500) and forget the segments
         and datagrams; a later call allocates them again."""
         if self.busy_tx or self.busy_rx:
             raise RuntimeError("WgIo.close() while another thread uses it")
