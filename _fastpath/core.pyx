@@ -12,6 +12,8 @@ udpoverlay/dataplane/_py file for file:
     outgoing.pxi  TUN -> wire (tx_t)
     incoming.pxi  wire -> TUN (rx_t)
     wgcrypto.pxi  WireGuard transport AEAD over batches (WgKey, libcrypto EVP)
+    wgio.pxi      the WireGuard plane's batched I/O (WgIo: split, seal, GSO send;
+                  GRO receive, open, check, coalesced TUN writes)
     testing.pxi   test-only entry points, nothing else calls them
 
 Same int-based API, verdicts, counters and bytes as the reference; the
@@ -79,6 +81,7 @@ include "offload.pxi"
 include "outgoing.pxi"
 include "incoming.pxi"
 include "wgcrypto.pxi"
+include "wgio.pxi"
 
 IMPLEMENTATION = "cython"
 from udpoverlay.dataplane.wire import IO_MODES, PEER_SPEC_FORMAT   # shared with the reference

@@ -36,11 +36,14 @@ cdef bint complete_csum(uint8_t *pkt, Py_ssize_t n, int start, int offset) noexc
 
 
 cdef int split_c(const uint8_t *pkt, Py_ssize_t n, int gso_type, int gso_size,
-                 uint8_t *out, int room, int *stride, int *last) noexcept nogil:
+                 uint8_t *out, int room, int *stride, int *last,
+                 int slot=0) noexcept nogil:
     """Segments of super-packet pkt, written at out one after another, each
     after `room` bytes left free for the outer header. Returns their number
     (stride[0] = bytes per full segment incl. room, last[0] = the last one's)
-    or -1 if the vnet header does not fit the packet."""
+    or -1 if the vnet header does not fit the packet. slot > 0: where a full
+    segment and its room fit in slot bytes, segments go a slot apart
+    (stride[0] = slot; WgIo's fixed slots); else as without it."""
     cdef int gt = gso_type & 0x7F
     cdef int ihl = (pkt[0] & 0x0F) * 4
     cdef int l4, hlen, payload, nseg, i, chunk, total, at
@@ -48,6 +51,8 @@ cdef int split_c(const uint8_t *pkt, Py_ssize_t n, int gso_type, int gso_size,
     cdef uint16_t ident, c
     cdef uint8_t proto = pkt[9]
     cdef uint8_t *s
+    if ihl < 20:
+        return -1
     if gt == GSO_TCPV4:
         if proto != 6 or n < ihl + 20:
             return -1
@@ -72,6 +77,8 @@ cdef int split_c(const uint8_t *pkt, Py_ssize_t n, int gso_type, int gso_size,
     ident = (pkt[4] << 8) | pkt[5]
     seq = be32(&pkt[ihl + 4])
     stride[0] = room + hlen + gso_size
+    if 0 < stride[0] <= slot:
+        stride[0] = slot
     for i in range(nseg):
         chunk = gso_size if i < nseg - 1 else payload - i * gso_size
         s = out + <size_t>i * stride[0] + room

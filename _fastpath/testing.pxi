@@ -225,7 +225,11 @@ _WG = dict(
     WG_MALFORMED=WG_MALFORMED, WG_BAD_TAG=WG_BAD_TAG, WG_N_VERDICTS=WG_N_VERDICTS,
     WG_MAX_COUNTER=0xFFFFFFFFFFFFFFFF, WG_MAX_RECEIVER=0xFFFFFFFF)
 
+# wgio.pxi's enums as compiled, for the test that they equal _py/wgio.py's.
+_WGIO = dict(TX_SEGMENTS=TX_SEGMENTS, OPEN_BAD_TAG=OPEN_BAD_TAG, OPEN_MALFORMED=OPEN_MALFORMED,
+             KIND_OTHER=KIND_OTHER, KIND_TRANSPORT=KIND_TRANSPORT)
+
 testing = _types.SimpleNamespace(
     outbound=_outbound, inbound=_inbound, outbound_batch=_outbound_batch,
     inbound_batch=_inbound_batch, flow_hash=_flow_hash, checksum=_checksum, WIRE=_WIRE,
-    wg_aead=_wg_aead, WG=_WG)
+    wg_aead=_wg_aead, WG=_WG, WGIO=_WGIO)

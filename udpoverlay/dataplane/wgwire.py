@@ -10,6 +10,9 @@ TRANSPORT_HEADER_SIZE; this layer may not import that one).
 
 from __future__ import annotations
 
+import operator
+import socket
+
 # -- a type-4 datagram: header | ciphertext of the padded packet | tag ---------
 WG_HEADER = 16          # 04 00 00 00 | receiver u32 LE | counter u64 LE
 WG_TAG = 16             # Poly1305
@@ -107,3 +110,51 @@ def verdict_view(verdicts: object, count: int) -> memoryview:
     if count > len(v):
         raise ValueError("count must be in 0..len(verdicts)")
     return v
+
+
+# -- WgIo's argument checks (dataplane/_py/wgio.py, _fastpath/wgio.pxi) -------------
+def check_tun_mtu(mtu: object) -> int:
+    """A TUN MTU for WgIo (the longest plain segment it takes): 0 is 1500."""
+    mtu = operator.index(mtu)       # type: ignore[arg-type]
+    if not 0 <= mtu <= WG_MAX_PACKET:
+        raise ValueError(f"mtu {mtu}: 0 to {WG_MAX_PACKET}")
+    return mtu or 1500
+
+
+def check_range(first: object, count: object, n: int, what: str) -> None:
+    """first .. first+count-1 are indexes of n segments or datagrams."""
+    if not isinstance(first, int) or not isinstance(count, int):
+        raise TypeError("first and count must be ints")
+    if not 0 <= first <= first + count <= n:
+        raise IndexError(f"{what} out of range")
+
+
+def check_index(i: object, n: int, what: str) -> None:
+    if not isinstance(i, int):
+        raise TypeError(f"a {what} index must be an int")
+    if not 0 <= i < n:
+        raise IndexError(f"{what} {i} out of range")
+
+
+def check_u32(value: object, name: str) -> int:
+    if not isinstance(value, int) or not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"{name} must be an int in 0..2**32-1")
+    return value
+
+
+def check_nets(allowed: object) -> list[tuple[int, int]]:
+    """[(net, mask)], each an IPv4 address as an int (an allowed-IPs list)."""
+    return [(check_u32(n, "a net"), check_u32(m, "a mask"))
+            for n, m in allowed]       # type: ignore[attr-defined]
+
+
+def check_addr(addr: object) -> tuple[int, int]:
+    """A destination (host, port) as (address as an int, port): host an
+    IPv4 address as socket.inet_aton reads it (OSError otherwise)."""
+    host: str
+    port: object
+    host, port = addr       # type: ignore[misc]
+    ip = int.from_bytes(socket.inet_aton(host), "big")
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError("port must be an int in 0..65535")
+    return ip, port

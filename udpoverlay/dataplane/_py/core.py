@@ -29,7 +29,7 @@ from udpoverlay.dataplane._py import testing
 from udpoverlay.dataplane._py.frames import BROADCAST, arp_body, vxlan_hdr
 from udpoverlay.dataplane._py.incoming import Incoming
 from udpoverlay.dataplane._py.offload import Coalescer
-from udpoverlay.dataplane._py.outgoing import Outgoing
+from udpoverlay.dataplane._py.outgoing import Outgoing, socket_for
 from udpoverlay.dataplane._py.routes import Table, mask, unpack_specs
 from udpoverlay.dataplane.wire import IO_MODES, MAX_QUEUES, MAX_ROUNDS, MAX_TX_FDS, MODE_UDP, N_VERDICTS
 
@@ -116,12 +116,7 @@ class Core(Outgoing, Incoming):
         return self._gso
 
     def _sock(self, fd: int) -> socket.socket:
-        """A socket object for fd (a dup: closing it leaves fd open)."""
-        s = self._socks.get(fd)
-        if s is None:
-            s = self._socks[fd] = socket.socket(fileno=os.dup(fd))
-            s.setblocking(False)
-        return s
+        return socket_for(self._socks, fd)
 
     # -- the table -------------------------------------------------------------
     def set_peers(self, specs) -> None:

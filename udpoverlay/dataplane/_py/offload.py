@@ -92,7 +92,9 @@ def complete_csum(pkt: bytearray, start: int, offset: int) -> bool:
 
 def split(pkt: bytearray, vnet: tuple):
     """Segments (bytes) of a valid IPv4 packet read with vnet header `vnet`,
-    or None if the vnet header does not fit the packet (BAD_GSO)."""
+    or None if the vnet header does not fit the packet (BAD_GSO; also a GSO
+    packet whose IHL is below 5, which only WgIo, checking no more than the
+    version, can hand over)."""
     flags, gso_type, _hl, gso_size, cstart, coff = vnet
     gt = gso_type & ~GSO_ECN
     if gt == GSO_NONE:
@@ -101,6 +103,8 @@ def split(pkt: bytearray, vnet: tuple):
         return [bytes(pkt)]
     n = len(pkt)
     ihl = (pkt[0] & 0x0F) * 4
+    if ihl < 20:
+        return None
     if gt == GSO_TCPV4:
         if pkt[9] != 6 or n < ihl + 20:
             return None

@@ -24,6 +24,7 @@ import errno
 import ipaddress
 import os
 import select
+import socket
 import struct
 
 from udpoverlay.dataplane._py.checksum import checksum
@@ -56,6 +57,16 @@ from udpoverlay.dataplane.wire import (
 # _tx_c fields
 PACKETS, BYTES, ICMP_SENT, SUPER_PACKETS, GSO_MESSAGES = range(5)
 _ZERO_VNET = pack_vnet()
+
+
+def socket_for(socks: dict, fd: int) -> socket.socket:
+    """A socket object for fd, kept in socks (a non-blocking dup: closing
+    it leaves fd open)."""
+    s = socks.get(fd)
+    if s is None:
+        s = socks[fd] = socket.socket(fileno=os.dup(fd))
+        s.setblocking(False)
+    return s
 
 
 def retry_send(sock, exc: OSError, waits: list) -> bool:
@@ -260,37 +271,57 @@ class Outgoing:
                 self._send_group(self._sock(fd), group)
 
     def _send_group(self, sock, msgs: list) -> None:
-        waits = [0]
-        for _s, (ip, port), gso, payload, nseg in msgs:
-            addr = (str(ipaddress.IPv4Address(ip)), port)
-            anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", gso))] if nseg > 1 else []
-            while True:
-                try:
-                    sock.sendmsg([payload], anc, 0, addr)
-                    if nseg > 1:
-                        self._tx_c[GSO_MESSAGES] += 1
-                except OSError as exc:
-                    if retry_send(sock, exc, waits):
-                        continue
-                    if nseg > 1 and exc.errno in (errno.EIO, errno.EINVAL):
-                        # The kernel refuses UDP_SEGMENT here (no checksum
-                        # offload on the route's device): send this one
-                        # plainly, stop using it.
-                        self._gso = False
-                        self._send_plain(sock, addr, payload, gso)
-                    else:
-                        self._tx_v[TX_ERROR] += nseg
-                break
+        sent, lost, refused = send_packed(
+            sock, [((str(ipaddress.IPv4Address(ip)), port), gso, payload, nseg)
+                   for _s, (ip, port), gso, payload, nseg in msgs])
+        self._tx_c[GSO_MESSAGES] += sent
+        self._tx_v[TX_ERROR] += lost
+        if refused:
+            self._gso = False
 
-    def _send_plain(self, sock, addr: tuple, payload: bytes, gso: int) -> None:
-        """A GSO message's segments one by one (waits: per message)."""
-        waits = [0]
-        for i in range(0, len(payload), gso):
-            while True:
-                try:
-                    sock.sendto(payload[i:i + gso], addr)
-                except OSError as exc:
-                    if retry_send(sock, exc, waits):
-                        continue
-                    self._tx_v[TX_ERROR] += 1
-                break
+
+def send_packed(sock, msgs: list) -> tuple[int, int, bool]:
+    """Send one socket's packed messages [((host, port), gso_size, payload,
+    n_segments)], in order, by the send rule (module notes; WgIo's too):
+    (UDP_SEGMENT messages the kernel took, datagrams lost, whether the
+    kernel refused UDP_SEGMENT)."""
+    waits = [0]
+    sent = lost = 0
+    refused = False
+    for addr, gso, payload, nseg in msgs:
+        anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", gso))] if nseg > 1 else []
+        while True:
+            try:
+                sock.sendmsg([payload], anc, 0, addr)
+                if nseg > 1:
+                    sent += 1
+            except OSError as exc:
+                if retry_send(sock, exc, waits):
+                    continue
+                if nseg > 1 and exc.errno in (errno.EIO, errno.EINVAL):
+                    # The kernel refuses UDP_SEGMENT here (no checksum
+                    # offload on the route's device): send this one
+                    # plainly, stop using it.
+                    refused = True
+                    lost += _send_plain(sock, addr, payload, gso)
+                else:
+                    lost += nseg
+            break
+    return sent, lost, refused
+
+
+def _send_plain(sock, addr: tuple, payload: bytes, gso: int) -> int:
+    """A GSO message's segments one by one (waits: per message); how many
+    were lost."""
+    waits = [0]
+    lost = 0
+    for i in range(0, len(payload), gso):
+        while True:
+            try:
+                sock.sendto(payload[i:i + gso], addr)
+            except OSError as exc:
+                if retry_send(sock, exc, waits):
+                    continue
+                lost += 1
+            break
+    return lost

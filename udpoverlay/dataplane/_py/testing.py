@@ -12,17 +12,21 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from udpoverlay.dataplane import wgwire, wire
+from udpoverlay.dataplane._py import wgio
 from udpoverlay.dataplane._py.checksum import checksum
 from udpoverlay.dataplane._py.frames import flow_hash
 from udpoverlay.dataplane._py.offload import Packer
 
 __all__ = ["outbound", "inbound", "outbound_batch", "inbound_batch", "flow_hash",
-           "checksum", "WIRE", "wg_aead", "WG"]
+           "checksum", "WIRE", "wg_aead", "WG", "WGIO"]
 
 # wire.py's constants, for the test that the compiled twin's equal them.
 WIRE = {k: v for k, v in vars(wire).items() if k.isupper() and isinstance(v, int)}
 # wgwire.py's constants, for the same test of the compiled twin's WG enums.
 WG = {k: v for k, v in vars(wgwire).items() if k.isupper() and isinstance(v, int)}
+# WgIo's int constants, for the same test of the compiled twin's enums.
+WGIO = {k: getattr(wgio, k) for k in ("TX_SEGMENTS", "OPEN_BAD_TAG", "OPEN_MALFORMED",
+                                      "KIND_OTHER", "KIND_TRANSPORT")}
 
 
 def outbound(core, packet: bytes):

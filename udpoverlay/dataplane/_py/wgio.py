@@ -50,18 +50,46 @@ Rules both twins keep:
 - write_tun(): with a vnet header taken packets go through udp mode's
   Coalescer (checksums verified before merging), else one write each; a
   failed write counts its packets (rx_write_error).
+- Buffers are the twin's and work in place (the compiled twin seals and
+  opens in its slots, no copy), so each use spends them: seal_send spends
+  its segments (packet(i) of a sealed one, or sealing it again, raises
+  ValueError); open() spends its datagrams, whatever the verdict
+  (datagram(i) or another open() of one raises ValueError); accept()
+  takes an opened datagram once (a second accept() counts it no more than
+  a dropped one). read_tun starts the segments afresh, recv the
+  datagrams (and drops what accept() took and write_tun did not write).
+- Arguments are checked once per call, before anything is sealed, opened
+  or sent, by wgwire.py's checks (the same exceptions and words in both
+  twins): ranges and indexes (IndexError, no negative indexes), the
+  destination (host, port) (OSError where socket.inet_aton refuses the
+  host), the receiver, counters and MTU of a seal, the allowed nets and
+  local network of accept() (ints in 0..2**32-1).
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import struct
 
 from udpoverlay.dataplane._py.offload import Coalescer, Packer, parse_vnet, split
-from udpoverlay.dataplane._py.outgoing import retry_send
-from udpoverlay.dataplane.wgwire import WG_BAD_TAG, WG_HEADER, WG_MALFORMED, WG_OK, WG_OVERHEAD
+from udpoverlay.dataplane._py.outgoing import send_packed, socket_for
+from udpoverlay.dataplane.wgwire import (
+    WG_BAD_TAG,
+    WG_HEADER,
+    WG_MALFORMED,
+    WG_OK,
+    WG_OVERHEAD,
+    check_addr,
+    check_counters,
+    check_index,
+    check_mtu,
+    check_nets,
+    check_range,
+    check_receiver,
+    check_tun_mtu,
+    check_u32,
+)
 from udpoverlay.dataplane.wire import (
     BATCH,
     GSO_ECN,
@@ -70,7 +98,6 @@ from udpoverlay.dataplane.wire import (
     SLOT,
     SOL_UDP,
     UDP_GRO,
-    UDP_SEGMENT,
     VNET_HDR_LEN,
 )
 
@@ -103,37 +130,33 @@ class WgIo:
                  mtu: int) -> None:
         self.vnet_hdr, self.udp_gso, self.udp_gro = bool(vnet_hdr), bool(udp_gso), bool(udp_gro)
         self.tun_uso = bool(tun_uso)
-        self.mtu = 0
-        self.set_mtu(mtu)
+        self.mtu = check_tun_mtu(mtu)
         self.more = False
         self._tx: list[bytearray] = []      # plain segments (a WG_HEADER hole in front)
+        self._sealed = bytearray()          # per segment: spent by seal_send
         self._rx: list[bytes] = []          # received datagrams
-        self._rx_out: list[bytearray | None] = []   # opened plaintexts, None = not opened/dropped
+        self._opened = bytearray()          # per datagram: spent by open()
+        self._rx_out: list[bytearray | None] = []   # opened plaintexts, None = not opened/dropped/taken
         self._taken: list[bytes] = []       # accepted packets for the TUN, in order
         self._c = [0] * len(WGIO_COUNTERS)
         self._socks: dict[int, socket.socket] = {}
 
     def set_mtu(self, mtu: int) -> None:
         """The TUN's MTU: the longest plain segment taken (0: 1500)."""
-        if not 0 <= mtu <= 65535 - WG_OVERHEAD:
-            raise ValueError(f"mtu {mtu}: 0 to {65535 - WG_OVERHEAD}")
-        self.mtu = mtu or 1500
+        self.mtu = check_tun_mtu(mtu)
 
     def counters(self) -> tuple:
         return tuple(self._c)
 
     def _sock(self, fd: int) -> socket.socket:
-        s = self._socks.get(fd)
-        if s is None:
-            s = self._socks[fd] = socket.socket(fileno=os.dup(fd))
-            s.setblocking(False)
-        return s
+        return socket_for(self._socks, fd)
 
     def close(self) -> None:
         for s in self._socks.values():
             s.close()
         self._socks = {}
         self._tx, self._rx, self._rx_out, self._taken = [], [], [], []
+        self._sealed, self._opened = bytearray(), bytearray()
 
     # -- TX ------------------------------------------------------------------------
     def read_tun(self, tun_fd: int) -> list[tuple[int, int, int, int]]:
@@ -182,6 +205,7 @@ class WgIo:
                     c[3] += 1
                 else:
                     self._tx.append(bytearray(WG_HEADER) + seg)
+        self._sealed = bytearray(len(self._tx))
         return self._groups()
 
     def _groups(self) -> list[tuple[int, int, int, int]]:
@@ -197,14 +221,22 @@ class WgIo:
         return [tuple(g) for g in groups]   # type: ignore[misc]
 
     def packet(self, i: int) -> bytes:
+        check_index(i, len(self._tx), "segment")
+        if self._sealed[i]:
+            raise ValueError(f"segment {i} was sealed")
         return bytes(self._tx[i][WG_HEADER:])
 
     def seal_send(self, first: int, count: int, key, receiver: int, counter: int, mtu: int,
                   sock_fd: int, addr: tuple) -> int:
-        if not 0 <= first <= first + count <= len(self._tx):
-            raise IndexError("segments out of range")
-        host, port = addr
-        socket.inet_aton(host)      # an IPv4 address, or OSError
+        check_range(first, count, len(self._tx), "segments")
+        for i in range(first, first + count):
+            if self._sealed[i]:
+                raise ValueError(f"segment {i} was already sealed")
+        ip, port = check_addr(addr)
+        check_receiver(receiver)
+        check_mtu(mtu)
+        check_counters(counter, count)
+        sock = self._sock(sock_fd)
         datagrams = []
         for j in range(count):
             seg = self._tx[first + j]
@@ -212,42 +244,23 @@ class WgIo:
             buf = seg + bytes(WG_OVERHEAD)      # room for padding and the tag
             lengths = memoryview(bytearray(_U32.pack(size))).cast("I")
             key.seal_slots(buf, lengths, 1, len(buf), receiver, counter + j, mtu)
+            self._sealed[first + j] = 1         # spent (the compiled twin seals in place)
             datagrams.append(bytes(buf[:lengths[0]]))
-        self._send(self._sock(sock_fd), (host, int(port)), datagrams)
+        self._send(sock, (socket.inet_ntoa(ip.to_bytes(4, "big")), port),
+                   datagrams)
         return sum(len(d) for d in datagrams)
 
     def _send(self, sock, addr: tuple, datagrams: list[bytes]) -> None:
+        """Packed as udp mode packs (Packer), sent by its send rule."""
         packer = Packer(self.udp_gso)
         for d in datagrams:
             packer.add(0, addr, d)
-        waits = [0]
-        for _s, _dst, gso, payload, nseg in packer.take():
-            anc = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", gso))] if nseg > 1 else []
-            while True:
-                try:
-                    sock.sendmsg([payload], anc, 0, addr)
-                    if nseg > 1:
-                        self._c[7] += 1
-                except OSError as exc:
-                    if retry_send(sock, exc, waits):
-                        continue
-                    if nseg > 1 and exc.errno in (errno.EIO, errno.EINVAL):
-                        self.udp_gso = False        # refused here: plain sends from now on
-                        for k in range(0, len(payload), gso):
-                            self._send_one(sock, addr, payload[k:k + gso], waits)
-                    else:
-                        self._c[5] += nseg
-                break
-
-    def _send_one(self, sock, addr: tuple, d: bytes, waits: list) -> None:
-        while True:
-            try:
-                sock.sendto(d, addr)
-            except OSError as exc:
-                if retry_send(sock, exc, waits):
-                    continue
-                self._c[5] += 1
-            break
+        sent, lost, refused = send_packed(sock, [(addr, gso, payload, nseg)
+                                                 for _s, _a, gso, payload, nseg in packer.take()])
+        self._c[7] += sent
+        self._c[5] += lost
+        if refused:
+            self.udp_gso = False        # plain sends from now on
 
     # -- RX ------------------------------------------------------------------------
     def recv(self, sock_fd: int) -> list[tuple]:
@@ -277,6 +290,7 @@ class WgIo:
                 self._rx.append(data[k:k + step])
                 sources.append((addr[0], addr[1]))
         self._rx_out = [None] * len(self._rx)
+        self._opened = bytearray(len(self._rx))
         return self._rx_groups(sources)
 
     def _rx_groups(self, sources: list[tuple]) -> list[tuple]:
@@ -295,18 +309,24 @@ class WgIo:
         return [tuple(g) for g in groups]
 
     def datagram(self, i: int) -> bytes:
+        check_index(i, len(self._rx), "datagram")
+        if self._opened[i]:
+            raise ValueError(f"datagram {i} was opened")
         return bytes(self._rx[i])
 
     def open(self, first: int, count: int, key) -> list[int]:
-        if not 0 <= first <= first + count <= len(self._rx):
-            raise IndexError("datagrams out of range")
+        check_range(first, count, len(self._rx), "datagrams")
+        for i in range(first, first + count):
+            if self._opened[i]:
+                raise ValueError(f"datagram {i} was already opened")
         out = []
         for j in range(count):
             d = self._rx[first + j]
-            buf = bytearray(d)
+            buf = bytearray(d) + bytes(WG_OVERHEAD - min(len(d), WG_OVERHEAD))  # a slot's least
             lengths = memoryview(bytearray(_U32.pack(len(d)))).cast("I")
             verdicts = bytearray(1)
             key.open_slots(buf, lengths, verdicts, 1, len(buf))
+            self._opened[first + j] = 1
             if verdicts[0] == WG_OK:
                 self._rx_out[first + j] = buf[WG_HEADER:WG_HEADER + lengths[0]]
                 out.append(_U64.unpack_from(d, 8)[0])
@@ -316,18 +336,21 @@ class WgIo:
         return out
 
     def drop(self, i: int) -> None:
+        check_index(i, len(self._rx), "datagram")
         self._rx_out[i] = None
 
     def accept(self, first: int, count: int, allowed, local_net: int,
                local_mask: int) -> tuple:
-        if not 0 <= first <= first + count <= len(self._rx):
-            raise IndexError("datagrams out of range")
-        nets = [(int(n), int(m)) for n, m in allowed]
+        check_range(first, count, len(self._rx), "datagrams")
+        nets = check_nets(allowed)
+        check_u32(local_net, "local_net")
+        check_u32(local_mask, "local_mask")
         data = data_bytes = keepalive = malformed = wrong = not_local = wire = nonempty = 0
         for j in range(count):
             p = self._rx_out[first + j]
             if p is None:
                 continue
+            self._rx_out[first + j] = None          # taken once
             wire += len(self._rx[first + j])
             if not p:
                 keepalive += 1
