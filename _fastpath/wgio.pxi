@@ -732,7 +732,7 @@ cdef class WgIo:
         cdef coalescer_t *co = &self.co
         if self.vnet_hdr:
             co.udp = self.tun_uso
-            co.trusted = 0
+            co.trusted = 1         # the AEAD tag covered them (see the reference)
             co.mtu = self.mtu_c
         for k in range(self.n_taken):
             p = self.rx_arena + self.recs[self.taken[k]].off + WG_HEADER

@@ -14,11 +14,12 @@ integer so a compiled twin can mirror it word for word.
 
 from __future__ import annotations
 
-__all__ = ["BLOCK_BITS", "RING_BLOCKS", "WINDOW", "ReplayWindow"]
+__all__ = ["BLOCK_BITS", "RING_BLOCKS", "WINDOW", "RUN_MAX", "ReplayWindow"]
 
 BLOCK_BITS = 64
 RING_BLOCKS = 128
 WINDOW = (RING_BLOCKS - 1) * BLOCK_BITS  # 8128
+RUN_MAX = 64 * BLOCK_BITS  # accept_run(): the run's blocks never share a ring slot
 _RING_MASK = RING_BLOCKS - 1
 _BIT_MASK = BLOCK_BITS - 1
 
@@ -50,4 +51,23 @@ class ReplayWindow:
         if self._ring[slot] & bit:
             return False
         self._ring[slot] |= bit
+        return True
+
+    def accept_run(self, first: int, count: int, limit: int) -> bool:
+        """accept() of first .. first+count-1 at once, for the common case of
+        a batch in order: True (all remembered, as count accept() calls in
+        order would) when the whole run lies ahead of the greatest counter
+        so far, below limit, and spans at most RUN_MAX counters; False
+        (nothing changed) otherwise: then accept() each."""
+        last = first + count - 1
+        if count < 1 or count > RUN_MAX or first <= self.greatest or last >= limit:
+            return False
+        ring, top, end = self._ring, self.greatest >> 6, last >> 6
+        for i in range(top + 1, top + 1 + min(end - top, RING_BLOCKS)):
+            ring[i & _RING_MASK] = 0
+        for block in range(first >> 6, end + 1):
+            lo = max(first, block << 6) & _BIT_MASK
+            hi = min(last, (block << 6) | _BIT_MASK) & _BIT_MASK
+            ring[block & _RING_MASK] |= ((1 << (hi - lo + 1)) - 1) << lo
+        self.greatest = last
         return True

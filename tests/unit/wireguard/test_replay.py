@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from udpoverlay.wireguard.constants import REJECT_AFTER_MESSAGES as RAM
-from udpoverlay.wireguard.replay import WINDOW, ReplayWindow
+from udpoverlay.wireguard.replay import RUN_MAX, WINDOW, ReplayWindow
 
 T_LIM = WINDOW + 1
 
@@ -103,3 +103,42 @@ def test_against_set_model_random(counters):
     w, model = ReplayWindow(), Model()
     for c in counters:
         assert w.accept(c, RAM) == model.accept(c, RAM), c
+
+
+# accept_run(): runs of counters in order, mixed with single accepts, must
+# leave the window exactly as one accept() per counter does (its ring words
+# and greatest), and refuse (changing nothing) whatever is not ahead.
+_runs = st.lists(st.tuples(st.sampled_from([-WINDOW - 64, -70, -1, 0, 1, 63, 64, 130, 8192,
+                                            20000, 9000 * 64]),
+                           st.integers(0, RUN_MAX + 2), st.booleans()), max_size=120)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_runs, st.integers(0, 2**20))
+def test_accept_run_is_accept_in_order(runs, base):
+    fast, slow = ReplayWindow(), ReplayWindow()
+    point = base
+    for jump, count, single in runs:
+        first = max(0, point + jump)
+        if single:
+            assert fast.accept(first, RAM) == slow.accept(first, RAM)
+        else:
+            before = (fast.greatest, list(fast._ring))
+            if fast.accept_run(first, count, RAM):
+                assert count >= 1 and first > slow.greatest and count <= RUN_MAX
+                assert all(slow.accept(c, RAM) for c in range(first, first + count))
+            else:
+                assert (fast.greatest, fast._ring) == before        # nothing changed
+                assert (count < 1 or count > RUN_MAX or first <= slow.greatest
+                        or first + count > RAM)
+        assert (fast.greatest, fast._ring) == (slow.greatest, slow._ring)
+        point = max(point, fast.greatest)
+
+
+def test_accept_run_at_the_limit_and_from_zero():
+    w = ReplayWindow()
+    assert not w.accept_run(0, 10, RAM)     # 0 is not ahead of the initial greatest
+    assert w.accept(0, RAM) and w.accept_run(1, 100, RAM) and w.greatest == 100
+    assert not any(w.accept(c, RAM) for c in range(0, 101))
+    assert not w.accept_run(RAM - 5, 6, RAM) and w.accept_run(RAM - 5, 5, RAM)
+    assert not w.accept(RAM - 1, RAM)

@@ -48,7 +48,10 @@ Rules both twins keep:
   destination outside local -> not_local; else taken (truncated to its IP
   length) for the TUN. Counts: see ACCEPT_FIELDS.
 - write_tun(): with a vnet header taken packets go through udp mode's
-  Coalescer (checksums verified before merging), else one write each; a
+  Coalescer, trusted as udp mode trusts the outer UDP checksum (the
+  Poly1305 tag authenticated every byte: nothing changed in transit, which
+  is what a second pass verifying TCP/UDP checksums would look for), else
+  one write each; a
   failed write counts its packets (rx_write_error).
 - Buffers are the twin's and work in place (the compiled twin seals and
   opens in its slots, no copy), so each use spends them: seal_send spends
@@ -383,7 +386,7 @@ class WgIo:
         if not self.vnet_hdr:
             writes = [(p, 1) for p in taken]
         else:
-            co = Coalescer(self.tun_uso)
+            co = Coalescer(self.tun_uso, trusted=True)
             co.mtu = self.mtu
             for p in taken:
                 co.add(p)
