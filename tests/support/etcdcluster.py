@@ -87,20 +87,38 @@ class EtcdCluster:
                 "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn"]
 
     def start(self, timeout: float = 30.0) -> None:
-        for i, host in enumerate(self.hosts):
+        self.restart(*range(self.size), timeout=timeout)
+
+    def restart(self, *members: int, timeout: float = 30.0) -> int:
+        """Start the given members (again: a killed member comes back with its
+        data dir) and wait until the healthy members agree on a leader whom
+        every restarted member follows; that leader's index."""
+        for i in members:
             with open(self.log_path(i), "ab") as log:
-                self.procs[i] = self.lab.popen(host.netns, self._argv(i), stdout=log,
+                self.procs[i] = self.lab.popen(self.hosts[i].netns, self._argv(i), stdout=log,
                                                stderr=subprocess.STDOUT,
                                                stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            dead = [i for i, p in enumerate(self.procs) if p is not None and p.poll() is not None]
+            dead = [i for i in members if (p := self.procs[i]) is not None and p.poll() is not None]
             if dead:
                 raise RuntimeError(f"etcd m{dead[0] + 1} exited: {self.log_tail(dead[0])}")
-            if self.leader() is not None:
-                return
+            views = [self.status(i) for i in range(self.size)]
+            lead = self._agreed_leader(views)
+            if lead is not None and all(views[i] is not None for i in members):
+                return lead
             time.sleep(0.2)
-        raise RuntimeError(f"etcd cluster has no leader after {timeout}s: {self.log_tail(0)}")
+        raise RuntimeError(f"etcd cluster has no leader after {timeout}s: "
+                           f"{self.log_tail(members[0])}")
+
+    def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
+        """Member i dies (SIGKILL: no goodbye to peers or clients); by PID, reaped."""
+        proc = self.procs[i]
+        assert proc is not None and proc.poll() is None, f"m{i + 1} is not running"
+        self.lab.stop(proc, sig, timeout=5)
+
+    def running(self) -> list[int]:
+        return [i for i, p in enumerate(self.procs) if p is not None and p.poll() is None]
 
     def stop(self) -> None:
         """SIGTERM to every member at once, SIGKILL after 1.5 s (a member left
@@ -143,9 +161,9 @@ class EtcdCluster:
     # -- asking the cluster --------------------------------------------------
     def etcdctl(self, *args: str, endpoints: list[str] | None = None,
                 timeout: float = 10.0) -> str:
-        """etcdctl from the client host (default: the members not cut off)."""
+        """etcdctl from the client host (default: the members running, not cut off)."""
         if endpoints is None:
-            endpoints = [self.endpoint(i) for i in range(self.size) if i not in self.cut_members]
+            endpoints = [self.endpoint(i) for i in self.running() if i not in self.cut_members]
         argv = [ETCDCTL, f"--endpoints={','.join(endpoints)}", "--dial-timeout=2s",
                 "--command-timeout=4s", *args]
         done = subprocess.run(["ip", "netns", "exec", self.client.netns, *argv],
@@ -154,6 +172,20 @@ class EtcdCluster:
         if done.returncode != 0:
             raise RuntimeError(f"etcdctl {' '.join(args)} failed: {done.stderr.strip()}")
         return done.stdout
+
+    def put(self, key: str, value: str, timeout: float = 20.0) -> float:
+        """etcdctl put, tried again (bounded) while the members have no
+        leader; the seconds until it was written."""
+        t0 = time.monotonic()
+        for _ in range(int(timeout / 0.2) + 1):
+            try:
+                self.etcdctl("put", key, value)
+                return time.monotonic() - t0
+            except (RuntimeError, subprocess.TimeoutExpired):
+                if time.monotonic() - t0 >= timeout:
+                    raise
+                time.sleep(0.2)
+        raise RuntimeError(f"etcdctl put {key} failed for {timeout}s")
 
     def status(self, i: int) -> dict | None:
         """One member's own view (leader id 0 while it has none), or None."""
@@ -167,7 +199,11 @@ class EtcdCluster:
 
     def leader(self) -> int | None:
         """The index of the member the healthy members agree is leader, or None."""
-        views = [self.status(i) for i in range(self.size)]
+        return self._agreed_leader([self.status(i) for i in range(self.size)])
+
+    def _agreed_leader(self, views: list[dict | None]) -> int | None:
+        """From each member's view (None: no answer): the leader every member
+        that answers and is not cut off names (none naming "no leader")."""
         named = {v["leader"] for i, v in enumerate(views) if v and i not in self.cut_members}
         if len(named) != 1 or 0 in named:
             return None

@@ -15,7 +15,9 @@ Why a subclass of aetcd.Client (pinned to aetcd 1.0's attribute names):
   aetcd itself drops responses without events.
 - shut() closes the channel first (that cancels every call on it at once)
   and never waits on aetcd's watcher lock: a dropped connection must not
-  linger (one stayed open ~40 s until etcd closed it).
+  linger (one stayed open ~40 s until etcd closed it). The watch requests
+  are written by a task of ours that shut() cancels, so no task of the
+  watch stream outlives the connection.
 """
 
 from __future__ import annotations
@@ -42,23 +44,47 @@ class _Watcher(aetcd_watcher.Watcher):
         super().__init__(stub, timeout=timeout, metadata=metadata)
         self._on_response = on_response
         self._call = None
+        self._writer: asyncio.Task | None = None
 
     async def _handle_request(self, metadata) -> None:
         # aetcd 1.0's, keeping the stream call: only cancelling the call ends
         # the stream (a closed channel keeps a connection with a live stream).
+        # Our requests are written by a task of ours, not handed to gRPC as an
+        # iterator: gRPC's task reading that iterator outlives a call that
+        # failed before its metadata went out (cancel() leaves the task of a
+        # finished call alone), and shut()'s gc.collect() then freed it
+        # pending: asyncio's ERROR "Task was destroyed but it is pending!".
+        writer = None
         try:
-            self._call = call = self._watchstub.Watch(self._iter_request(), metadata=metadata)
+            self._call = call = self._watchstub.Watch(metadata=metadata)
+            self._writer = writer = asyncio.get_running_loop().create_task(
+                self._write_requests(call), name="udpoverlay-etcd-watch-requests")
             async for response in call:
                 if response is None:
                     break
                 await self._handle_response(response)
         except Exception as e:
             await self._terminate_stream(e)
+        finally:
+            if writer is not None:
+                writer.cancel()
+
+    async def _write_requests(self, call) -> None:
+        """aetcd's queued requests onto the stream, in order, until it ends."""
+        try:
+            async for request in self._iter_request():
+                await call.write(request)
+            await call.done_writing()
+        except Exception:  # noqa: BLE001 - as gRPC's own writer: the stream is over or
+            call.cancel()  # unusable, and its reader says why (a no-op on an ended call)
 
     def cancel_stream(self) -> None:
         call, self._call = self._call, None
         if call is not None:
             call.cancel()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.cancel()
 
     async def _handle_response(self, response) -> None:
         self._on_response()
