@@ -11,7 +11,8 @@ Layering: beside dataplane/ and cluster/; imports udpoverlay.errors only.
     transport  one data packet: pure (key, counter, bytes) functions
     session    a keypair and a peer's current/previous/next slots
     peer       per-peer state and timer rules
-    engine     the device: receive(), send(), tick()
+    transfer   the engine's transport half: data out and in, per packet or per run
+    engine     the device: receive(), send(), tick() (handshakes, cookies, timers)
 """
 
 from udpoverlay.wireguard.engine import RECEIVE_VERDICTS, Engine, PeerConfigError, Received, Tick
