@@ -194,8 +194,11 @@ class WgPlane:
                    keepalive=keepalive, owner_uid=owner_uid, **kw)
 
     def set_mtu(self, mtu: int) -> None:
-        """Padding never takes a packet past the TUN's MTU."""
+        """Padding never takes a packet past the TUN's MTU (the batch
+        path's slots follow it)."""
         self.engine.mtu = int(mtu)
+        if self.io is not None:
+            self.io.set_mtu(int(mtu))
 
     # -- peers -----------------------------------------------------------
     def _plan(self, p: Peer, old: PeerRoute | None) -> _Plan:

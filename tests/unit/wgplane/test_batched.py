@@ -191,3 +191,12 @@ def test_no_route_and_not_ipv4_never_leave(pair):
     assert out == [] and wire(b, 0.3) == []
     c = a.plane.counters()
     assert (c["tx_drop_no_route"], c["tx_drop_not_ipv4"], c["tx_drop_too_short"]) == (1, 1, 1)
+
+
+def test_a_new_mtu_reaches_the_batch_path(pair):
+    a, _b = pair
+    a.plane.set_mtu(1280)
+    assert a.plane.engine.mtu == a.plane.io.mtu == 1280
+    a.app.send(icmp_echo("198.19.1.5", "198.19.2.7", 7, 1, bytes(1300)))   # 1328 bytes: too big now
+    a.batches.from_tun(a.tun.fileno(), a.sock.fileno(), a.plane.clock())
+    assert a.plane.counters()["tx_drop_too_big"] == 1
