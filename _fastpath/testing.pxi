@@ -199,7 +199,7 @@ def _wg_aead(key, nonce, aad, data, bint decrypt=False):
     if not decrypt:
         n = len(d)
         out = PyBytes_FromStringAndSize(NULL, n + WG_TAG)
-        r = wg_seal(k.enc, &k.enc_tag, <const uint8_t *><const char *>iv, <const uint8_t *><const char *>a,
+        r = wg_seal(&k.enc, <const uint8_t *><const char *>iv, <const uint8_t *><const char *>a,
                     len(a), <const uint8_t *><const char *>d,
                     <uint8_t *>PyBytes_AS_STRING(out), n, <uint8_t *>PyBytes_AS_STRING(out) + n)
         if r:
@@ -209,12 +209,22 @@ def _wg_aead(key, nonce, aad, data, bint decrypt=False):
     if n < 0:
         return None
     out = PyBytes_FromStringAndSize(NULL, n)
-    r = wg_open(k.dec, &k.dec_tag, <const uint8_t *><const char *>iv, <const uint8_t *><const char *>a,
+    r = wg_open(&k.dec, <const uint8_t *><const char *>iv, <const uint8_t *><const char *>a,
                 len(a), <const uint8_t *><const char *>d, <uint8_t *>PyBytes_AS_STRING(out), n,
                 <const uint8_t *><const char *>d + n)
     if r < 0:
         raise RuntimeError("libcrypto failed to open")
     return out if r == 0 else None
+
+
+def _wg_aead_impl():
+    """How WgKeys made now reach libcrypto: "provider" or "evp" (wgevp.h)."""
+    return uo_wg_aead_impl().decode()
+
+
+def _wg_aead_force_evp(bint on):
+    """Tests: WgKeys made from now on take the EVP path (on) or the default."""
+    uo_wg_aead_force_evp(on)
 
 
 # wgcrypto.pxi's enums as compiled, for the test that they equal
@@ -232,4 +242,4 @@ _WGIO = dict(TX_SEGMENTS=TX_SEGMENTS, OPEN_BAD_TAG=OPEN_BAD_TAG, OPEN_MALFORMED=
 testing = _types.SimpleNamespace(
     outbound=_outbound, inbound=_inbound, outbound_batch=_outbound_batch,
     inbound_batch=_inbound_batch, flow_hash=_flow_hash, checksum=_checksum, WIRE=_WIRE,
-    wg_aead=_wg_aead, WG=_WG, WGIO=_WGIO)
+    wg_aead=_wg_aead, wg_aead_impl=_wg_aead_impl, wg_aead_force_evp=_wg_aead_force_evp, WG=_WG, WGIO=_WGIO)

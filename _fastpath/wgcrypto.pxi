@@ -8,11 +8,12 @@
 #                | ChaCha20Poly1305(key, 0^4 || counter LE, padded packet, no AD) | tag
 #
 # Design notes:
-# - No primitive of our own: ChaCha20-Poly1305 is libcrypto's
-#   (EVP_chacha20_poly1305). A WgKey holds two EVP_CIPHER_CTX, one per
-#   direction, keyed once; each packet re-inits its context with the nonce
-#   only (EVP_*Init_ex(ctx, NULL, NULL, NULL, iv)), so the key schedule and
-#   the provider lookup are paid once per key, not per packet.
+# - No primitive of our own: ChaCha20-Poly1305 is libcrypto's. A WgKey
+#   holds two contexts (uo_wg_aead, wgevp.h), one per direction, keyed
+#   once; each packet re-inits its context with the nonce only, so the key
+#   schedule and the lookup are paid once per key, not per packet. On
+#   OpenSSL 3 a context calls the provider's ChaCha20-Poly1305 functions
+#   directly (EVP's per-call overhead skipped), else it is an EVP context.
 # - The per-packet loop runs with the GIL released, over C pointers
 #   gathered beforehand; it never raises, allocates or logs. A datagram that
 #   does not authenticate is a verdict (WG_BAD_TAG), a misshapen one too
@@ -24,7 +25,7 @@
 #   same key, or close() while either runs, raises RuntimeError: the busy
 #   flags are set and cleared with the GIL held, so the check is exact.
 # - Keys: never stored outside the contexts, never in a repr or an
-#   exception; no pickling. EVP_CIPHER_CTX_free (close() or deallocation)
+#   exception; no pickling. Freeing a context (close() or deallocation)
 #   cleanses the key schedule (OpenSSL clears a context's cipher data on
 #   free). Unauthenticated plaintext never survives a call: a bad tag zeroes
 #   what the in-place decryption wrote.
@@ -39,41 +40,28 @@
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
-cdef extern from "<openssl/evp.h>" nogil:
-    ctypedef struct EVP_CIPHER_CTX:
-        pass
-    ctypedef struct EVP_CIPHER:
-        pass
-    ctypedef struct ENGINE:
-        pass
-    enum:
-        EVP_CTRL_AEAD_SET_IVLEN
-    const EVP_CIPHER *EVP_chacha20_poly1305()
-    EVP_CIPHER_CTX *EVP_CIPHER_CTX_new()
-    void EVP_CIPHER_CTX_free(EVP_CIPHER_CTX *ctx)
-    int EVP_CIPHER_CTX_ctrl(EVP_CIPHER_CTX *ctx, int type, int arg, void *ptr)
-    int EVP_EncryptInit_ex(EVP_CIPHER_CTX *ctx, const EVP_CIPHER *cipher, ENGINE *impl,
-                           const unsigned char *key, const unsigned char *iv)
-    int EVP_EncryptUpdate(EVP_CIPHER_CTX *ctx, unsigned char *out, int *outl,
-                          const unsigned char *inp, int inl)
-    int EVP_EncryptFinal_ex(EVP_CIPHER_CTX *ctx, unsigned char *out, int *outl)
-    int EVP_DecryptInit_ex(EVP_CIPHER_CTX *ctx, const EVP_CIPHER *cipher, ENGINE *impl,
-                           const unsigned char *key, const unsigned char *iv)
-    int EVP_DecryptUpdate(EVP_CIPHER_CTX *ctx, unsigned char *out, int *outl,
-                          const unsigned char *inp, int inl)
-    int EVP_DecryptFinal_ex(EVP_CIPHER_CTX *ctx, unsigned char *out, int *outl)
-
 cdef extern from "<openssl/err.h>" nogil:
     void ERR_clear_error()
 
 cdef extern from "wgevp.h" nogil:
-    # the tag: OpenSSL 3's parameter call through a parameter kept per
-    # direction, the ctrl on 1.1 (why: wgevp.h)
-    ctypedef struct uo_wg_tagp:
+    # one direction of one key on libcrypto's ChaCha20-Poly1305: the
+    # provider's functions called directly, or EVP (which, and why: wgevp.h)
+    ctypedef struct uo_wg_aead:
         pass
-    void uo_wg_tagp_init(uo_wg_tagp *t)
-    int uo_wg_get_tag(EVP_CIPHER_CTX *ctx, uo_wg_tagp *t, unsigned char *tag)
-    int uo_wg_set_tag(EVP_CIPHER_CTX *ctx, uo_wg_tagp *t, const unsigned char *tag)
+    void uo_wg_aead_setup()
+    void uo_wg_aead_force_evp(int on)
+    const char *uo_wg_aead_impl()
+    int uo_wg_aead_init(uo_wg_aead *a, const unsigned char *key, int enc)
+    void uo_wg_aead_free(uo_wg_aead *a)
+    int uo_wg_live(const uo_wg_aead *a)
+    int uo_wg_aead_seal(uo_wg_aead *a, const unsigned char *iv, const unsigned char *aad,
+                        int aadlen, const unsigned char *src, unsigned char *dst, int n,
+                        unsigned char *tag)
+    int uo_wg_aead_open(uo_wg_aead *a, const unsigned char *iv, const unsigned char *aad,
+                        int aadlen, const unsigned char *src, unsigned char *dst, int n,
+                        const unsigned char *tag)
+
+uo_wg_aead_setup()      # once, at import (GIL held)
 
 # The values are udpoverlay/dataplane/wgwire.py's (testing.WG is checked
 # against it).
@@ -139,60 +127,20 @@ cdef inline bint wg_malformed(const uint8_t *d, Py_ssize_t size) noexcept nogil:
             or d[0] != 4 or d[1] != 0 or d[2] != 0 or d[3] != 0)
 
 
-cdef int wg_seal(EVP_CIPHER_CTX *ctx, uo_wg_tagp *tp, const uint8_t *iv, const uint8_t *aad,
-                 int aadlen, const uint8_t *src, uint8_t *dst, int n, uint8_t *tag) noexcept nogil:
+cdef inline int wg_seal(uo_wg_aead *ctx, const uint8_t *iv, const uint8_t *aad, int aadlen,
+                        const uint8_t *src, uint8_t *dst, int n, uint8_t *tag) noexcept nogil:
     """dst = ChaCha20Poly1305 of src (n bytes; dst == src is fine), the
     16-byte tag to tag. 0, or -1 when libcrypto failed."""
-    cdef int outl = 0, fin = 0
-    if EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, iv) != 1:
-        return -1
-    if aadlen > 0 and EVP_EncryptUpdate(ctx, NULL, &outl, aad, aadlen) != 1:
-        return -1
-    outl = 0
-    if n > 0 and EVP_EncryptUpdate(ctx, dst, &outl, src, n) != 1:
-        return -1
-    if EVP_EncryptFinal_ex(ctx, dst + outl, &fin) != 1:
-        return -1
-    if uo_wg_get_tag(ctx, tp, tag) != 1:
-        return -1
-    return 0
+    return uo_wg_aead_seal(ctx, iv, aad, aadlen, src, dst, n, tag)
 
 
-cdef int wg_open(EVP_CIPHER_CTX *ctx, uo_wg_tagp *tp, const uint8_t *iv, const uint8_t *aad,
-                 int aadlen, const uint8_t *src, uint8_t *dst, int n,
-                 const uint8_t *tag) noexcept nogil:
+cdef inline int wg_open(uo_wg_aead *ctx, const uint8_t *iv, const uint8_t *aad, int aadlen,
+                        const uint8_t *src, uint8_t *dst, int n,
+                        const uint8_t *tag) noexcept nogil:
     """dst = the plaintext of src (n bytes; dst == src is fine) checked
     against tag. 0 when it authenticates, 1 when not (dst then holds
     unauthenticated bytes: the caller wipes them), -1 when libcrypto failed."""
-    cdef int outl = 0, fin = 0
-    if EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, iv) != 1:
-        return -1
-    if uo_wg_set_tag(ctx, tp, tag) != 1:
-        return -1
-    if aadlen > 0 and EVP_DecryptUpdate(ctx, NULL, &outl, aad, aadlen) != 1:
-        return -1
-    outl = 0
-    if n > 0 and EVP_DecryptUpdate(ctx, dst, &outl, src, n) != 1:
-        return -1
-    if EVP_DecryptFinal_ex(ctx, dst + outl, &fin) <= 0:
-        ERR_clear_error()       # leave nothing on this thread's queue for other libcrypto users
-        return 1
-    return 0
-
-
-cdef int wg_ctx_init(EVP_CIPHER_CTX *ctx, const uint8_t *key, bint enc) noexcept nogil:
-    """Bind ctx to ChaCha20-Poly1305, a 12-byte nonce and key, once."""
-    if enc:
-        if EVP_EncryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, NULL, NULL) != 1:
-            return -1
-        if EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_IVLEN, WG_NONCE, NULL) != 1:
-            return -1
-        return 0 if EVP_EncryptInit_ex(ctx, NULL, NULL, key, NULL) == 1 else -1
-    if EVP_DecryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, NULL, NULL) != 1:
-        return -1
-    if EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_IVLEN, WG_NONCE, NULL) != 1:
-        return -1
-    return 0 if EVP_DecryptInit_ex(ctx, NULL, NULL, key, NULL) == 1 else -1
+    return uo_wg_aead_open(ctx, iv, aad, aadlen, src, dst, n, tag)
 
 
 cdef inline void wg_header(uint8_t *d, uint32_t receiver, uint64_t counter) noexcept nogil:
@@ -204,7 +152,7 @@ cdef inline void wg_header(uint8_t *d, uint32_t receiver, uint64_t counter) noex
     wg_put64(d + 8, counter)
 
 
-cdef int wg_seal_jobs(EVP_CIPHER_CTX *ctx, uo_wg_tagp *tp, wg_job_t *jobs, Py_ssize_t n, uint32_t receiver,
+cdef int wg_seal_jobs(uo_wg_aead *ctx, wg_job_t *jobs, Py_ssize_t n, uint32_t receiver,
                       uint64_t counter) noexcept nogil:
     """Each job: header, packet and zero padding into dst, sealed in place."""
     cdef uint8_t iv[WG_NONCE]
@@ -218,13 +166,13 @@ cdef int wg_seal_jobs(EVP_CIPHER_CTX *ctx, uo_wg_tagp *tp, wg_job_t *jobs, Py_ss
             memcpy(d + WG_HEADER, jobs[i].src, jobs[i].size)
         memset(d + WG_HEADER + jobs[i].size, 0, jobs[i].padded - jobs[i].size)
         memcpy(iv + 4, d + 8, 8)
-        if wg_seal(ctx, tp, iv, NULL, 0, d + WG_HEADER, d + WG_HEADER, jobs[i].padded,
+        if wg_seal(ctx, iv, NULL, 0, d + WG_HEADER, d + WG_HEADER, jobs[i].padded,
                    d + WG_HEADER + jobs[i].padded):
             return -1
     return 0
 
 
-cdef int wg_open_jobs(EVP_CIPHER_CTX *ctx, uo_wg_tagp *tp, wg_job_t *jobs,
+cdef int wg_open_jobs(uo_wg_aead *ctx, wg_job_t *jobs,
                       Py_ssize_t n) noexcept nogil:
     """Each job not malformed: the datagram src opened into dst (its own
     counter as the nonce); a bad tag zeroes dst."""
@@ -239,7 +187,7 @@ cdef int wg_open_jobs(EVP_CIPHER_CTX *ctx, uo_wg_tagp *tp, wg_job_t *jobs,
         s = jobs[i].src
         m = jobs[i].size - WG_OVERHEAD
         memcpy(iv + 4, s + 8, 8)
-        r = wg_open(ctx, tp, iv, NULL, 0, s + WG_HEADER, jobs[i].dst, m,
+        r = wg_open(ctx, iv, NULL, 0, s + WG_HEADER, jobs[i].dst, m,
                     s + jobs[i].size - WG_TAG)
         if r < 0:
             return -1
@@ -253,23 +201,16 @@ cdef class WgKey:
     """One 32-byte WireGuard transport key, both directions (the
     reference: udpoverlay/dataplane/_py/wgcrypto.py, same API and bytes)."""
 
-    cdef EVP_CIPHER_CTX *enc
-    cdef EVP_CIPHER_CTX *dec
-    cdef uo_wg_tagp enc_tag         # each direction's tag parameter (wgevp.h)
-    cdef uo_wg_tagp dec_tag
+    cdef uo_wg_aead enc             # each direction's context (wgevp.h)
+    cdef uo_wg_aead dec
     cdef int busy_seal
     cdef int busy_open
 
     def __cinit__(self, key):
         cdef bytes k = _wg_check_key(key)
-        uo_wg_tagp_init(&self.enc_tag)
-        uo_wg_tagp_init(&self.dec_tag)
-        self.enc = EVP_CIPHER_CTX_new()
-        self.dec = EVP_CIPHER_CTX_new()
-        if self.enc == NULL or self.dec == NULL:
-            raise MemoryError()
-        if (wg_ctx_init(self.enc, <const uint8_t *>PyBytes_AS_STRING(k), True)
-                or wg_ctx_init(self.dec, <const uint8_t *>PyBytes_AS_STRING(k), False)):
+        if (uo_wg_aead_init(&self.enc, <const uint8_t *>PyBytes_AS_STRING(k), True)
+                or uo_wg_aead_init(&self.dec, <const uint8_t *>PyBytes_AS_STRING(k), False)):
+            self._free()
             ERR_clear_error()
             raise RuntimeError("libcrypto could not set up ChaCha20-Poly1305")
 
@@ -277,15 +218,11 @@ cdef class WgKey:
         self._free()
 
     cdef void _free(self) noexcept:
-        if self.enc != NULL:
-            EVP_CIPHER_CTX_free(self.enc)
-            self.enc = NULL
-        if self.dec != NULL:
-            EVP_CIPHER_CTX_free(self.dec)
-            self.dec = NULL
+        uo_wg_aead_free(&self.enc)
+        uo_wg_aead_free(&self.dec)
 
     def __repr__(self):
-        return "<WgKey closed>" if self.enc == NULL else "<WgKey>"
+        return "<WgKey>" if uo_wg_live(&self.enc) else "<WgKey closed>"
 
     def __reduce__(self):
         raise TypeError("a WgKey cannot be pickled")
@@ -297,7 +234,7 @@ cdef class WgKey:
         self._free()
 
     cdef int _check(self) except -1:
-        if self.enc == NULL:
+        if not uo_wg_live(&self.enc):
             raise ValueError("WgKey closed")
         return 0
 
@@ -351,7 +288,7 @@ cdef class WgKey:
                 jobs[i].padded = plen
             self._enter(True)
             with nogil:
-                err = wg_seal_jobs(self.enc, &self.enc_tag, jobs, n, rcv, ctr)
+                err = wg_seal_jobs(&self.enc, jobs, n, rcv, ctr)
             self.busy_seal = 0
         finally:
             free(jobs)
@@ -397,7 +334,7 @@ cdef class WgKey:
                     jobs[i].dst = <uint8_t *>PyBytes_AS_STRING(d)
             self._enter(False)
             with nogil:
-                err = wg_open_jobs(self.dec, &self.dec_tag, jobs, n)
+                err = wg_open_jobs(&self.dec, jobs, n)
             self.busy_open = 0
             if err:
                 ERR_clear_error()
@@ -447,7 +384,7 @@ cdef class WgKey:
                 wg_header(d, rcv, ctr + <uint64_t>i)
                 memset(d + WG_HEADER + size, 0, plen - size)
                 memcpy(iv + 4, d + 8, 8)
-                if wg_seal(self.enc, &self.enc_tag, iv, NULL, 0, d + WG_HEADER, d + WG_HEADER,
+                if wg_seal(&self.enc, iv, NULL, 0, d + WG_HEADER, d + WG_HEADER,
                            plen, d + WG_HEADER + plen):
                     err = 1
                     break
@@ -496,7 +433,7 @@ cdef class WgKey:
                     lens[i] = 0
                     continue
                 memcpy(iv + 4, d + 8, 8)
-                r = wg_open(self.dec, &self.dec_tag, iv, NULL, 0, d + WG_HEADER,
+                r = wg_open(&self.dec, iv, NULL, 0, d + WG_HEADER,
                             d + WG_HEADER, size - WG_OVERHEAD, d + size - WG_TAG)
                 if r < 0:
                     err = 1

@@ -14,7 +14,7 @@
 #   where it is sealed: no copy. A vnet TUN's read goes to its own buffer;
 #   a super-packet is split (split_c, udp mode's) straight into consecutive
 #   slots, a plain packet copied into one. seal_send writes the header and
-#   padding in place, seals with the key's EVP context (wg_seal, as
+#   padding in place, seals with the key's context (wg_seal, as
 #   WgKey.seal_slots), packs the datagrams into UDP_SEGMENT messages whose
 #   iovecs point into the slots (pack_seg) and sends them as udp mode does
 #   (tx_send_group: sendmmsg, waits for a full buffer, the GSO refusal
@@ -418,7 +418,7 @@ cdef class WgIo:
             self.busy_tx = 0
             raise
         with nogil:
-            err = self._seal_send(key.enc, &key.enc_tag, f, cnt, rcv, ctr, cap, sock_fd, c_ip,
+            err = self._seal_send(&key.enc, f, cnt, rcv, ctr, cap, sock_fd, c_ip,
                                   c_port, &total)
         key.busy_seal = 0
         self.busy_tx = 0
@@ -427,7 +427,7 @@ cdef class WgIo:
             raise RuntimeError("libcrypto failed to seal")
         return total
 
-    cdef int _seal_send(self, EVP_CIPHER_CTX *ctx, uo_wg_tagp *tp, Py_ssize_t first,
+    cdef int _seal_send(self, uo_wg_aead *ctx, Py_ssize_t first,
                         Py_ssize_t count, uint32_t receiver, uint64_t counter, int cap, int fd,
                         uint32_t ip, uint16_t port, uint64_t *total) noexcept nogil:
         """Seal segments first.. in their slots (WgKey.seal_slots' loop), pack
@@ -446,7 +446,7 @@ cdef class WgIo:
             memset(d + WG_HEADER + size, 0, plen - size)
             memcpy(iv + 4, d + 8, 8)
             self.sealed[first + j] = 1
-            if wg_seal(ctx, tp, iv, NULL, 0, d + WG_HEADER, d + WG_HEADER, plen,
+            if wg_seal(ctx, iv, NULL, 0, d + WG_HEADER, d + WG_HEADER, plen,
                        d + WG_HEADER + plen):
                 return -1
             total[0] += WG_OVERHEAD + plen
@@ -598,7 +598,7 @@ cdef class WgIo:
             self.busy_rx = 0
             raise
         with nogil:
-            err = self._open(key.dec, &key.dec_tag, f, cnt)
+            err = self._open(&key.dec, f, cnt)
         key.busy_open = 0
         self.busy_rx = 0
         if err:
@@ -613,7 +613,7 @@ cdef class WgIo:
                 out.append(OPEN_BAD_TAG if r.verdict == WG_BAD_TAG else OPEN_MALFORMED)
         return out
 
-    cdef int _open(self, EVP_CIPHER_CTX *ctx, uo_wg_tagp *tp, Py_ssize_t first,
+    cdef int _open(self, uo_wg_aead *ctx, Py_ssize_t first,
                    Py_ssize_t count) noexcept nogil:
         """Open records first.. in place (WgKey.open_slots' loop); -1 if
         libcrypto failed."""
@@ -632,7 +632,7 @@ cdef class WgIo:
                 r.verdict = WG_MALFORMED
                 continue
             memcpy(iv + 4, d + 8, 8)
-            rc = wg_open(ctx, tp, iv, NULL, 0, d + WG_HEADER, d + WG_HEADER,
+            rc = wg_open(ctx, iv, NULL, 0, d + WG_HEADER, d + WG_HEADER,
                          size - WG_OVERHEAD, d + size - WG_TAG)
             if rc < 0:
                 return -1

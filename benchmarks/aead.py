@@ -14,9 +14,14 @@ a time:
    bytes through the cipher), bytes over this thread's CPU time (the same
    basis as 1; wall-clock figures are printed too). The ratio to 1 is the
    acceptance figure of issue 23 (>= 0.8x);
-3. the same EVP calls in a plain C loop (compiled here with `cc`, linked
-   with -lcrypto): what libcrypto's per-message work alone costs, i.e. the
-   ceiling for any caller of this interface (--no-c-floor skips it);
+3. the same libcrypto calls in a plain C loop (the product's own
+   _fastpath/wgevp.h, compiled here with `cc` and -lcrypto), both ways it
+   can reach libcrypto: through EVP, and calling the provider's functions
+   directly (the default): what libcrypto's per-message work alone costs,
+   the ceiling for any caller; on a CPU with AVX-512 IFMA once more with
+   that masked for libcrypto (OPENSSL_ia32cap), which shows what its IFMA
+   Poly1305's per-key setup (a power table, paid per message here, once
+   per stream in openssl speed) costs (--no-c-floor skips all three);
 4. the compiled seal_batch/open_batch (lists of bytes) and the pure-Python
    reference twin (pyca cryptography, one call per packet), for comparison.
 
@@ -45,41 +50,33 @@ from udpoverlay.dataplane.wgwire import WG_HEADER, WG_OVERHEAD, padded_length
 SPEED_LINE = re.compile(r"^ChaCha20-Poly1305\s+([0-9.]+)k\s*$", re.M | re.I)
 
 C_FLOOR = r"""
-#include <openssl/evp.h>
-#include <openssl/core_names.h>
-#include <openssl/params.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-/* seal_slots' EVP calls, nothing else: init with the nonce, update in
- * place, final, the tag by parameter. argv: size batch seconds. */
+#include "wgevp.h"
+/* seal_slots' libcrypto calls (the product's own wgevp.h), nothing else:
+ * init with the nonce, update in place, final, the tag.
+ * argv: size batch seconds evp|provider. */
 static double cpu(void) { struct timespec t; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
                           return t.tv_sec + t.tv_nsec * 1e-9; }
 int main(int argc, char **argv) {
+    if (argc != 5) return 2;
     int n = atoi(argv[1]), batch = atoi(argv[2]); double secs = atof(argv[3]);
     int stride = 32 + ((n + 15) & ~15) + 16;
     unsigned char key[32] = {1}, iv[12] = {0};
     unsigned char *buf = calloc((size_t)batch, (size_t)stride);
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    EVP_EncryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, NULL, NULL);
-    EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_IVLEN, 12, NULL);
-    EVP_EncryptInit_ex(ctx, NULL, NULL, key, NULL);
+    uo_wg_aead a;
+    uo_wg_aead_force_evp(strcmp(argv[4], "evp") == 0);
+    if (strcmp(uo_wg_aead_impl(), argv[4]) != 0 || uo_wg_aead_init(&a, key, 1) != 0)
+        return 3;
     unsigned long long packets = 0, counter = 0;
-    OSSL_PARAM p[2] = {OSSL_PARAM_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, NULL, 16),
-                       OSSL_PARAM_END};
     double t0 = cpu(), t = t0;
     while (t - t0 < secs) {
         for (int i = 0; i < batch; i++, counter++) {
             unsigned char *d = buf + (size_t)i * stride + 16;
-            int outl = 0, fin = 0;
             memcpy(iv + 4, &counter, 8);
-            p[0].data = d + n;
-            p[0].return_size = OSSL_PARAM_UNMODIFIED;
-            if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, iv) != 1
-                || EVP_EncryptUpdate(ctx, d, &outl, d, n) != 1
-                || EVP_EncryptFinal_ex(ctx, d + outl, &fin) != 1
-                || EVP_CIPHER_CTX_get_params(ctx, p) != 1)
+            if (uo_wg_aead_seal(&a, iv, NULL, 0, d, d, n, d + n) != 0)
                 return 1;
         }
         packets += (unsigned long long)batch;
@@ -89,6 +86,10 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
+FASTPATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_fastpath")
+# OPENSSL_ia32cap with AVX-512 IFMA masked (CPUID 7 EBX bit 21): libcrypto
+# then keys Poly1305 without its IFMA power table (why: main's last row)
+NO_IFMA = ":~0x200000"
 
 
 def openssl_speed(nbytes: int, seconds: int) -> float | None:
@@ -107,27 +108,42 @@ def parse_speed(text: str) -> float | None:
     return float(m.group(1)) * 1000 if m else None
 
 
-def c_floor(padded: int, batch: int, seconds: float) -> tuple[float, float] | None:
-    """(bytes/s, packets/s) over thread CPU time of the plain C loop, or None."""
+def has_ifma() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512ifma" in f.read()
+    except OSError:
+        return False
+
+
+def c_floor(padded: int, batch: int, seconds: float, modes: list[tuple[str, dict]]
+            ) -> list[tuple[float, float] | None]:
+    """Per (mode, extra environment): (bytes/s, packets/s) over thread CPU
+    time of the plain C loop, or None when it could not run."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        return None
+        return [None] * len(modes)
+    results: list[tuple[float, float] | None] = []
     with tempfile.TemporaryDirectory() as tmp:
         src, exe = os.path.join(tmp, "floor.c"), os.path.join(tmp, "floor")
         with open(src, "w") as f:
             f.write(C_FLOOR)
-        built = subprocess.run([cc, "-O2", src, "-o", exe, "-lcrypto"], capture_output=True,
-                               text=True, check=False)
+        built = subprocess.run([cc, "-O2", f"-I{FASTPATH}", src, "-o", exe, "-lcrypto"],
+                               capture_output=True, text=True, check=False)
         if built.returncode:
             print(f"C floor: not built ({built.stderr.strip().splitlines()[-1:]})")
-            return None
-        out = subprocess.run([exe, str(padded), str(batch), str(seconds)], capture_output=True,
-                             text=True, check=False)
-        if out.returncode:
-            return None
-        packets, cpu = out.stdout.split()
-        pps = int(packets) / float(cpu)
-        return pps * padded, pps
+            return [None] * len(modes)
+        for mode, env in modes:
+            out = subprocess.run([exe, str(padded), str(batch), str(seconds), mode],
+                                 capture_output=True, text=True, check=False,
+                                 env={**os.environ, **env})
+            if out.returncode:
+                results.append(None)
+                continue
+            packets, cpu = out.stdout.split()
+            pps = int(packets) / float(cpu)
+            results.append((pps * padded, pps))
+    return results
 
 
 def timed(fn: Callable[[int], object], batch: int, seconds: float) -> tuple[float, float]:
@@ -216,9 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("openssl speed: not available")
     if not args.no_c_floor:
-        floor = c_floor(padded, args.batch, args.seconds)
-        if floor:
-            row("same EVP calls, plain C loop (ceiling)", floor[1], None)
+        modes = [("evp", {}), ("provider", {})]
+        if has_ifma():
+            modes.append(("provider", {"OPENSSL_ia32cap": NO_IFMA}))
+        floors = c_floor(padded, args.batch, args.seconds, modes)
+        names = ["EVP calls, plain C loop", "provider calls, plain C loop (ceiling)",
+                 f"  the same, OPENSSL_ia32cap={NO_IFMA}"]
+        for name, floor in zip(names, floors):
+            if floor:
+                row(name, floor[1], None)
     try:
         compiled = wgaead.wgkey_class("cython")
     except (ImportError, AttributeError) as exc:

@@ -3,13 +3,18 @@ twin (_fastpath/wgcrypto.pxi, libcrypto EVP) and the reference
 (dataplane/_py/wgcrypto.py, pyca cryptography) give byte-identical
 datagrams, plaintexts, verdicts, buffers and errors, and both agree with
 the protocol engine's own per-packet functions (wireguard.transport.seal /
-open_). Plus RFC 8439's AEAD vector through the compiled EVP path."""
+open_). Plus RFC 8439's AEAD vector through the compiled path.
+
+Every test runs twice: with the compiled twin's keys on each of its two
+ways to libcrypto (_fastpath/wgevp.h): the provider's functions called
+directly (the default on OpenSSL 3) and EVP (the fallback)."""
 
 from __future__ import annotations
 
 import array
 import pickle
 import random
+import ssl
 import threading
 
 import pytest
@@ -32,6 +37,20 @@ from udpoverlay.dataplane.wgwire import (
 from udpoverlay.wireguard import messages, transport
 
 MAX = WG_MAX_COUNTER
+
+
+@pytest.fixture(scope="module", autouse=True, params=["provider", "evp"])
+def libcrypto_path(request):
+    """The compiled keys made in this module's tests take request.param."""
+    _py, cy = both()
+    if request.param == "provider" and ssl.OPENSSL_VERSION_INFO < (3,):
+        pytest.skip("OpenSSL 1.1 has no providers: the EVP path only")
+    cy.testing.wg_aead_force_evp(request.param == "evp")
+    try:
+        assert cy.testing.wg_aead_impl() == request.param
+        yield request.param
+    finally:
+        cy.testing.wg_aead_force_evp(False)
 
 
 def keys(key: bytes):

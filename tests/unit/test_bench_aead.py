@@ -32,3 +32,12 @@ def test_every_case_runs(impl):
     seal, open_ = aead.lists_case(impl.WgKey, 100, 3, 1420)
     assert len(seal(1)) == 3
     assert [v for v, _ in open_(0)] == [0, 0, 0]
+
+
+def test_the_c_floor_builds_on_the_products_header_and_runs_both_ways():
+    """The C loop includes _fastpath/wgevp.h and runs each path it names
+    (a mode the header does not take would exit non-zero: None)."""
+    got = aead.c_floor(1408, 4, 0.05, [("evp", {}), ("provider", {}), ("neither", {})])
+    assert got[0] is not None and got[0][1] > 0
+    assert got[1] is not None and got[1][1] > 0
+    assert got[2] is None
