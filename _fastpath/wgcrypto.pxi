@@ -43,6 +43,11 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 cdef extern from "<openssl/err.h>" nogil:
     void ERR_clear_error()
 
+cdef extern from "<openssl/crypto.h>" nogil:
+    const char *OpenSSL_version(int t)
+    enum:
+        OPENSSL_VERSION
+
 cdef extern from "wgevp.h" nogil:
     # one direction of one key on libcrypto's ChaCha20-Poly1305: the
     # provider's functions called directly, or EVP (which, and why: wgevp.h)
@@ -62,6 +67,12 @@ cdef extern from "wgevp.h" nogil:
                         const unsigned char *tag)
 
 uo_wg_aead_setup()      # once, at import (GIL held)
+
+
+def aead_library():
+    """What seals and opens (for status): libcrypto's version and path."""
+    path = "provider functions" if uo_wg_aead_impl() == b"provider" else "EVP"
+    return f"{OpenSSL_version(OPENSSL_VERSION).decode()} ChaCha20-Poly1305, {path}"
 
 # The values are udpoverlay/dataplane/wgwire.py's (testing.WG is checked
 # against it).

@@ -2,6 +2,6 @@
 
 import sys
 
-from udpoverlay.cli import main
+from udpoverlay.entry import main
 
 sys.exit(main())

@@ -1,7 +1,7 @@
 """The WireGuard transport AEAD the data path uses: `WgKey`, one 32-byte
 key's type-4 seal and open over whole batches, from the compiled twin
-(udpoverlay.dataplane._c, _fastpath/wgcrypto.pxi: libcrypto's EVP, loop
-without the GIL) when it loaded, else the pure-Python reference
+(udpoverlay.dataplane._c, _fastpath/wgcrypto.pxi: libcrypto's
+ChaCha20-Poly1305, loop without the GIL) when it loaded, else the pure-Python reference
 (dataplane/_py/wgcrypto.py, on pyca `cryptography`): the same choice, and
 the same UDPOVERLAY_NO_EXTENSIONS / UDPOVERLAY_REQUIRE_EXTENSION rules, as
 the rest of the data plane (twins.py).
@@ -40,7 +40,7 @@ from udpoverlay.dataplane.wgwire import (
     padded_length,
 )
 
-__all__ = ["WgKey", "IMPLEMENTATION", "wgkey_class", "WG_OK", "WG_MALFORMED", "WG_BAD_TAG",
+__all__ = ["WgKey", "IMPLEMENTATION", "wgkey_class", "library", "WG_OK", "WG_MALFORMED", "WG_BAD_TAG",
            "WG_VERDICT_NAMES", "WG_HEADER", "WG_TAG", "WG_OVERHEAD", "WG_MAX_PACKET",
            "WG_MAX_DATAGRAM", "padded_length"]
 
@@ -50,6 +50,12 @@ def wgkey_class(name: str) -> type:
     extension is not built, AttributeError when it was built without it)."""
     cls: type = twins.twin(name).WgKey
     return cls
+
+
+def library(name: str) -> str:
+    """What one twin's WgKey seals with (status): library, version, path."""
+    describe = twins.twin(name).aead_library
+    return str(describe())
 
 
 WgKey: type = twins.DEFAULT.WgKey

@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from udpoverlay.dataplane import wgaead
 from udpoverlay.dataplane.wgio import WGIO_COUNTERS
 from udpoverlay.errors import ConfigError
 from udpoverlay.peer import Peer
@@ -448,9 +450,9 @@ class WgPlane:
         return {"public_key": self.public_key.to_base64(),
                 "peers": len(self._table),
                 "sessions": sum(1 for r in self._table if r.wg.keypairs.current is not None),
-                "aead": ("compiled (libcrypto EVP ChaCha20-Poly1305)"
-                         if self.implementation == "cython"
-                         else "python (cryptography's ChaCha20Poly1305)"),
+                "aead": f"{self.implementation}: {wgaead.library(self.implementation)}",
+                # libcrypto's CPU-feature setting (entry.py sets its default)
+                "openssl_ia32cap": os.environ.get("OPENSSL_ia32cap"),
                 "under_load": self.engine.under_load,
                 "under_load_periods": self.under_load_periods,
                 "refused": [{"peer": k, "reason": v} for k, v in self.refused.items()]}

@@ -32,6 +32,7 @@ import pytest
 from lab.netns import wait_for
 from tests.support.overlay import NETWORK, Overlay, pod_of, subnet_of, underlay_of
 from tests.support.wgpeer import PORT, our_key, pcap_udp, secret_file, start_ours
+from udpoverlay import entry
 from udpoverlay.wireguard import PresharedKey, generate
 
 MIB = 1024 * 1024
@@ -85,6 +86,10 @@ def test_each_side_initiates_ping_and_20_mib_both_ways(wgbed, with_psk):
     assert p["endpoint"] == f"{underlay_of(2)}:{PORT}" and p["latest_handshake"] is not None
     assert p["rx_bytes"] > 20 * MIB and p["tx_bytes"] > 20 * MIB and p["transfer_rx"] > p["rx_bytes"]
     assert st["wireguard"]["public_key"] == our_public and st["mtu"] == 1500 - 80
+    # the entry point set libcrypto up before loading it (udpoverlay/entry.py)
+    aead = st["wireguard"]["aead"]
+    assert aead.startswith("cython: OpenSSL ") and aead.endswith(", provider functions"), aead
+    assert st["wireguard"]["openssl_ia32cap"] == entry.IA32CAP_DEFAULT
     drops = {k: v for k, v in st["counters"].items()
              if "_drop_" in k and v and k not in ("tx_drop_not_ipv4",)}
     assert not drops, drops

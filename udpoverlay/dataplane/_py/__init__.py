@@ -5,7 +5,7 @@ mirror the compiled twin's file for file. This face only names it."""
 from __future__ import annotations
 
 from udpoverlay.dataplane._py.core import IMPLEMENTATION, Core, testing
-from udpoverlay.dataplane._py.wgcrypto import WgKey
+from udpoverlay.dataplane._py.wgcrypto import WgKey, aead_library
 from udpoverlay.dataplane._py.wgio import WgIo
 
-__all__ = ["IMPLEMENTATION", "Core", "WgKey", "WgIo", "testing"]
+__all__ = ["IMPLEMENTATION", "Core", "WgKey", "WgIo", "aead_library", "testing"]

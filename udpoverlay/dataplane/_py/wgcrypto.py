@@ -24,6 +24,7 @@ Two shapes of the same work:
 
 from __future__ import annotations
 
+import cryptography
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
@@ -44,9 +45,14 @@ from udpoverlay.dataplane.wgwire import (
     verdict_view,
 )
 
-__all__ = ["WgKey"]
+__all__ = ["WgKey", "aead_library"]
 
 _TYPE = b"\x04\x00\x00\x00"
+
+
+def aead_library() -> str:
+    """What seals and opens (for status), as the compiled twin's."""
+    return f"cryptography {cryptography.__version__} ChaCha20Poly1305"
 
 
 def _nonce(counter: int) -> bytes:
