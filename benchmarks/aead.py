@@ -12,8 +12,12 @@ a time:
 2. the compiled twin's WgKey.seal_slots and open_slots, in place over
    `--batch` slots of `--size`-byte packets (padded to 16: 1400 -> 1408
    bytes through the cipher), bytes over this thread's CPU time (the same
-   basis as 1; wall-clock figures are printed too). The ratio to 1 is the
-   acceptance figure of issue 23 (>= 0.8x);
+   basis as 1; wall-clock figures are printed too); seal_slots once more
+   in a child process with the command's libcrypto default
+   (udpoverlay/entry.py: OPENSSL_ia32cap), as the daemon runs it, when
+   that differs from this process. Its ratio to 1 is the acceptance
+   figure of issue 23 (>= 0.8x); openssl speed runs with libcrypto's own
+   choice (no OPENSSL_ia32cap);
 3. the same libcrypto calls in a plain C loop (the product's own
    _fastpath/wgevp.h, compiled here with `cc` and -lcrypto), both ways it
    can reach libcrypto: through EVP, and calling the provider's functions
@@ -44,6 +48,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
+from udpoverlay import entry
 from udpoverlay.dataplane import twins, wgaead
 from udpoverlay.dataplane.wgwire import WG_HEADER, WG_OVERHEAD, padded_length
 
@@ -97,8 +102,10 @@ def openssl_speed(nbytes: int, seconds: int) -> float | None:
     exe = shutil.which("openssl")
     if exe is None:
         return None
+    env = {k: v for k, v in os.environ.items() if k != "OPENSSL_ia32cap"}   # its own choice
     out = subprocess.run([exe, "speed", "-evp", "chacha20-poly1305", "-bytes", str(nbytes),
-                          "-seconds", str(seconds)], capture_output=True, text=True, check=False)
+                          "-seconds", str(seconds)], capture_output=True, text=True, check=False,
+                         env=env)
     return parse_speed(out.stdout)
 
 
@@ -144,6 +151,25 @@ def c_floor(padded: int, batch: int, seconds: float, modes: list[tuple[str, dict
             pps = int(packets) / float(cpu)
             results.append((pps * padded, pps))
     return results
+
+
+def as_the_daemon(args: argparse.Namespace) -> tuple[float, float] | None:
+    """seal_slots' (CPU, wall) packets/s in a child process with the
+    command's libcrypto default (udpoverlay/entry.py) in its environment,
+    i.e. as the daemon runs it; None when that is this process already, or
+    the default sets nothing on this machine."""
+    env = dict(os.environ)
+    entry.libcrypto_defaults(env)
+    if env.get("OPENSSL_ia32cap") == os.environ.get("OPENSSL_ia32cap"):
+        return None
+    out = subprocess.run([sys.executable, "-m", "benchmarks.aead", "--seal-slots-only",
+                          "--size", str(args.size), "--batch", str(args.batch),
+                          "--seconds", str(args.seconds), "--mtu", str(args.mtu)],
+                         capture_output=True, text=True, check=False, env=env)
+    if out.returncode:
+        return None
+    cpu_pps, wall_pps = out.stdout.split()
+    return float(cpu_pps), float(wall_pps)
 
 
 def timed(fn: Callable[[int], object], batch: int, seconds: float) -> tuple[float, float]:
@@ -206,8 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--openssl-bytes", type=int, default=1424,
                     help="openssl speed -bytes (default 1424)")
     ap.add_argument("--no-c-floor", action="store_true", help="skip the plain C loop")
+    ap.add_argument("--seal-slots-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     padded = padded_length(args.size, args.mtu)
+    if args.seal_slots_only:        # as_the_daemon()'s child: "cpu_pps wall_pps"
+        seal, _ = slots_case(wgaead.wgkey_class("cython"), args.size, args.batch, args.mtu)
+        print("%f %f" % timed(seal, args.batch, args.seconds))
+        return 0
 
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} "
@@ -251,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         seal, open_ = slots_case(compiled, args.size, args.batch, args.mtu)
         accepted = timed(seal, args.batch, args.seconds)
         row("compiled seal_slots (in place)", *accepted)
+        daemon = as_the_daemon(args)
+        if daemon is not None:
+            row(f"  the same as the daemon runs it ({entry.IA32CAP_DEFAULT})", *daemon)
+            accepted = daemon
         row("compiled open_slots (in place, + restore)", *timed(open_, args.batch, args.seconds))
         seal, open_ = lists_case(compiled, args.size, args.batch, args.mtu)
         row("compiled seal_batch (lists of bytes)", *timed(seal, args.batch, args.seconds))
@@ -260,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     row("reference seal_batch (cryptography)", *timed(seal, args.batch, max(1, args.seconds // 3)))
     row("reference open_batch (cryptography)", *timed(open_, args.batch, max(1, args.seconds // 3)))
     if speed and accepted is not None:
-        print(f"\nacceptance (issue 23): compiled seal_slots / openssl speed = "
-              f"{accepted[0] * padded / speed:.2f}x (target >= 0.8x)")
+        print(f"\nacceptance (issue 23): compiled seal_slots as the daemon runs it / openssl "
+              f"speed = {accepted[0] * padded / speed:.2f}x (target >= 0.8x)")
     return 0
 
 

@@ -41,3 +41,27 @@ def test_the_c_floor_builds_on_the_products_header_and_runs_both_ways():
     assert got[0] is not None and got[0][1] > 0
     assert got[1] is not None and got[1][1] > 0
     assert got[2] is None
+
+
+def test_seal_slots_as_the_daemon_runs_it(monkeypatch):
+    """The child process gets the command's libcrypto default; it measures
+    the compiled twin, so without the extension it reports nothing."""
+    import argparse
+    import platform
+
+    from udpoverlay.dataplane import wgaead
+
+    try:
+        built = wgaead.wgkey_class("cython") is not None
+    except (ImportError, AttributeError):
+        built = False
+    monkeypatch.delenv("OPENSSL_ia32cap", raising=False)
+    got = aead.as_the_daemon(argparse.Namespace(size=100, batch=4, seconds=1, mtu=0))
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        assert got is None                      # the default sets nothing here
+    elif not built:
+        assert got is None
+    else:
+        assert got is not None and got[0] > 0 and got[1] > 0
+    monkeypatch.setenv("OPENSSL_ia32cap", ":~0x200000")
+    assert aead.as_the_daemon(argparse.Namespace(size=100, batch=4, seconds=1, mtu=0)) is None
