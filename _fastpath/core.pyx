@@ -11,7 +11,7 @@ udpoverlay/dataplane/_py file for file:
     offload.pxi   TSO/USO split, UDP GSO packing, GRO coalescing
     outgoing.pxi  TUN -> wire (tx_t)
     incoming.pxi  wire -> TUN (rx_t)
-    wgcrypto.pxi  WireGuard transport AEAD over batches (WgKey, libcrypto EVP)
+    wgcrypto.pxi  WireGuard transport AEAD over batches (WgKey, libcrypto: wgevp.h)
     wgio.pxi      the WireGuard plane's batched I/O (WgIo: split, seal, GSO send;
                   GRO receive, open, check, coalesced TUN writes)
     testing.pxi   test-only entry points, nothing else calls them

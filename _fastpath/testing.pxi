@@ -187,7 +187,7 @@ _WIRE = dict(
     TCP_FIN=TCP_FIN, TCP_CWR=TCP_CWR)
 
 def _wg_aead(key, nonce, aad, data, bint decrypt=False):
-    """One ChaCha20-Poly1305 operation through a WgKey's own EVP contexts
+    """One ChaCha20-Poly1305 operation through a WgKey's own libcrypto contexts
     and wg_seal/wg_open, with a full 12-byte nonce and associated data (the
     shape of published vectors, e.g. RFC 8439 2.8.2; WireGuard's transport
     has neither): ciphertext || tag, or (decrypt) the plaintext or None."""

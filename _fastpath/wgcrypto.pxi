@@ -1,5 +1,5 @@
 # The WireGuard transport AEAD: one key's type-4 seal and open over whole
-# batches (WgKey), on OpenSSL's libcrypto through its EVP interface.
+# batches (WgKey), on OpenSSL's libcrypto (wgevp.h: the provider's functions, or EVP).
 # Mirrors udpoverlay/dataplane/_py/wgcrypto.py (the reference, on pyca
 # `cryptography`), which states the API; the constants are
 # udpoverlay/dataplane/wgwire.py's (exported as testing.WG and checked).

@@ -1,5 +1,5 @@
 """Differential tests of the WireGuard transport AEAD (WgKey): the compiled
-twin (_fastpath/wgcrypto.pxi, libcrypto EVP) and the reference
+twin (_fastpath/wgcrypto.pxi, libcrypto) and the reference
 (dataplane/_py/wgcrypto.py, pyca cryptography) give byte-identical
 datagrams, plaintexts, verdicts, buffers and errors, and both agree with
 the protocol engine's own per-packet functions (wireguard.transport.seal /

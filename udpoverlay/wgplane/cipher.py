@@ -1,5 +1,5 @@
 """The engine's transport cipher on the data plane's AEAD (dataplane/wgaead.py:
-the compiled twin's libcrypto EVP loop when it loaded, else its pyca
+the compiled twin's libcrypto loop when it loaded, else its pyca
 reference): the same two calls as wireguard.transport.PycaCipher, one packet
 each, the same bytes (the differential tests hold both twins to
 wireguard.transport)."""
