@@ -54,6 +54,7 @@ from udpoverlay.wireguard.noise import (
     tai64n,
 )
 from udpoverlay.wireguard.peer import Endpoint, Peer
+from udpoverlay.wireguard.ratelimit import SourceLimiter
 from udpoverlay.wireguard.session import Keypair
 from udpoverlay.wireguard.transfer import Datagram, Received, Transfer
 
@@ -75,6 +76,8 @@ RECEIVE_VERDICTS = {
     "bad_auth": "a handshake or data message that does not authenticate",
     "stale_initiation": "an initiation whose timestamp is not newer than the greatest seen",
     "handshake_flood": "a peer's initiations faster than 50 per second",
+    "ratelimited": "under load, a source IP's handshake messages with a valid MAC2 beyond "
+                   "20 a second (bursts of 5): dropped before any Diffie-Hellman",
     "unknown_index": "a response, cookie reply or data for an index we do not have",
     "stale_response": "a response to an initiation older than its retry time (tick() ran late)",
     "expired_session": "data on a keypair older than REJECT_AFTER_TIME",
@@ -119,6 +122,7 @@ class Engine(Transfer):
         self.identity = Identity(private_key)
         self.public_key = private_key.public
         self.checker = CookieChecker(self.identity.public, random)
+        self.limiter = SourceLimiter()
         self.wallclock = wallclock
         self.random = random
         self.mtu = mtu
@@ -306,7 +310,7 @@ class Engine(Transfer):
         except (ValueError, TypeError, IndexError):
             return Received("malformed")
         if self.checker.check_mac2(data, src, now):
-            return None
+            return None if self.limiter.allow(str(addr[0]), now) else Received("ratelimited")
         self.counters["tx_cookie_reply"] += 1
         return Received("cookie_sent", datagrams=[(self.checker.make_reply(data, sender, src, now), addr)])
 
